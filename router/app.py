@@ -1,0 +1,135 @@
+"""Wiring: build a router process from a config, with injectable side effects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import aiohttp
+from aiohttp import web
+
+from router.admin import create_admin_app
+from router.config.model import Config
+from router.errors import ConfigError
+from router.instance_api import InstanceApi
+from router.instances import Fleet
+from router.proxy import ProxyServer
+from router.routing import Router
+from router.store import AssignmentStore, MemoryStore
+
+log = logging.getLogger("wa_router")
+
+
+def make_store(config: Config) -> AssignmentStore:
+    if config.store.url is None:
+        return MemoryStore()
+    raise ConfigError(["store.url: the Redis store is not available in this build"])
+
+
+class App:
+    """One router process: proxy port, admin port, store, fleet."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: AssignmentStore | None = None,
+        http: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store if store is not None else make_store(config)
+        self._http = http
+        self._own_http = http is None
+        self.fleet = Fleet(config.instances)
+        self.router: Router | None = None
+        self.proxy: ProxyServer | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def proxy_port(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.port
+
+    @property
+    def admin_port(self) -> int:
+        assert self._admin_runner is not None
+        port: int = self._admin_runner.addresses[0][1]
+        return port
+
+    def current_router(self) -> Router:
+        assert self.router is not None
+        return self.router
+
+    async def start(self, *, reuse_port: bool = False, admin: bool = True) -> None:
+        cfg = self.config
+        await self.store.start()
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
+            )
+        api = InstanceApi(self._http, connect_timeout=cfg.limits.upstream_connect_timeout)
+        self.router = Router(cfg, self.store, self.fleet, api)
+        self.proxy = ProxyServer(self.router)
+        await self.proxy.start(cfg.listen.host, cfg.listen.port, reuse_port=reuse_port)
+        if admin:
+            self._admin_runner = web.AppRunner(
+                create_admin_app(self.current_router), access_log=None, handle_signals=False
+            )
+            await self._admin_runner.setup()
+            site = web.TCPSite(
+                self._admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=reuse_port or None
+            )
+            await site.start()
+        log.info(
+            "wa-router listening on %s:%d (admin %s:%d), %d instances, store %s",
+            cfg.listen.host,
+            self.proxy.port,
+            cfg.admin.host,
+            self.admin_port if admin else 0,
+            len(self.fleet),
+            "memory" if cfg.store.url is None else "redis",
+        )
+
+    async def stop(self) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        try:
+            if self.proxy is not None:
+                await self.proxy.shutdown(self.config.listen.shutdown_timeout)
+            if self._admin_runner is not None:
+                await self._admin_runner.cleanup()
+            await self.fleet.close()
+            if self._own_http and self._http is not None:
+                await self._http.close()
+            await self.store.close()
+        finally:
+            self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.stop()
+
+
+def create_app(
+    config: Config,
+    *,
+    store: AssignmentStore | None = None,
+    http: aiohttp.ClientSession | None = None,
+) -> App:
+    """Build (not start) a router process. Side effects are injectable for tests."""
+    return App(config, store=store, http=http)

@@ -1,0 +1,97 @@
+"""Command line: ``wa-router run | check-config | demo | sim``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from router import __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    from router import logs
+    from router.app import create_app
+    from router.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    logs.setup(config.log.format, config.log.level)
+
+    async def main() -> None:
+        app = create_app(config)
+        await app.start()
+        await app.run_until_signalled()
+
+    _install_uvloop()
+    try:
+        asyncio.run(main())
+    except OSError as e:
+        print(f"wa-router: {e}", file=sys.stderr)
+        return 1
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from router.config import check_config
+
+    return check_config(args.file)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    _install_uvloop()
+    return run_demo(port=args.port, admin_port=args.admin_port, sim_base_port=args.sim_port)
+
+
+def _sim(argv: list[str]) -> int:
+    from router.sim import main as sim_main
+
+    return sim_main(argv)
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wa-router", description="Session router for WhatsApp API fleets")
+    p.add_argument("--version", action="version", version=f"wa-router {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the router")
+    run.add_argument("-c", "--config", required=True, help="config file (YAML)")
+    run.set_defaults(func=_run)
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 on problems")
+    check.add_argument("file")
+    check.set_defaults(func=_check_config)
+    demo = sub.add_parser("demo", help="3 simulated instances + router on loopback")
+    demo.add_argument("--port", type=int, default=8080, help="proxy port (default 8080)")
+    demo.add_argument("--admin-port", type=int, default=8081, help="admin port (default 8081)")
+    demo.add_argument("--sim-port", type=int, default=3001, help="first simulator port (default 3001)")
+    demo.set_defaults(func=_demo)
+    sub.add_parser("sim", help="one simulated WhatsApp API instance (see: wa-router sim --help)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "sim":
+        return _sim(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,205 @@
+"""Frozen, validated configuration objects.
+
+The loader (``router.config.loader``) builds these from YAML; nothing else constructs them
+from untrusted input. Durations are float seconds, sizes are int bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+Profile = Literal["waha", "evolution", "generic"]
+Unscoped = Literal["any", "reject"]
+RetryPolicy = Literal["constant", "linear", "exponential"]
+Ordering = Literal["per_session", "none"]
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A string that never shows itself in repr, logs or error bodies."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    # Bounded time to finish in-flight requests on SIGTERM (uvicorn's graceful shutdown).
+    shutdown_timeout: float = 10.0
+    # Idle keep-alive client connections are closed after this long.
+    keepalive_timeout: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 8081
+    token: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    url: Secret | None = None  # may carry a password: treated as a secret
+    prefix: str = "wa-router:"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementConfig:
+    balance_factor: float = 1.25
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    name: str
+    url: str
+    weight: float = 1.0
+    max_sessions: int | None = None
+    api_key: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRule:
+    """One user rule. Exactly one source: ``path`` (with a ``session`` group), ``header``,
+    ``query`` or ``json``. With header/query/json, ``path`` and ``methods`` are filters."""
+
+    path: re.Pattern[str] | None = None
+    header: str | None = None  # stored lower-case
+    query: str | None = None
+    json: str | None = None  # dotted field path, e.g. "account" or "data.session"
+    methods: frozenset[str] | None = None  # upper-case; None = any method
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    id_pattern: re.Pattern[str] = field(
+        default_factory=lambda: re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+    )
+    rules: tuple[SessionRule, ...] = ()
+    unscoped: Unscoped = "any"
+    fan_out: tuple[tuple[str, str], ...] = (("GET", "/api/sessions"),)  # (METHOD, path)
+    # JSON bodies larger than this are not parsed for a session id (the rule is skipped).
+    json_body_limit: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    path: str = "/ping"
+    interval: float = 1.0
+    timeout: float = 0.5
+    unhealthy_threshold: int = 2
+    healthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveConfig:
+    consecutive_failures: int = 3
+    statuses: frozenset[int] = frozenset({502, 503, 504})
+    ejection_time: float = 10.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCall:
+    """A request the router makes to an instance; ``{session}`` is substituted."""
+
+    method: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCall:
+    method: str = "GET"
+    path: str = "/api/sessions/{session}"
+    ready: frozenset[str] = frozenset({"WORKING"})
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverConfig:
+    grace: float = 5.0
+    hold_timeout: float = 15.0
+    restore_concurrency: int = 4
+    restore: InstanceCall = InstanceCall("POST", "/api/sessions/{session}/start")
+    stop: InstanceCall = InstanceCall("POST", "/api/sessions/{session}/stop")
+    status: StatusCall = StatusCall()
+    list: InstanceCall = InstanceCall("GET", "/api/sessions?all=true")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_body: int = 64 * 1024 * 1024
+    upstream_connect_timeout: float = 2.0
+    upstream_timeout: float = 60.0
+    client_header_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    url: str
+    events: frozenset[str] = frozenset({"*"})
+    hmac_key: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    policy: RetryPolicy = "exponential"
+    delay: float = 2.0
+    max_delay: float = 300.0
+    attempts: int = 15
+    jitter: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    path: str = "/webhooks"
+    inbound_hmac_key: Secret | None = None
+    targets: tuple[WebhookTarget, ...] = ()
+    retries: RetryConfig = RetryConfig()
+    no_retry_statuses: frozenset[int] = frozenset({400, 401, 403, 404, 422})
+    ordering: Ordering = "per_session"
+    max_body: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    webhooks: tuple[Secret, ...] = ()  # Slack webhook URLs embed a secret token
+    webhook_backlog_threshold: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: LogFormat = "text"
+    level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    instances: tuple[InstanceConfig, ...]
+    listen: ListenConfig = ListenConfig()
+    admin: AdminConfig = AdminConfig()
+    store: StoreConfig = StoreConfig()
+    profile: Profile = "waha"
+    placement: PlacementConfig = PlacementConfig()
+    sessions: SessionsConfig = SessionsConfig()
+    health: HealthConfig = HealthConfig()
+    passive: PassiveConfig = PassiveConfig()
+    failover: FailoverConfig = FailoverConfig()
+    limits: LimitsConfig = LimitsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    log: LogConfig = LogConfig()
+    source: str | None = None  # the file it was read from, for reloads

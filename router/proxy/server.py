@@ -1,0 +1,908 @@
+"""The proxy port: client connections parsed with httptools (llhttp), one ``Exchange`` per
+request, upstream keep-alive connections from the instance's pool.
+
+The common case (a known session, an idle pooled connection) runs entirely in protocol
+callbacks: no task, no future, no ClientSession. Only placement of a new session, opening
+a new upstream connection, fan-out and body-dependent routing spawn a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+from collections import deque
+from collections.abc import Coroutine
+from typing import cast, Any
+
+import httptools
+
+from router.errors import (
+    BadRequest,
+    BodyTooLarge,
+    HeadersTooLarge,
+    InvalidSessionId,
+    NoInstance,
+    RequestTimeout,
+    RouterError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from router.instances import Instance
+from router.proxy import local
+from router.proxy.headers import REQUEST_DROP, RESPONSE_DROP, valid_request_id
+from router.proxy.responses import error_response, json_response, reason
+from router.proxy.upstream import UpstreamConnection
+from router.routing import Router
+from router.sessions import NEEDS_BODY
+
+log = logging.getLogger("wa_router.proxy")
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 128
+PREBUFFER_LIMIT = 256 * 1024  # body bytes held while an upstream connection is being set up
+
+# Reasons to stop reading from a client, as bits: reading resumes only when none is left.
+PAUSE_PIPELINE = 1
+PAUSE_BACKPRESSURE = 2
+PAUSE_PREBUFFER = 4
+
+# What the connection's deadline means.
+DL_NONE = 0
+DL_HEADERS = 1
+DL_IDLE = 2
+DL_ACTIVE = 3
+
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
+_INF = float("inf")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF = b"\r\n"
+
+
+class ProxyServer:
+    """Listening sockets, live connections, request ids and the deadline sweeper."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.connections: set[ClientConnection] = set()
+        self.closing = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self._rid_prefix = secrets.token_hex(4) + "-"
+        self._rid_counter = itertools.count(1)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def next_request_id(self) -> str:
+        return f"{self._rid_prefix}{next(self._rid_counter):x}"
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        self.loop = asyncio.get_running_loop()
+        server = await self.loop.create_server(
+            lambda: ClientConnection(self),
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=2048,
+        )
+        self._servers.append(server)
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    @property
+    def port(self) -> int:
+        sock = self._servers[0].sockets[0]
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close everything."""
+        self.closing = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.exchange is None:
+                conn.close()
+        try:
+            async with asyncio.timeout(timeout):
+                while self.connections:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            log.warning("shutdown: aborting %d connections still busy", len(self.connections))
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self._servers:
+            await server.wait_closed()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.25)
+            now = loop.time()
+            for conn in list(self.connections):
+                if conn.deadline <= now:
+                    conn.deadline_passed()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client TCP connection; requests on it are answered strictly in order."""
+
+    def __init__(self, server: ProxyServer) -> None:
+        self.server = server
+        self.loop_time = asyncio.get_running_loop().time
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.exchange: Exchange | None = None  # being answered
+        self.parsing: Exchange | None = None  # request being read
+        self.pipeline: deque[Exchange] = deque()
+        self.paused = 0
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_size = 0
+        self.deadline = _INF
+        self.deadline_kind = DL_NONE
+        self.upgraded = False
+        self.tunnel: UpstreamConnection | None = None
+        self.closed = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = (peer[0] if peer else "").encode()
+        self.server.connections.add(self)
+        self.set_deadline(DL_HEADERS)
+        if self.server.closing:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        for ex in (self.exchange, self.parsing, *self.pipeline):
+            if ex is not None:
+                ex.abort()
+        self.exchange = self.parsing = None
+        self.pipeline.clear()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            assert self.transport is not None
+            self.transport.write(data)
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def set_deadline(self, kind: int) -> None:
+        limits = self.server.router.config
+        if kind == DL_HEADERS:
+            self.deadline = self.loop_time() + limits.limits.client_header_timeout
+        elif kind == DL_IDLE:
+            self.deadline = self.loop_time() + limits.listen.keepalive_timeout
+        elif kind == DL_ACTIVE:
+            self.deadline = self.loop_time() + limits.limits.upstream_timeout
+        else:
+            self.deadline = _INF
+        self.deadline_kind = kind
+
+    def deadline_passed(self) -> None:
+        kind = self.deadline_kind
+        self.deadline = _INF
+        if kind == DL_ACTIVE and self.exchange is not None:
+            self.exchange.fail(
+                UpstreamTimeout("the instance did not answer within limits.upstream_timeout")
+            )
+        elif kind == DL_HEADERS and self.exchange is None and self.head_size:
+            self.write(
+                error_response(
+                    RequestTimeout("request headers not received within client_header_timeout"),
+                    request_id=self.server.next_request_id(),
+                    keep_alive=False,
+                )
+            )
+            self.close()
+        elif kind != DL_NONE:
+            self.close()
+
+    # -- flow control --------------------------------------------------------------------
+
+    def pause(self, why: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= why
+
+    def resume(self, why: int) -> None:
+        if self.paused & why:
+            self.paused &= ~why
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        up = self.tunnel or (self.exchange.upstream if self.exchange else None)
+        if up is not None:
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        up = self.tunnel or (self.exchange.upstream if self.exchange else None)
+        if up is not None:
+            up.resume_reading()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.upgraded:
+            if self.exchange is not None:
+                self.exchange.tunnel_data(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as u:
+            self.upgraded = True
+            rest = data[u.args[0] :]
+            if rest and self.exchange is not None:
+                self.exchange.tunnel_data(rest)
+        except httptools.HttpParserCallbackError as e:
+            err = e.__context__
+            self.reject(err if isinstance(err, RouterError) else BadRequest("malformed request"))
+        except httptools.HttpParserError as e:
+            self.reject(BadRequest(f"malformed HTTP request: {_parser_reason(e)}"))
+
+    def reject(self, err: RouterError) -> None:
+        """A request that cannot be parsed: answer it if nothing else is, then close."""
+        if self.exchange is None or self.exchange.response_started:
+            if self.exchange is None:
+                self.write(
+                    error_response(err, request_id=self.server.next_request_id(), keep_alive=False)
+                )
+                self.close()
+            else:
+                self.abort()
+        else:
+            self.exchange.fail(err, close=True)
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_size = 0
+        if self.exchange is None:
+            self.set_deadline(DL_HEADERS)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD_BYTES:
+            raise HeadersTooLarge("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD_BYTES or len(self.headers) > MAX_HEADERS:
+            raise HeadersTooLarge("request headers too large")
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        ex = Exchange(
+            self,
+            p.get_method(),
+            self.url,
+            self.headers,
+            p.get_http_version() == "1.1",
+            p.should_keep_alive(),
+            p.should_upgrade(),
+        )
+        self.parsing = ex
+        if self.exchange is None:
+            self.exchange = ex
+            self.set_deadline(DL_ACTIVE)
+            ex.start()
+        else:
+            self.pipeline.append(ex)
+            self.pause(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        if self.parsing is not None:
+            self.parsing.request_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        if ex is not None:
+            ex.request_complete()
+
+    # -- exchanges -----------------------------------------------------------------------
+
+    def exchange_done(self, ex: Exchange) -> None:
+        """``ex`` is fully answered and its request fully read: next request, or idle."""
+        if ex is not self.exchange:
+            return
+        self.exchange = None
+        if ex.close_after or self.server.closing:
+            self.close()
+            return
+        if self.pipeline:
+            nxt = self.pipeline.popleft()
+            if not self.pipeline:
+                self.resume(PAUSE_PIPELINE)
+            self.exchange = nxt
+            self.set_deadline(DL_ACTIVE)
+            nxt.start()
+        else:
+            self.set_deadline(DL_IDLE)
+
+    def start_tunnel(self, up: UpstreamConnection, pending: list[bytes]) -> None:
+        assert self.transport is not None
+        self.tunnel = up
+        self.exchange = None
+        self.set_deadline(DL_NONE)
+        up.start_tunnel(self.transport)
+        if pending:
+            up.writelines(pending)
+        self.resume(PAUSE_PREBUFFER | PAUSE_BACKPRESSURE | PAUSE_PIPELINE)
+
+
+class Exchange:
+    """One request and its response. Also the ``UpstreamListener`` of its connection."""
+
+    __slots__ = (
+        "body_parts",
+        "body_size",
+        "chunked_in",
+        "client_key_line",
+        "close_after",
+        "conn",
+        "content_length",
+        "eof_delimited",
+        "expect_continue",
+        "finished",
+        "forward_lines",
+        "header_map",
+        "http11",
+        "instance",
+        "keep_alive",
+        "method",
+        "method_str",
+        "path",
+        "query",
+        "raw_headers",
+        "request_done",
+        "request_id",
+        "response_done",
+        "response_started",
+        "retried",
+        "router",
+        "target",
+        "task",
+        "tunnel_pending",
+        "upgrade",
+        "upstream",
+        "url",
+        "wait_body",
+        "xff",
+        "xfh",
+        "out_chunked",
+    )
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        http11: bool,
+        keep_alive: bool,
+        upgrade: bool,
+    ) -> None:
+        self.conn = conn
+        self.router = conn.server.router
+        self.method = method
+        self.url = url
+        self.raw_headers = headers
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.close_after = not keep_alive
+        self.upgrade = upgrade
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+        self.request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.finished = False
+        self.wait_body = False
+        self.retried = False
+        self.out_chunked = False
+        self.eof_delimited = False
+        self.upstream: UpstreamConnection | None = None
+        self.instance: Instance | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.tunnel_pending: list[bytes] = []
+        self.request_id = ""
+        self.method_str = ""
+        self.path = ""
+        self.query = ""
+        self.target = b""
+        self.forward_lines: list[bytes] = []
+        self.header_map: dict[str, str] = {}
+        self.client_key_line = b""
+        self.xff = b""
+        self.xfh = b""
+        self.content_length: int | None = None
+        self.chunked_in = False
+        self.expect_continue = False
+
+    # -- request side --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Headers are in: validate, pick the instance, and send or wait."""
+        self._read_headers()
+        config = self.router.config
+        if self.content_length is not None and self.content_length > config.limits.max_body:
+            self.fail(BodyTooLarge(f"request body exceeds limits.max_body ({config.limits.max_body} bytes)"), close=True)
+            return
+        if not self.target.startswith(b"/"):
+            self.fail(BadRequest("request target must be a path"), close=True)
+            return
+        path = self.path
+        if path in local.PATHS:
+            status, body = local.answer(path, self.router)
+            self._respond_json(status, body)
+            return
+        if (self.method_str, path) in self.router.fan_out_routes:
+            self._spawn(self._fan_out())
+            return
+        try:
+            found = self.router.extractor.extract(
+                self.method_str, path, self.query, self.header_map, None
+            )
+            if found is NEEDS_BODY:
+                if not self._has_body() or (
+                    self.content_length is not None
+                    and self.content_length > config.sessions.json_body_limit
+                ):
+                    found = self.router.extractor.extract(
+                        self.method_str, path, self.query, self.header_map, b""
+                    )
+                elif self.request_done:  # a pipelined request read before its turn
+                    found = self.router.extractor.extract(
+                        self.method_str, path, self.query, self.header_map, b"".join(self.body_parts)
+                    )
+                else:
+                    self.wait_body = True
+                    if self.expect_continue:
+                        self.expect_continue = False
+                        self.conn.write(_CONTINUE)
+                    return
+        except InvalidSessionId as e:
+            self.fail(e)
+            return
+        assert found is not NEEDS_BODY
+        self._route(found)  # type: ignore[arg-type]
+
+    def _read_headers(self) -> None:
+        """One pass over the client's headers: what to forward, what to note."""
+        conn = self.conn
+        m = self.method
+        self.method_str = _METHODS.get(m) or m.decode("latin-1")
+        url = self.url
+        if url[:1] != b"/" and url != b"*":
+            try:
+                parsed = httptools.parse_url(url)
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+            except httptools.HttpParserInvalidURLError:
+                url = b""
+        self.target = url
+        q = url.find(b"?")
+        if q >= 0:
+            self.path = url[:q].decode("latin-1")
+            self.query = url[q + 1 :].decode("latin-1")
+        else:
+            self.path = url.decode("latin-1")
+        lines = self.forward_lines
+        hmap = self.header_map
+        rid = b""
+        for name, value in self.raw_headers:
+            low = name.lower()
+            if low in REQUEST_DROP:
+                if low == b"host":
+                    self.xfh = value
+                elif low == b"content-length":
+                    self.content_length = int(value)
+                elif low == b"transfer-encoding":
+                    self.chunked_in = True
+                elif low == b"x-request-id":
+                    if valid_request_id(value):
+                        rid = value
+                elif low == b"x-forwarded-for":
+                    self.xff = value + b", "
+                elif low == b"expect":
+                    self.expect_continue = value.lower() == b"100-continue"
+                elif low == b"upgrade" and self.upgrade:
+                    lines += [b"Connection: Upgrade\r\nUpgrade: ", value, _CRLF]
+                continue
+            hmap[low.decode("latin-1")] = value.decode("latin-1")
+            if low == b"x-api-key":
+                self.client_key_line = b"X-Api-Key: " + value + _CRLF
+                continue
+            lines += [name, b": ", value, _CRLF]
+        self.request_id = rid.decode() if rid else conn.server.next_request_id()
+
+    def _has_body(self) -> bool:
+        return self.chunked_in or bool(self.content_length)
+
+    def request_body(self, data: bytes) -> None:
+        if self.finished:
+            return
+        self.body_size += len(data)
+        limit = self.router.config.limits.max_body
+        if self.body_size > limit:
+            self.fail(BodyTooLarge(f"request body exceeds limits.max_body ({limit} bytes)"), close=True)
+            return
+        up = self.upstream
+        if up is not None:
+            self.conn.deadline = self.conn.loop_time() + self.router.config.limits.upstream_timeout
+            if self.chunked_in:
+                up.writelines([b"%x\r\n" % len(data), data, _CRLF])
+            else:
+                up.write(data)
+            return
+        self.body_parts.append(data)
+        if self.wait_body:
+            if self.body_size > self.router.config.sessions.json_body_limit:
+                self.wait_body = False
+                self._route_with_body(b"")
+        elif self.body_size > PREBUFFER_LIMIT:
+            self.conn.pause(PAUSE_PREBUFFER)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.finished:
+            if self.response_done:
+                self.conn.exchange_done(self)
+            return
+        up = self.upstream
+        if up is not None:
+            if self.chunked_in:
+                up.write(_LAST_CHUNK)
+        elif self.wait_body:
+            self.wait_body = False
+            self._route_with_body(b"".join(self.body_parts))
+        if self.response_done:
+            self.conn.exchange_done(self)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.tunnel_pending.append(data)
+
+    # -- routing -------------------------------------------------------------------------
+
+    def _route_with_body(self, body: bytes) -> None:
+        try:
+            found = self.router.extractor.extract(
+                self.method_str, self.path, self.query, self.header_map, body
+            )
+        except InvalidSessionId as e:
+            self.fail(e)
+            return
+        self._route(found if isinstance(found, str) else None)
+
+    def _route(self, session: str | None) -> None:
+        router = self.router
+        if session is None:
+            if router.config.sessions.unscoped == "reject":
+                self.fail(BadRequest("the request names no session (sessions.unscoped: reject)"))
+                return
+            inst = router.fleet.least_busy()
+            if inst is None:
+                self.fail(NoInstance("no healthy instance"))
+                return
+            self._use(inst)
+            return
+        inst = router.cached_instance(session)
+        if inst is not None:
+            self._use(inst)
+        else:
+            self._spawn(self._place(session))
+
+    def _use(self, inst: Instance) -> None:
+        up = inst.pool.acquire_idle()
+        if up is not None:
+            self._attach(inst, up)
+        else:
+            self._spawn(self._connect(inst))
+
+    async def _place(self, session: str) -> None:
+        assignment = await self.router.assign(session)
+        inst = self.router.fleet.get(assignment.instance)
+        if inst is None:
+            raise NoInstance(f"session is assigned to unknown instance {assignment.instance!r}")
+        self._use(inst)
+
+    async def _connect(self, inst: Instance) -> None:
+        up = await inst.pool.connect(self.router.config.limits.upstream_connect_timeout)
+        if self.finished:
+            up.release(True)
+            return
+        self._attach(inst, up)
+
+    def _attach(self, inst: Instance, up: UpstreamConnection) -> None:
+        self.instance = inst
+        self.upstream = up
+        inst.inflight += 1
+        up.bind(self, self.method == b"HEAD")
+        parts = [
+            self.method,
+            b" ",
+            inst.address.base_path.encode() + self.target if inst.address.base_path else self.target,
+            b" HTTP/1.1\r\n",
+            inst.host_line,
+            *self.forward_lines,
+            b"X-Forwarded-For: ",
+            self.xff,
+            self.conn.peer,
+            b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
+            self.request_id.encode(),
+            _CRLF,
+            inst.api_key_line or self.client_key_line,
+        ]
+        if self.xfh:
+            parts += [b"X-Forwarded-Host: ", self.xfh, _CRLF]
+        if self.chunked_in:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif self.content_length is not None:
+            parts.append(b"Content-Length: %d\r\n" % self.content_length)
+        parts.append(_CRLF)
+        if self.body_parts:
+            if self.chunked_in:
+                for chunk in self.body_parts:
+                    parts += [b"%x\r\n" % len(chunk), chunk, _CRLF]
+            else:
+                parts += self.body_parts
+            self.body_parts = []
+        if self.request_done and self.chunked_in:
+            parts.append(_LAST_CHUNK)
+        up.write(b"".join(parts))
+        if self.expect_continue and not self.request_done:
+            self.expect_continue = False
+            self.conn.write(_CONTINUE)
+        self.conn.resume(PAUSE_PREBUFFER)
+
+    def _detach(self) -> UpstreamConnection | None:
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            if self.instance is not None:
+                self.instance.inflight -= 1
+        return up
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._guard(coro))
+
+    async def _guard(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except RouterError as e:
+            self.fail(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request %s failed", self.request_id)
+            self.fail(RouterError("internal error"))
+
+    async def _fan_out(self) -> None:
+        headers = {"Accept": "application/json"}
+        if self.client_key_line:
+            headers["X-Api-Key"] = self.header_map.get("x-api-key", "")
+        headers["X-Request-Id"] = self.request_id
+        body, answered, failed = await self.router.fan_out(
+            self.method_str, self.target.decode("latin-1"), headers
+        )
+        extra = [(b"X-Router-Instance", ",".join(answered).encode())]
+        if failed:
+            extra.append((b"X-Router-Partial", ",".join(failed).encode()))
+        self._respond_json(200, body, tuple(extra))
+
+    # -- response side (UpstreamListener) -------------------------------------------------
+
+    def upstream_head(
+        self, status: int, reason_phrase: bytes, headers: list[tuple[bytes, bytes]], body: bool
+    ) -> None:
+        if self.finished:
+            return
+        self.response_started = True
+        assert self.instance is not None
+        parts = [b"HTTP/1.1 %d " % status, reason_phrase or reason(status), _CRLF]
+        length: bytes | None = None
+        chunked = False
+        for name, value in headers:
+            low = name.lower()
+            if low in RESPONSE_DROP:
+                if low == b"content-length":
+                    length = value
+                elif low == b"transfer-encoding":
+                    chunked = True
+                elif status == 101 and low in (b"upgrade", b"connection"):
+                    parts += [name, b": ", value, _CRLF]
+                continue
+            parts += [name, b": ", value, _CRLF]
+        parts += [
+            b"X-Router-Instance: ",
+            self.instance.name_bytes,
+            b"\r\nX-Request-Id: ",
+            self.request_id.encode(),
+            _CRLF,
+        ]
+        if status != 101:
+            if self.upgrade or not self.request_done:
+                self.close_after = True
+            if not body:
+                if length is not None:
+                    parts += [b"Content-Length: ", length, _CRLF]
+            elif length is not None and not chunked:
+                parts += [b"Content-Length: ", length, _CRLF]
+            elif self.http11:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self.out_chunked = True
+                self.eof_delimited = not chunked
+            else:
+                self.close_after = True
+                self.eof_delimited = not chunked
+            if self.close_after:
+                parts.append(b"Connection: close\r\n")
+            elif not self.http11:
+                parts.append(b"Connection: keep-alive\r\n")
+        parts.append(_CRLF)
+        self.conn.write(b"".join(parts))
+
+    def upstream_body(self, data: bytes) -> None:
+        conn = self.conn
+        conn.deadline = conn.loop_time() + self.router.config.limits.upstream_timeout
+        if conn.closed:
+            return
+        assert conn.transport is not None
+        if self.out_chunked:
+            conn.transport.writelines([b"%x\r\n" % len(data), data, _CRLF])
+        else:
+            conn.transport.write(data)
+
+    def upstream_done(self, keep_alive: bool) -> None:
+        if self.out_chunked:
+            self.conn.write(_LAST_CHUNK)
+        up = self._detach()
+        if up is not None:
+            up.release(keep_alive and self.request_done and not self.finished)
+        self._response_finished()
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        up = self._detach()
+        if up is None or self.finished:
+            return
+        if rest:
+            self.conn.write(rest)
+        self.finished = True
+        self.response_done = True
+        self.conn.start_tunnel(up, self.tunnel_pending)
+        self.tunnel_pending = []
+
+    def upstream_failed(self, err: UpstreamError) -> None:
+        up = self._detach()
+        if self.finished:
+            return
+        if self.response_started:
+            if self.eof_delimited:
+                # A close-delimited body ends with the connection: that is success.
+                if self.out_chunked:
+                    self.conn.write(_LAST_CHUNK)
+                self.close_after = True
+                self._response_finished()
+            else:
+                self.finished = True
+                self.conn.abort()  # truncated: the client must see it, not a short body
+            return
+        if (
+            up is not None
+            and up.used > 1
+            and not self.retried
+            and self.body_size == 0
+            and self.request_done
+            and self.instance is not None
+        ):
+            # A pooled connection the instance closed just as we reused it: the request
+            # never got an answer and carried no body, so sending it again is safe.
+            self.retried = True
+            self._spawn(self._connect(self.instance))
+            return
+        self.fail(err)
+
+    def upstream_pause_writing(self) -> None:
+        self.conn.pause(PAUSE_BACKPRESSURE)
+
+    def upstream_resume_writing(self) -> None:
+        self.conn.resume(PAUSE_BACKPRESSURE)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _response_finished(self) -> None:
+        self.response_done = True
+        self.finished = True
+        if self.request_done and not self.close_after:
+            self.conn.exchange_done(self)
+        else:
+            self.conn.close()
+
+    def _respond_json(
+        self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        if self.finished:
+            return
+        if not self.request_done:
+            self.close_after = True
+        self.response_started = True
+        self.conn.write(
+            json_response(
+                status,
+                body,
+                request_id=self.request_id,
+                keep_alive=not self.close_after,
+                head_only=self.method == b"HEAD",
+                extra=extra,
+            )
+        )
+        self._response_finished()
+
+    def fail(self, err: RouterError, *, close: bool = False) -> None:
+        """Answer with the router's own JSON error, or cut the connection if the response
+        has already begun."""
+        if self.finished:
+            return
+        up = self._detach()
+        if up is not None:
+            up.abort()
+        if self.response_started:
+            self.finished = True
+            self.conn.abort()
+            return
+        if close or not self.request_done:
+            self.close_after = True
+        if err.status >= 500:
+            log.warning("request %s: %s %s", self.request_id, err.code, err.message)
+        self.response_started = True
+        self.conn.write(
+            error_response(
+                err,
+                request_id=self.request_id or self.conn.server.next_request_id(),
+                keep_alive=not self.close_after,
+                head_only=self.method == b"HEAD",
+            )
+        )
+        self._response_finished()
+
+    def abort(self) -> None:
+        """The client went away."""
+        self.finished = True
+        up = self._detach()
+        if up is not None:
+            up.abort()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+def _parser_reason(e: Exception) -> str:
+    text = str(e)
+    return text[:80] if text else type(e).__name__

@@ -1,0 +1,289 @@
+"""Keep-alive connections to instances, parsed with httptools (llhttp).
+
+An ``UpstreamConnection`` is bound to at most one exchange at a time and reports the
+response to it through a narrow interface (``UpstreamListener``). Completion is signalled
+after ``feed_data`` returns, never from inside a parser callback, so an exchange can hand
+the connection back to the pool (and another exchange reuse it) without re-entering the
+parser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import cast, Protocol
+
+import httptools
+
+from router.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def _client_ssl() -> ssl.SSLContext:
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context
+
+
+class UpstreamListener(Protocol):
+    """What a connection reports to the exchange it serves."""
+
+    def upstream_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bool
+    ) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_done(self, keep_alive: bool) -> None: ...
+
+    def upstream_upgraded(self, rest: bytes) -> None: ...
+
+    def upstream_failed(self, err: UpstreamError) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to an instance."""
+
+    __slots__ = (
+        "_done",
+        "_head_request",
+        "_headers",
+        "_reason",
+        "_skip",
+        "closed",
+        "listener",
+        "parser",
+        "pool",
+        "read_paused",
+        "transport",
+        "tunnel",
+        "used",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.listener: UpstreamListener | None = None
+        self.tunnel: asyncio.Transport | None = None  # the client side, after an upgrade
+        self.closed = False
+        self.read_paused = False
+        self.used = 0  # requests sent on this connection
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head_request = False
+        self._skip = False  # ignore the rest of this message (HEAD, informational)
+        self._done = False
+
+    # -- use by an exchange --------------------------------------------------------------
+
+    def bind(self, listener: UpstreamListener, head_request: bool) -> None:
+        self.listener = listener
+        self._head_request = head_request
+        self.used += 1
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def writelines(self, data: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.writelines(data)
+
+    def pause_reading(self) -> None:
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def release(self, keep_alive: bool) -> None:
+        """Back to the pool, or closed."""
+        self.listener = None
+        if keep_alive and not self.closed:
+            self.resume_reading()
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.listener = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.listener = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def start_tunnel(self, client: asyncio.Transport) -> None:
+        self.tunnel = client
+        self.listener = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        listener = self.listener
+        if listener is None:
+            # Bytes on an idle connection: the instance broke protocol; never reuse it.
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as u:
+            self._reset()
+            listener.upstream_upgraded(data[u.args[0] :])
+            return
+        except httptools.HttpParserError:
+            self.abort()
+            listener.upstream_failed(UpstreamError("invalid HTTP response from the instance"))
+            return
+        if self._done:
+            keep_alive = self.parser.should_keep_alive()
+            if self._head_request:
+                # llhttp cannot be told a response was to HEAD: start a fresh parser.
+                self.parser = httptools.HttpResponseParser(self)
+                keep_alive = keep_alive and self._keep_alive_header()
+            self._reset()
+            listener.upstream_done(keep_alive)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+            return
+        listener = self.listener
+        self.listener = None
+        if listener is not None:
+            listener.upstream_failed(UpstreamError("the instance closed the connection"))
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def pause_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.listener is not None:
+            self.listener.upstream_resume_writing()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+        self._skip = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._skip = True  # 100 Continue, 103 Early Hints: wait for the final answer
+            return
+        listener = self.listener
+        if listener is None:
+            return
+        body = not (self._head_request or status in (204, 304) or status == 101)
+        listener.upstream_head(status, self._reason, self._headers, body)
+        if self._head_request:
+            self._skip = True
+            self._done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._skip and self.listener is not None:
+            self.listener.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._skip:
+            self._skip = False
+            return
+        self._done = True
+
+    def _reset(self) -> None:
+        self._done = False
+        self._skip = False
+        self._headers = []
+
+    def _keep_alive_header(self) -> bool:
+        for name, value in self._headers:
+            if name.lower() == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one instance (LIFO: the warmest first)."""
+
+    __slots__ = ("address", "idle", "max_idle")
+
+    def __init__(self, address: object, max_idle: int = 512) -> None:
+        from router.instances import Address
+
+        assert isinstance(address, Address)
+        self.address: Address = address
+        self.idle: list[UpstreamConnection] = []
+        self.max_idle = max_idle
+
+    def acquire_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        a = self.address
+        try:
+            async with asyncio.timeout(timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    a.host,
+                    a.port,
+                    ssl=_client_ssl() if a.scheme == "https" else None,
+                )
+        except TimeoutError as e:
+            raise UpstreamConnectTimeout("timed out connecting to the instance") from e
+        except OSError as e:
+            raise UpstreamConnectError(
+                f"could not connect to the instance ({e.strerror or type(e).__name__})"
+            ) from e
+        return proto
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if len(self.idle) < self.max_idle:
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()

@@ -1,0 +1,126 @@
+"""Where does a request go: session -> assignment -> instance, placing new sessions.
+
+The hot path uses ``Router.cached_instance`` (no I/O, no awaits). Only a session seen for
+the first time, or a cache miss, takes the async ``Router.assign`` path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+
+from router.config.model import Config
+from router.errors import NoInstance, RouterError, UpstreamError
+from router.instance_api import InstanceApi
+from router.instances import Fleet, Instance
+from router.sessions import SessionExtractor
+from router.store.base import Assignment, AssignmentStore
+
+log = logging.getLogger("wa_router.routing")
+
+
+class Router:
+    """Routing decisions shared by every connection of one router process."""
+
+    def __init__(
+        self, config: Config, store: AssignmentStore, fleet: Fleet, api: InstanceApi | None
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.fleet = fleet
+        self.api = api
+        self.extractor = SessionExtractor(config.sessions, config.profile)
+        self.fan_out_routes = frozenset(config.sessions.fan_out)
+        self._placing: dict[str, asyncio.Future[Assignment]] = {}
+
+    # -- hot path ------------------------------------------------------------------------
+
+    def cached_instance(self, session: str) -> Instance | None:
+        a = self.store.cached(session)
+        if a is None:
+            return None
+        return self.fleet.by_name.get(a.instance)
+
+    # -- placement -----------------------------------------------------------------------
+
+    async def assign(self, session: str) -> Assignment:
+        """The session's assignment, placing it if it has none. Concurrent callers for one
+        session in this process share one placement; across processes the store's
+        create-if-absent decides."""
+        current = await self.store.get(session)
+        if current is not None:
+            return current
+        pending = self._placing.get(session)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Assignment] = asyncio.get_running_loop().create_future()
+        self._placing[session] = fut
+        try:
+            assignment = await self._place(session)
+            fut.set_result(assignment)
+            return assignment
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._placing[session]
+
+    async def _place(self, session: str) -> Assignment:
+        eligible = {i.name for i in self.fleet if i.available}
+        name = self.fleet.ring.place(
+            session, self.store.counts(), eligible, self.config.placement.balance_factor
+        )
+        if name is None:
+            raise NoInstance("no healthy instance has room for a new session")
+        return await self.store.create_if_absent(session, name)
+
+    # -- fan-out -------------------------------------------------------------------------
+
+    async def fan_out(
+        self, method: str, target: str, headers: Mapping[str, str]
+    ) -> tuple[bytes, list[str], list[str]]:
+        """Ask every healthy instance and merge their JSON lists.
+
+        Returns (merged JSON body, instances that answered, instances that failed)."""
+        if self.api is None:
+            raise NoInstance("fan-out is not available")
+        targets = self.fleet.healthy()
+        if not targets:
+            raise NoInstance("no healthy instance")
+        timeout = self.config.limits.upstream_timeout
+        results = await asyncio.gather(
+            *(self._list_one(i, method, target, headers, timeout) for i in targets),
+            return_exceptions=True,
+        )
+        merged: list[object] = []
+        answered: list[str] = []
+        failed: list[str] = []
+        for inst, result in zip(targets, results, strict=True):
+            if isinstance(result, list):
+                merged.extend(result)
+                answered.append(inst.name)
+            else:
+                failed.append(inst.name)
+                if isinstance(result, BaseException) and not isinstance(result, RouterError):
+                    log.warning("fan-out to %s failed: %r", inst.name, result)
+        if not answered:
+            raise UpstreamError("no instance answered the fan-out request")
+        return json.dumps(merged, separators=(",", ":")).encode(), answered, failed
+
+    async def _list_one(
+        self, inst: Instance, method: str, target: str, headers: Mapping[str, str], timeout: float
+    ) -> list[object]:
+        assert self.api is not None
+        resp = await self.api.request(inst, method, target, timeout=timeout, headers=dict(headers))
+        if resp.status != 200:
+            raise UpstreamError(f"instance {inst.name} answered {resp.status}")
+        try:
+            data = resp.json()
+        except ValueError as e:
+            raise UpstreamError(f"instance {inst.name} answered invalid JSON") from e
+        if not isinstance(data, list):
+            raise UpstreamError(f"instance {inst.name} did not answer a JSON list")
+        return data

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.procs import Proc, RouterProc, start_router, start_sim
+
+
+@pytest.fixture
+def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def make(name: str, *extra: str, port: int | None = None) -> Proc:
+        p = start_sim(tmp_path, name, port, *extra)
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def three_sims(sim_factory: Callable[..., Proc]) -> list[Proc]:
+    return [sim_factory(f"node-{i}") for i in (1, 2, 3)]
+
+
+@pytest.fixture
+def router_factory(tmp_path: Path) -> Iterator[Callable[..., RouterProc]]:
+    started: list[RouterProc] = []
+
+    def make(config_yaml: str, **kw: object) -> RouterProc:
+        r = start_router(tmp_path, config_yaml, **kw)  # type: ignore[arg-type]
+        started.append(r)
+        return r
+
+    yield make
+    for r in started:
+        r.stop()

@@ -1,0 +1,136 @@
+"""Real processes for integration tests: simulators and routers on loopback free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll until ``url`` answers 2xx (bounded)."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if 200 <= r.status < 300:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = e
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not ready: {last}")
+
+
+def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise KeyError(field_name)
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    port: int
+    name: str = ""
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log else ""
+
+
+def start_sim(
+    tmp: Path, name: str, port: int | None = None, *extra: str
+) -> Proc:
+    port = port or free_port()
+    log = tmp / f"sim-{name}-{port}.log"
+    proc = subprocess.Popen(
+        [PY, "-m", "router", "sim", "--host", "127.0.0.1", "--port", str(port), "--name", name, *extra],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    p = Proc(proc, port, name, log)
+    try:
+        wait_http(p.url + "/ping", proc=proc)
+    except Exception:
+        p.stop()
+        raise
+    return p
+
+
+@dataclass
+class RouterProc(Proc):
+    admin_port: int = 0
+    config_path: Path = field(default_factory=Path)
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+
+def start_router(tmp: Path, config_yaml: str, *, env: dict[str, str] | None = None) -> RouterProc:
+    """``config_yaml`` may use {port} and {admin_port}; they are filled with free ports."""
+    port, admin_port = free_port(), free_port()
+    path = tmp / f"router-{port}.yaml"
+    path.write_text(config_yaml.replace("{port}", str(port)).replace("{admin_port}", str(admin_port)))
+    log = tmp / f"router-{port}.log"
+    proc = subprocess.Popen(
+        [PY, "-m", "router", "run", "-c", str(path)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+    r = RouterProc(proc, port, "router", log, admin_port, path)
+    try:
+        wait_http(r.url + "/healthz", proc=proc)
+    except Exception:
+        r.stop()
+        raise RuntimeError("router did not start:\n" + r.output()) from None
+    return r
+
+
+def router_config(sims: list[Proc], extra: str = "", instance_extra: str = "") -> str:
+    lines = [
+        "listen: {host: 127.0.0.1, port: {port}}",
+        "admin: {host: 127.0.0.1, port: {admin_port}}",
+        "instances:",
+    ]
+    for s in sims:
+        lines.append(f"  - {{name: {s.name}, url: '{s.url}'{instance_extra}}}")
+    return "\n".join(lines) + "\n" + extra
