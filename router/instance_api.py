@@ -6,7 +6,6 @@ full-featured client beats a lean one here. The data path has its own pool.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +58,7 @@ class InstanceApi:
                 return ApiResponse(resp.status, data)
         except aiohttp.ClientConnectorError as e:
             raise UpstreamConnectError(f"instance {instance.name} refused the connection") from e
-        except (TimeoutError, asyncio.TimeoutError) as e:
+        except TimeoutError as e:
             raise UpstreamTimeout(f"instance {instance.name} did not answer in time") from e
         except aiohttp.ClientError as e:
             raise UpstreamError(f"instance {instance.name}: {type(e).__name__}") from e

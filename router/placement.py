@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from hashlib import blake2b
 from itertools import repeat
@@ -178,8 +179,9 @@ class Ring:
         ``loads`` maps member names to their current session counts (missing means 0);
         ``eligible`` holds the members that may take new sessions (healthy, not draining).
         Loads of non-eligible members do not count. A caller that keeps the eligible members'
-        total load can pass it as ``total_load`` and skip an O(members) sum; passing a
-        ``frozenset`` as ``eligible`` lets the ring cache the eligible weight.
+        total load can pass it as ``total_load`` and skip an O(members) sum. With a set (best a
+        frozenset kept until eligibility changes) the eligible weight is cached; any other
+        container costs an O(members) scan per call.
         """
         _check_balance_factor(balance_factor)
         if not self._hashes:
@@ -212,17 +214,21 @@ class Ring:
 
     def _eligible(self, eligible: Container[str]) -> tuple[float, tuple[str, ...]]:
         """Total weight and names of the ring members in ``eligible``."""
-        if isinstance(eligible, frozenset):
-            hit = self._cache.get(eligible)
+        key: frozenset[str] | None = None
+        if isinstance(eligible, AbstractSet):
+            # Cached by value: a set rebuilt per call still hits (freezing it is C-speed,
+            # ~5x cheaper than the Python loop below); a frozenset hashes once per object.
+            key = eligible if isinstance(eligible, frozenset) else frozenset(eligible)
+            hit = self._cache.get(key)
             if hit is not None:
                 return hit
         names = tuple(n for n in self._names if n in eligible)
         index = self._index
         result = (math.fsum(self._weights[index[n]] for n in names), names)
-        if isinstance(eligible, frozenset):
+        if key is not None:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()
-            self._cache[eligible] = result
+            self._cache[key] = result
         return result
 
     def _walk(self, h: int, start: int | None = None) -> Iterator[int]:

@@ -362,6 +362,11 @@ def test_any_container_works_and_the_frozenset_cache_is_per_set() -> None:
             OnlyContains(subset),
         ):
             assert [ring.place(k, loads, container, 1.25) for k in keys] == expected
+    mutable = {"n1"}  # a set mutated between calls: the cache is by value, never stale
+    for extra in ("n2", "n5", "n8"):
+        expected = [reference_place(members, k, loads, mutable, 1.25) for k in keys]
+        assert [ring.place(k, loads, mutable, 1.25) for k in keys] == expected
+        mutable.add(extra)
     for i in range(100):  # many distinct eligible sets: the cache stays bounded
         ring.place("k", loads, frozenset({f"n{i % 10}", f"x{i}"}), 1.25)
     assert len(ring._cache) <= 32

@@ -103,13 +103,15 @@ async def test_invalid_session_ids_are_400(
     path: str, three_sims: list[Proc], router_factory: Callable[..., RouterProc]
 ) -> None:
     r = router_factory(router_config(three_sims[:1]))
-    async with aiohttp.ClientSession() as http:
-        async with http.get(r.url + path, headers={"X-Request-Id": "req-abc"}) as resp:
-            assert resp.status == 400
-            body = await resp.json()
-            assert body["error"] == "invalid_session_id"
-            assert body["request_id"] == "req-abc"
-            assert "X-Router-Instance" not in resp.headers
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(r.url + path, headers={"X-Request-Id": "req-abc"}) as resp,
+    ):
+        assert resp.status == 400
+        body = await resp.json()
+        assert body["error"] == "invalid_session_id"
+        assert body["request_id"] == "req-abc"
+        assert "X-Router-Instance" not in resp.headers
 
 
 async def test_body_over_max_body_is_413(
@@ -143,13 +145,12 @@ async def test_instance_refusing_connections_gives_json_error(
 ) -> None:
     dead = Proc(proc=None, port=free_port(), name="dead")  # type: ignore[arg-type]
     r = router_factory(router_config([dead]))
-    async with aiohttp.ClientSession() as http:
-        async with http.get(r.url + "/api/sessions/s1") as resp:
-            assert resp.status in (502, 503)
-            body = await resp.json()
-            assert body["error"] in ("upstream_error", "no_instance")
-            assert body["request_id"]
-            assert "Traceback" not in json.dumps(body)
+    async with aiohttp.ClientSession() as http, http.get(r.url + "/api/sessions/s1") as resp:
+        assert resp.status in (502, 503)
+        body = await resp.json()
+        assert body["error"] in ("upstream_error", "no_instance")
+        assert body["request_id"]
+        assert "Traceback" not in json.dumps(body)
 
 
 async def test_large_download_streams_with_bounded_memory(

@@ -175,6 +175,16 @@ WAHA_CASES: list[tuple[str, str, dict[str, str] | None, bytes | None, str | None
     ("POST", "/api/apps/chatwoot/s1/purge", None, None, "s1"),
     ("GET", "/api/apps/phone-numbers/s1/cache/stats", None, None, "s1"),
     ("POST", "/webhooks/chatwoot/s1/app_1", JSON_CT, jbody({"event": "x"}), "s1"),
+    # shapes just off the real routes
+    ("POST", "/webhooks/chatwoot/s1/app_1/x", None, None, None),
+    ("POST", "/api/send/a/b/c", JSON_CT, jbody({"session": "s1"}), None),
+    ("GET", "/api/server/debug/browser/trace/s1/x", None, None, None),
+    ("GET", "/api/server/debug/browser/s1", None, None, None),
+    ("GET", "/api/apps/chatwoot/s1", None, None, None),
+    ("GET", "/api/files/s1", None, None, None),
+    ("GET", "/api/contacts/a/b?session=s1", None, None, None),
+    ("GET", "/api/screenshot/x?session=s1", None, None, None),
+    ("GET", "/api/s1", None, None, None),
     # websocket
     ("GET", "/ws?session=s1&events=message", None, None, "s1"),
     ("GET", "/ws?events=message&session=s1", None, None, "s1"),
@@ -227,6 +237,12 @@ def test_waha_body_too_large_is_not_guessed() -> None:
     body = jbody({"session": "s1", "pad": "x" * 200})
     hdrs = {**JSON_CT, "transfer-encoding": "chunked"}
     assert ex.extract("POST", "/api/sendText", "", hdrs, body[:101]) is None
+    # so is b"" when the headers announce a body the proxy could not buffer
+    assert ex.extract("POST", "/api/sendText", "", hdrs, b"") is None
+    assert ex.extract("POST", "/api/sendImage", "session=s1", hdrs, b"") == "s1"
+    # while a really empty body is WAHA's {} and means "default"
+    assert ex.extract("POST", "/api/sendText", "", {"content-length": "0"}, b"") == "default"
+    assert ex.extract("POST", "/api/sendText", "", {}, b"") == "default"
 
 
 def test_waha_falls_back_to_the_header() -> None:
@@ -533,6 +549,9 @@ def test_error_messages_stay_short() -> None:
     assert len(err.value.message) < 120
     assert "path" in err.value.message
     assert err.value.status == 400 and err.value.code == "invalid_session_id"
+    with pytest.raises(InvalidSessionId) as err:
+        make("generic").extract("GET", "/", "", {"x-session-id": "\x00" * 100}, None)
+    assert len(err.value.message) < 120
 
 
 def test_custom_id_pattern() -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 from router.proxy.local import readiness
 from router.routing import Router
 
-ROUTER: web.AppKey[Callable[[], Router]] = web.AppKey("router", Callable[[], Router])
+ROUTER = web.AppKey[Callable[[], Router]]("router")
 
 
 def _json(data: object, status: int = 200) -> web.Response:

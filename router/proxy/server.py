@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections import deque
 from collections.abc import Coroutine
-from typing import cast, Any
+from typing import Any, cast
 
 import httptools
 
@@ -68,7 +68,8 @@ class ProxyServer:
         self.router = router
         self.connections: set[ClientConnection] = set()
         self.closing = False
-        self._servers: list[asyncio.AbstractServer] = []
+        self.all_closed = asyncio.Event()  # set when closing and the last connection ends
+        self._servers: list[asyncio.Server] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._rid_prefix = secrets.token_hex(4) + "-"
         self._rid_counter = itertools.count(1)
@@ -105,8 +106,8 @@ class ProxyServer:
                 conn.close()
         try:
             async with asyncio.timeout(timeout):
-                while self.connections:
-                    await asyncio.sleep(0.05)
+                if self.connections:
+                    await self.all_closed.wait()
         except TimeoutError:
             log.warning("shutdown: aborting %d connections still busy", len(self.connections))
         for conn in list(self.connections):
@@ -163,6 +164,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if self.server.closing and not self.server.connections:
+            self.server.all_closed.set()
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
@@ -380,6 +383,7 @@ class Exchange:
         "keep_alive",
         "method",
         "method_str",
+        "out_chunked",
         "path",
         "query",
         "raw_headers",
@@ -398,7 +402,6 @@ class Exchange:
         "wait_body",
         "xff",
         "xfh",
-        "out_chunked",
     )
 
     def __init__(
@@ -494,7 +497,7 @@ class Exchange:
             self.fail(e)
             return
         assert found is not NEEDS_BODY
-        self._route(found)  # type: ignore[arg-type]
+        self._route(found)
 
     def _read_headers(self) -> None:
         """One pass over the client's headers: what to forward, what to note."""
@@ -525,8 +528,10 @@ class Exchange:
                     self.xfh = value
                 elif low == b"content-length":
                     self.content_length = int(value)
+                    hmap["content-length"] = value.decode("latin-1")
                 elif low == b"transfer-encoding":
                     self.chunked_in = True
+                    hmap["transfer-encoding"] = value.decode("latin-1")
                 elif low == b"x-request-id":
                     if valid_request_id(value):
                         rid = value

@@ -53,10 +53,10 @@ class SessionExtractor:
       ``InvalidSessionId`` (HTTP 400) is raised;
     - ``None``: no rule names a session (an unscoped request);
     - ``NEEDS_BODY``: a JSON rule applies and ``body`` was None. Read the body and call
-      again with it. If it is longer than ``body_limit``, passing the first
-      ``body_limit + 1`` bytes is enough: body rules then yield nothing. Bodies the
-      headers already rule out (multipart, a Content-Length over the limit, no body at
-      all) never cause NEEDS_BODY.
+      again with it. If it turns out longer than ``body_limit``, call again with
+      ``b""`` (or any prefix longer than the limit): body rules then yield nothing.
+      Bodies the headers already rule out (multipart, a Content-Length over the limit,
+      no body at all) never cause NEEDS_BODY.
     """
 
     __slots__ = ("_check", "_limit", "_profile", "_rules")

@@ -89,7 +89,6 @@ _WORDS: Final[dict[str, int]] = {
 # Exact spelling first (no allocation), then the lower-cased word.
 _LOOKUP: Final = {**_WORDS, **{k.lower(): v for k, v in _WORDS.items()}}
 _DEPRECATED_SESSION_ACTIONS: Final = frozenset({"start", "stop", "logout"})
-_TRACE: Final = ("debug", "browser", "trace")
 
 _PATH: Final = "path"
 _QUERY_SRC: Final = "query parameter 'session'"
@@ -115,27 +114,36 @@ class WahaProfile:
         body: bytes | None,
         view: BodyView | None,
     ) -> Extracted:
-        # maxsplit bounds the work on pathological paths; no form needs more segments.
-        parts = path.split("/", 7)
-        if parts[-1] == "" and len(parts) > 2:
-            parts.pop()  # express ignores one trailing slash
+        if path.endswith("/") and len(path) > 1:
+            path = path[:-1]  # express ignores one trailing slash
+        # The first three words decide every form: ["", "api", word, third, rest]; so
+        # n == 5 means "five or more" and parts[4] may hold further slashes.
+        parts = path.split("/", 4)
         n = len(parts)
-        if n >= 3:
-            head = parts[1]
-            if head == "api" or head.lower() == "api":
-                return self._api(method, parts, n, query, headers, body, view)
-            if n == 5 and head == "webhooks" and parts[2] == "chatwoot":
+        if n < 3:
+            if n == 2 and (parts[1] == "ws" or parts[1].lower() == "ws"):
+                value = query_get(query, "session")
+                if value is None or value == "" or value == "*":
+                    return None  # "*" (the default) subscribes to every session
+                return self._check(value, _QUERY_SRC)
+            return None
+        head = parts[1]
+        if head != "api" and head.lower() != "api":
+            if n == 5 and head == "webhooks" and parts[2] == "chatwoot" and "/" not in parts[4]:
                 return self._check(path_segment(parts[3]), _PATH)
             return None
-        if n == 2 and (parts[1] == "ws" or parts[1].lower() == "ws"):
-            value = query_get(query, "session")
-            if value is None or value == "" or value == "*":
-                return None  # "*" (the default) subscribes to every session
-            return self._check(value, _QUERY_SRC)
-        return None
+        word = parts[2]
+        kind = _LOOKUP.get(word)
+        if kind is None:
+            kind = _LOOKUP.get(word.lower())
+            if kind is None:
+                # /api/{session}/<resource>/...; /api/<unknown> alone is a top-level call.
+                return self._check(path_segment(word), _PATH) if n >= 4 else None
+        return self._api(kind, method, parts, n, query, headers, body, view)
 
     def _api(
         self,
+        kind: int,
         method: str,
         parts: list[str],
         n: int,
@@ -144,16 +152,11 @@ class WahaProfile:
         body: bytes | None,
         view: BodyView | None,
     ) -> Extracted:
-        word = parts[2]
-        kind = _LOOKUP.get(word)
-        if kind is None:
-            kind = _LOOKUP.get(word.lower())
-            if kind is None:
-                # /api/{session}/<resource>/...; /api/<unknown> alone is a top-level call.
-                return self._check(path_segment(word), _PATH) if n >= 4 else None
+        """/api/<word>/... for one of WAHA's own top-level words."""
         if kind <= _SEND:
-            shape_ok = 4 <= n <= 5 if kind == _SEND else n == 3
-            if not shape_ok:
+            # /api/<word> exactly; /api/send/<a> or /api/send/<a>/<b>
+            deep_ok = n == 4 or (n == 5 and "/" not in parts[4])
+            if not (deep_ok if kind == _SEND else n == 3):
                 return None  # e.g. /api/sendText/x is no WAHA route
             if method == "POST" or method == "PUT":
                 return self._body(
@@ -166,10 +169,10 @@ class WahaProfile:
             return self._query(query, self._default) if n == 3 else None
         if kind == _SESSIONS:
             return self._sessions(method, parts, n, headers, body, view)
-        if kind == _FILES:
-            return self._check(path_segment(parts[3]), _PATH) if n >= 5 else None
+        if kind == _FILES:  # /api/files/{session}/<file>
+            return self._check(path_segment(parts[3]), _PATH) if n == 5 else None
         if kind == _CONTACTS:
-            if n > 4:
+            if n == 5:
                 return None
             if method == "GET":
                 return self._query(query, self._default)
@@ -177,17 +180,20 @@ class WahaProfile:
                 return self._body("session", query, headers, body, view, self._default, False)
             return None
         if kind == _APPS:
-            if n >= 6:  # /api/apps/{app}/{session}/..., e.g. .../purge, .../cache/stats
-                return self._check(path_segment(parts[4]), _PATH)
+            session, slash, _ = parts[4].partition("/") if n == 5 else ("", "", "")
+            if slash:  # /api/apps/{app}/{session}/..., e.g. .../purge, .../cache/stats
+                return self._check(path_segment(session), _PATH)
             if n == 3:
                 if method == "GET":
                     return self._query(query, None)
                 if method == "POST":
                     return self._body("session", query, headers, body, view, None, False)
             return None  # /api/apps/{id}[/purge], /api/apps/chatwoot/locales
-        if kind == _SERVER:
-            if n == 7 and tuple(p.lower() for p in parts[3:6]) == _TRACE:
-                return self._check(path_segment(parts[6]), _PATH)
+        if kind == _SERVER:  # /api/server/debug/browser/trace/{session}
+            if n == 5 and parts[3].lower() == "debug":
+                rest = parts[4].split("/")
+                if len(rest) == 3 and rest[0].lower() == "browser" and rest[1].lower() == "trace":
+                    return self._check(path_segment(rest[2]), _PATH)
             return None
         return None  # _RESERVED
 
@@ -206,7 +212,7 @@ class WahaProfile:
             if method == "POST":
                 return self._body("name", "", headers, body, view, None, False)
             return None
-        word = parts[3]
+        word = parts[3]  # n is 4 (/api/sessions/x) or 5 (deeper)
         if n == 4 and method == "POST" and word.lower() in _DEPRECATED_SESSION_ACTIONS:
             # Deprecated POST /api/sessions/start|stop|logout {"name": ...}: the word is
             # an action here, while GET /api/sessions/start names a session "start".

@@ -11,8 +11,8 @@ HTTP API (every response carries ``X-Sim-Instance: NAME``; with an api key every
 - ``POST /api/sendText`` ``{"session","chatId","text"}``: 201 when WORKING, 404 unknown here,
   422 not WORKING (a STARTING session is awaited up to ``send_wait`` s first, as WAHA does).
 - ``GET /api/{s}/auth/qr[?format=raw]``, ``GET /api/screenshot?session=s``: tiny PNGs/JSON.
-- ``GET /api/files/{s}/{id}?bytes=N`` (default 4 MiB): streamed in 64 KiB chunks, byte ``i``
-  is ``i % 251`` (``router.sim.media.pattern``).
+- ``GET /api/files/{s}/{id}?bytes=N`` (default 4 MiB, any session name): streamed in 64 KiB
+  chunks, byte ``i`` is ``i % 251`` (``router.sim.media.pattern``).
 - ``GET /ws?session=s|*[&events=a,b]``: every message sent is echoed back unchanged; events
   arrive as the webhook JSON object (``"id": "evt_..."``, ``"event"``, ``"session"``...).
 - Anything else: 200 echo ``{"instance","method","path","query","body","body_size",

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
+from router.sim import control, handlers
 from router.sim.events import Hub
-from router.sim.handlers import API_KEY_QUERY, BadRequest, add_routes, error, not_found
 from router.sim.manager import SessionExists, SessionManager, UnknownSession
+from router.sim.replies import API_KEY_QUERY, BadRequest, error, not_found
 from router.sim.state import SIM, SimState, sim
 from router.sim.stats import Stats
 from router.sim.webhooks import WebhookSender
@@ -122,7 +123,9 @@ def create_sim_app(
     )
     app = web.Application(middlewares=[count_requests, check_api_key, map_errors])
     app[SIM] = state
-    add_routes(app)
+    handlers.add_routes(app)
+    control.add_routes(app)
+    handlers.add_echo(app)
     app.on_response_prepare.append(_tag_instance)
     app.on_shutdown.append(_close_websockets)
     app.cleanup_ctx.append(_webhook_ctx)

@@ -1,4 +1,4 @@
-"""HTTP handlers of the simulated WAHA instance."""
+"""HTTP handlers of the simulated WAHA API (the subset in the contract) and the echo."""
 
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ from aiohttp import WSMsgType, web
 from router.sim.events import Subscriber
 from router.sim.media import DEFAULT_FILE_BYTES, QR_PNG, SCREENSHOT_PNG, file_chunks
 from router.sim.model import Status, me_for
+from router.sim.replies import (
+    API_KEY_QUERY,
+    DEFAULT_SESSION,
+    BadRequest,
+    error,
+    read_json,
+    session_field,
+    session_json,
+)
 from router.sim.state import sim
 
-DEFAULT_SESSION = "default"
-API_KEY_QUERY = "x-api-key"
 ECHO_BODY_LIMIT = 1024 * 1024
 MAX_FILE_BYTES = 1 << 40
 ECHO_HEADERS = (
@@ -30,61 +37,6 @@ ECHO_HEADERS = (
     "x-session-id",
 )
 NOT_WORKING = "Session status is not as expected. Try again later or restart the session"
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-def error(http_status: int, error: str, message: str, /, **extra: Any) -> web.Response:
-    """A JSON error in NestJS/WAHA style."""
-    return web.json_response(
-        {"statusCode": http_status, "error": error, "message": message, **extra},
-        status=http_status,
-    )
-
-
-def not_found(name: str) -> web.Response:
-    """WAHA's 404 for a session this instance does not know."""
-    return error(
-        404,
-        "Session not found",
-        f"We didn't find a session with name '{name}'.\n"
-        f"Please start it first by using POST /api/sessions/{name}/start request",
-        session=name,
-    )
-
-
-class BadRequest(Exception):
-    """Turned into a 400 JSON answer by the error middleware."""
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The JSON object body; ``{}`` when empty."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"invalid JSON body: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("the JSON body must be an object")
-    return data
-
-
-def session_field(body: dict[str, Any], key: str) -> str:
-    """A session name from a body field; missing means ``"default"`` as in WAHA."""
-    value = body.get(key)
-    if value is None or value == "":
-        return DEFAULT_SESSION
-    if not isinstance(value, str):
-        raise BadRequest(f"'{key}' must be a string")
-    return value
-
-
-def session_json(request: web.Request, name: str, status: int = 200) -> web.Response:
-    """The session's JSON."""
-    return web.json_response(sim(request).sessions.get(name).to_json(), status=status)
 
 
 # -- health ----------------------------------------------------------------------------
@@ -224,10 +176,9 @@ async def screenshot(request: web.Request) -> web.Response:
 async def download_file(request: web.Request) -> web.StreamResponse:
     """``GET /api/files/{session}/{file}?bytes=N``: generated while streamed, 64 KiB at a time.
 
-    Byte ``i`` of every file is ``i % 251`` (see ``router.sim.media.pattern``).
+    Byte ``i`` of every file is ``i % 251`` (see ``router.sim.media.pattern``). Served for
+    any session name, known here or not: it is a streaming fixture, not session state.
     """
-    name = request.match_info["session"]
-    sim(request).sessions.get(name)
     try:
         size = int(request.query.get("bytes", DEFAULT_FILE_BYTES))
     except ValueError:
@@ -334,98 +285,8 @@ async def echo(request: web.Request) -> web.Response:
     )
 
 
-# -- simulator control -----------------------------------------------------------------
-
-
-async def incoming(request: web.Request) -> web.Response:
-    """``POST /sim/incoming`` ``{"session","from","text"}``: emit a ``message`` event."""
-    body = await read_json(request)
-    name = session_field(body, "session")
-    st = sim(request)
-    session = st.sessions.get(name)
-    sender = body.get("from") or "10000000000@c.us"
-    text = body.get("text")
-    payload = {
-        "id": f"false_{sender}_{secrets.token_hex(10).upper()}",
-        "timestamp": int(time.time()),
-        "from": sender,
-        "fromMe": False,
-        "source": "app",
-        "to": me_for(name)["id"],
-        "body": text if isinstance(text, str) else "",
-        "hasMedia": False,
-        "ack": 1,
-    }
-    event = st.hub.emit("message", name, session.me(), payload)
-    return web.Response(text=event.raw, status=201, content_type="application/json")
-
-
-async def emit_event(request: web.Request) -> web.Response:
-    """``POST /sim/events`` ``{"session","event","payload"}``: emit any event."""
-    body = await read_json(request)
-    name = session_field(body, "session")
-    kind = body.get("event")
-    payload = body.get("payload", {})
-    if not isinstance(kind, str) or not kind:
-        raise BadRequest("'event' is required")
-    if not isinstance(payload, dict):
-        raise BadRequest("'payload' must be an object")
-    st = sim(request)
-    session = st.sessions.get(name)
-    event = st.hub.emit(kind, name, session.me(), payload)
-    return web.Response(text=event.raw, status=201, content_type="application/json")
-
-
-async def force_status(request: web.Request) -> web.Response:
-    """``POST /sim/sessions/{session}/status`` ``{"status": "FAILED"}``: set it directly."""
-    body = await read_json(request)
-    try:
-        status = Status(str(body.get("status")))
-    except ValueError:
-        raise BadRequest(f"'status' must be one of {[str(s) for s in Status]}") from None
-    st = sim(request)
-    return web.json_response(st.sessions.force(request.match_info["session"], status).to_json())
-
-
-async def stats(request: web.Request) -> web.Response:
-    """``GET /sim/stats``: counters for tests."""
-    st = sim(request)
-    sender = st.sender
-    return web.json_response(
-        {
-            "instance": st.name,
-            **st.stats.to_json(),
-            "webhooks": {
-                "url": sender.url if sender else None,
-                "sent": sender.sent if sender else 0,
-                "failed": sender.failed if sender else 0,
-                "retried": sender.retried if sender else 0,
-                "dropped": sender.dropped if sender else 0,
-                "backlog": sender.backlog if sender else 0,
-            },
-            "events_emitted": st.hub.emitted,
-            "sessions_by_status": st.sessions.registry.by_status(),
-            "sessions_total": len(st.sessions.registry),
-            "websockets": len(st.websockets),
-        }
-    )
-
-
-async def reset(request: web.Request) -> web.Response:
-    """``POST /sim/reset[?sessions=true]``: clear counters (and sessions when asked)."""
-    st = sim(request)
-    st.stats.reset()
-    st.hub.emitted = 0
-    if st.sender is not None:
-        st.sender.reset_counters()
-    drop = request.query.get("sessions", "").lower() in ("true", "1", "yes")
-    if drop:
-        st.sessions.reset()
-    return web.json_response({"reset": True, "sessions_dropped": drop})
-
-
 def add_routes(app: web.Application) -> None:
-    """Register every route; the echo catch-all comes last."""
+    """Register the WAHA routes (the echo catch-all is ``add_echo``, registered last)."""
     r = app.router
     r.add_get("/ping", ping)
     r.add_get("/health", health)
@@ -440,9 +301,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/screenshot", screenshot)
     r.add_get("/api/files/{session}/{file}", download_file)
     r.add_get("/ws", websocket)
-    r.add_post("/sim/incoming", incoming)
-    r.add_post("/sim/events", emit_event)
-    r.add_post("/sim/sessions/{session}/status", force_status)
-    r.add_get("/sim/stats", stats)
-    r.add_post("/sim/reset", reset)
-    r.add_route("*", "/{tail:.*}", echo, name="echo")
+
+
+def add_echo(app: web.Application) -> None:
+    """The catch-all echo route (must come after every other route)."""
+    app.router.add_route("*", "/{tail:.*}", echo, name="echo")

@@ -1,0 +1,857 @@
+"""End-to-end proxy benchmark: wa-router against nginx (and HAProxy) on the same backends.
+
+    /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
+        [--sessions 1000] [--repeats 2] [--targets direct,nginx,haproxy,router]
+
+One run does everything, on 127.0.0.1 only:
+
+1. starts one nginx (1 worker) serving three tiny-JSON backends b1..b3 on free ports;
+2. starts each proxy under test on its own free port, in front of those same backends:
+   nginx (``hash $http_x_session_id consistent`` + upstream keepalive), HAProxy
+   (``balance hdr(X-Session-Id)`` + ``hash-type consistent``, 1 thread) when installed,
+   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``);
+3. checks every target answers 200 and is sticky (one session, one backend), then runs wrk
+   (``bench/wrk/sessions.lua``: X-Session-Id drawn from N ids) against each target in turn,
+   each measured run preceded by a short warmup, and repeats the whole sequence R times
+   (interleaved, so that noise hits every target alike), reporting medians;
+4. prints a markdown table and writes it, with the raw numbers as JSON, to bench/out/;
+5. stops every process it started (also on Ctrl-C / SIGTERM) and checks none is left.
+
+It exits 1, loudly, if any target answered a non-2xx status or had socket errors (in a
+warmup or a measured run), was not sticky, or died; the router's log tail is printed then.
+The "direct" row (wrk straight to backend b1) calibrates the machine against the anchors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+LUA_SCRIPT = BENCH_DIR / "wrk" / "sessions.lua"
+HOST = "127.0.0.1"
+BACKENDS = ("b1", "b2", "b3")
+REQUEST_PATH = "/v1/bench"  # any path: the generic profile reads only X-Session-Id
+ALL_TARGETS = ("direct", "nginx", "haproxy", "router")
+LUA_SEED = 1  # same request sequence for every target
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A problem that stops the benchmark (a process died, a target never came up...)."""
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+class Processes:
+    """Every long-running process the benchmark starts, each in its own process group
+    (``start_new_session``) so that it and its workers can be stopped by group id."""
+
+    def __init__(self) -> None:
+        self.procs: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], log: Path, cwd: Path | None = None) -> Proc:
+        out = log.open("ab")
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+            )
+        finally:
+            out.close()  # the child holds its own copy
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            if not p.alive():
+                raise BenchError(
+                    f"{p.name} (pid {p.pid}) exited with code {p.popen.returncode}\n"
+                    + tail(p.log, title=f"{p.name} log")
+                )
+
+    def stop_all(self) -> list[str]:
+        """Stop in reverse start order (proxies before backends); return what was left."""
+        problems: list[str] = []
+        for p in reversed(self.procs):
+            problems += _stop(p)
+        self.procs.clear()
+        return problems
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - the group id was reused by someone else
+        return False
+    return True
+
+
+def _stop(p: Proc, timeout: float = 12.0) -> list[str]:
+    # The group id is the pid of the process we started (start_new_session): this reaches
+    # it and its own children (nginx workers), nothing else.
+    pgid = p.pid
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p.popen.poll()  # reap the leader so the group can disappear
+        if not _group_alive(pgid):
+            return []
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.popen.wait(timeout=5)
+    time.sleep(0.2)
+    if _group_alive(pgid):
+        return [f"{p.name} (process group {pgid}) is STILL RUNNING after SIGKILL"]
+    return [f"{p.name} (pid {p.pid}) ignored SIGTERM for {timeout:.0f}s: killed"]
+
+
+def tail(path: Path, lines: int = 40, title: str = "log") -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError as e:
+        return f"--- {title}: unreadable ({e}) ---"
+    body = "\n".join(text[-lines:]) if text else "(empty)"
+    return f"--- {title} ({path}), last {min(lines, len(text))} lines ---\n{body}\n--- end ---"
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx master + workers)."""
+    out = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                for child in f.read().split():
+                    out += tree_pids(int(child))
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants, in seconds."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) from /proc/PID/status, in KiB."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+# --------------------------------------------------------------------------- ports, HTTP
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (all held open until every one is chosen)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 2.0
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+def wait_http(procs: Processes, port: int, path: str, what: str, timeout: float = 20.0) -> None:
+    """Wait until GET ``path`` answers 200, failing early if a started process died."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            status, _, body = http_get(port, path, timeout=0.5)
+            if status == 200:
+                return
+            last = f"HTTP {status}: {body[:200]!r}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise BenchError(
+        f"{what}: GET http://{HOST}:{port}{path} not 200 after {timeout:.0f}s ({last})"
+    )
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def backend_nginx_conf(tmp: Path, ports: list[int]) -> str:
+    servers = "\n".join(
+        f"""    server {{
+        listen {HOST}:{port} backlog=4096;
+        default_type application/json;
+        location / {{ return 200 '{{"ok":true,"node":"{name}"}}'; }}
+    }}"""
+        for name, port in zip(BACKENDS, ports, strict=True)
+    )
+    return _nginx_conf(tmp / "backend", servers)
+
+
+def proxy_nginx_conf(tmp: Path, port: int, backend_ports: list[int]) -> str:
+    upstream = "\n".join(f"        server {HOST}:{p};" for p in backend_ports)
+    body = f"""    upstream backends {{
+        hash $http_x_session_id consistent;
+{upstream}
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    return _nginx_conf(tmp / "nginx-proxy", body)
+
+
+def _nginx_conf(prefix: Path, servers: str) -> str:
+    prefix.mkdir(parents=True, exist_ok=True)
+    temps = "\n".join(
+        f"    {kind}_temp_path {prefix / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    # keepalive_requests: nginx closes a client connection after 1000 requests by default;
+    # wrk and the router keep theirs open, so lift the cap to measure proxying, not
+    # reconnects (the router has no such cap either).
+    return f"""worker_processes 1;
+daemon off;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+{temps}
+{servers}
+}}
+"""
+
+
+def haproxy_conf(port: int, backend_ports: list[int]) -> str:
+    servers = "\n".join(
+        f"    server {name} {HOST}:{p}" for name, p in zip(BACKENDS, backend_ports, strict=True)
+    )
+    return f"""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+
+frontend fe
+    bind {HOST}:{port}
+    default_backend be
+
+backend be
+    balance hdr(X-Session-Id)
+    hash-type consistent
+{servers}
+"""
+
+
+def router_conf(port: int, admin_port: int, backend_ports: list[int]) -> str:
+    instances = "\n".join(
+        f"  - {{name: {name}, url: 'http://{HOST}:{p}'}}"
+        for name, p in zip(BACKENDS, backend_ports, strict=True)
+    )
+    return f"""listen: {{host: {HOST}, port: {port}}}
+admin: {{host: {HOST}, port: {admin_port}}}
+profile: generic
+log: {{level: WARNING}}
+instances:
+{instances}
+"""
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+_UNIT_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
+_RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
+_PCT = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_TOTAL = re.compile(r"^\s+(\d+) requests in ", re.M)
+_NON2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
+_SOCKET = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    requests: int
+    latency_us: dict[str, float]  # "50", "75", "90", "99" -> microseconds
+    non2xx: int
+    socket_errors: dict[str, int]
+    proxy_cpu: float | None = None  # CPU-seconds / wall-seconds of the target process tree
+    backend_cpu: float | None = None
+
+    @property
+    def errors(self) -> int:
+        return self.non2xx + sum(self.socket_errors.values())
+
+
+def parse_wrk(text: str) -> WrkResult:
+    rps = _RPS.search(text)
+    total = _TOTAL.search(text)
+    pcts = {m.group(1): float(m.group(2)) * _UNIT_US[m.group(3)] for m in _PCT.finditer(text)}
+    if rps is None or total is None or not {"50", "99"} <= pcts.keys():
+        raise BenchError(f"cannot parse wrk output:\n{text}")
+    non2xx = _NON2XX.search(text)
+    sock = _SOCKET.search(text)
+    socket_errors = (
+        dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()), strict=True))
+        if sock
+        else {}
+    )
+    return WrkResult(
+        rps=float(rps.group(1)),
+        requests=int(total.group(1)),
+        latency_us=pcts,
+        non2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=socket_errors,
+    )
+
+
+def wrk_argv(args: argparse.Namespace, url: str, duration: float) -> list[str]:
+    return [
+        "wrk",
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        "-s",
+        str(LUA_SCRIPT),
+        url,
+        "--",
+        str(args.sessions),
+        str(LUA_SEED),
+    ]
+
+
+def run_wrk(argv: list[str], duration: float) -> tuple[WrkResult, str]:
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=duration + 30, check=False
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(
+            f"wrk did not finish within {duration + 30:.0f}s: {shlex.join(argv)}"
+        ) from e
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise BenchError(f"wrk exited with {done.returncode}: {shlex.join(argv)}\n{output}")
+    return parse_wrk(output), output
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    port: int
+    proc: Proc | None  # the process under test (None: no proxy in between)
+    runs: list[WrkResult] = field(default_factory=list)
+    warmups: list[WrkResult] = field(default_factory=list)
+    placement: dict[str, str] = field(default_factory=dict)  # session -> backend node
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}{REQUEST_PATH}"
+
+    def errors(self) -> int:
+        return sum(r.errors for r in self.runs + self.warmups)
+
+    def median(self, key: str) -> float:
+        if key == "rps":
+            return statistics.median(r.rps for r in self.runs)
+        return statistics.median(r.latency_us[key] for r in self.runs)
+
+    def median_cpu(self, which: str) -> float | None:
+        values = [getattr(r, which) for r in self.runs if getattr(r, which) is not None]
+        return statistics.median(values) if values else None
+
+
+def sticky_check(target: Target, sessions: int) -> list[str]:
+    """A few sessions, three requests each: 200, a backend body, always the same backend.
+    Records the placement, and compares it with a previous one (placements must not move)."""
+    problems: list[str] = []
+    sample = sorted({1, 2, 3, sessions // 2 or 1, sessions})
+    for i in sample:
+        session = f"sess-{i}"
+        nodes: set[str] = set()
+        for _ in range(3):
+            try:
+                status, headers, body = http_get(
+                    target.port, REQUEST_PATH, {"X-Session-Id": session}
+                )
+            except OSError as e:
+                problems.append(f"{target.name}: {session}: {e}")
+                break
+            if status != 200:
+                problems.append(f"{target.name}: {session}: HTTP {status} {body[:200]!r}")
+                break
+            try:
+                node = str(json.loads(body)["node"])
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"{target.name}: {session}: unexpected body {body[:200]!r}")
+                break
+            nodes.add(node)
+            if target.name == "router":
+                via = headers.get("x-router-instance")
+                if via != node:
+                    problems.append(
+                        f"router: {session}: X-Router-Instance {via!r} but body from {node!r}"
+                    )
+                if "x-request-id" not in headers:
+                    problems.append(f"router: {session}: no X-Request-Id in the response")
+        if len(nodes) > 1:
+            problems.append(f"{target.name}: {session} is not sticky: {sorted(nodes)}")
+        elif nodes:
+            node = nodes.pop()
+            before = target.placement.setdefault(session, node)
+            if before != node:
+                problems.append(f"{target.name}: {session} moved from {before} to {node}")
+    return problems
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def fmt_us(us: float) -> str:
+    return f"{us:.0f} us" if us < 1000 else f"{us / 1000:.2f} ms"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.0f}%"
+
+
+def version_of(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
+def machine_info() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    git = version_of(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "router"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    ).stdout.strip()
+    router_version = version_of(
+        [sys.executable, "-c", "import importlib.metadata as m; print(m.version('wa-router'))"]
+    )
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": f"{platform.system()} {platform.release()}",
+        "python": f"Python {platform.python_version()} ({sys.executable})",
+        "nginx": version_of(["nginx", "-v"]).removeprefix("nginx version: "),
+        "haproxy": version_of(["haproxy", "-v"]).split(" - ")[0],
+        "wrk": version_of(["wrk", "-v"]).split(" Copyright")[0],
+        "wa-router": f"{router_version} (git {git}{', router/ modified' if dirty else ''})",
+    }
+
+
+def render(
+    args: argparse.Namespace,
+    targets: list[Target],
+    info: dict[str, str],
+    started: dt.datetime,
+    rss: dict[str, dict[str, int]],
+) -> str:
+    nginx = next((t for t in targets if t.name == "nginx" and t.runs), None)
+    base = nginx.median("rps") if nginx else None
+    cmd = shlex.join([sys.executable, *sys.argv])
+    wrk_cmd = shlex.join(wrk_argv(args, f"http://{HOST}:PORT{REQUEST_PATH}", args.duration))
+    lines = [
+        f"## Proxy benchmark, {started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
+        "",
+        f"- command: `{cmd}`",
+        f"- load: `{wrk_cmd}` against each target, each run after a {args.warmup:g} s warmup "
+        f"(same command, `-d{args.warmup:g}s`); {args.repeats} interleaved rounds of "
+        f"{', '.join(t.name for t in targets)}; medians shown",
+        "- backends: one nginx, 1 worker, 3 servers b1..b3 returning "
+        '`{"ok":true,"node":"bN"}` (application/json); every target on 127.0.0.1',
+        "- machine: "
+        + ", ".join(
+            [
+                f"{info['nproc']} CPUs ({info['cpu']})",
+                info["kernel"],
+                info["python"],
+                f"nginx {info['nginx']}",
+                info["haproxy"],
+                info["wrk"],
+                f"wa-router {info['wa-router']}",
+            ]
+        ),
+        "",
+        "| target | req/s | p50 | p99 | errors | ratio to nginx | proxy CPU | backend CPU "
+        "| req/s per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for t in targets:
+        if not t.runs:
+            lines.append(f"| {t.label} | - | - | - | {t.errors()} | - | - | - | (no run) |")
+            continue
+        rps = t.median("rps")
+        ratio = "—" if t.name == "direct" or base is None else f"{rps / base:.2f}"
+        per_run = ", ".join(f"{r.rps:,.0f}" for r in t.runs)
+        lines.append(
+            f"| {t.label} | {rps:,.0f} | {fmt_us(t.median('50'))} | {fmt_us(t.median('99'))} "
+            f"| {t.errors()} | {ratio} | {fmt_pct(t.median_cpu('proxy_cpu'))} "
+            f"| {fmt_pct(t.median_cpu('backend_cpu'))} | {per_run} |"
+        )
+    lines += [
+        "",
+        "errors: non-2xx (wrk counts statuses >= 400) + socket errors, warmups included. "
+        "CPU: CPU-seconds per wall-second of the process tree during the measured runs "
+        "(100% = one core; wrk itself takes about one of the cores).",
+    ]
+    if "router" in rss:
+        r = rss["router"]
+        lines.append(
+            f"Router RSS: {r.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
+            f"{r.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
+            f"(peak {r.get('end_VmHWM', 0) / 1024:.1f} MiB), {args.sessions} sessions placed."
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=10, help="seconds per measured run (10)")
+    p.add_argument("--warmup", type=float, default=2, help="seconds of warmup before each run (2)")
+    p.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (1)")
+    p.add_argument("--sessions", type=int, default=1000, help="distinct X-Session-Id values (1000)")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="interleaved rounds; medians reported (2)"
+    )
+    p.add_argument(
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, router",
+    )
+    p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(ALL_TARGETS))
+    if unknown:
+        p.error(f"unknown targets: {', '.join(unknown)}")
+    args.target_names = [n for n in ALL_TARGETS if n in names]  # fixed order
+    if args.duration <= 0 or args.warmup < 0 or args.repeats < 1 or args.sessions < 1:
+        p.error("--duration and --repeats must be positive, --sessions >= 1, --warmup >= 0")
+    return args
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM / SIGHUP behave like Ctrl-C, so the cleanup in ``finally`` always runs."""
+    old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def start_everything(args: argparse.Namespace, tmp: Path, procs: Processes) -> list[Target]:
+    want = set(args.target_names)
+    if "haproxy" in want and shutil.which("haproxy") is None:
+        print("haproxy not installed: skipping that row", file=sys.stderr)
+        want.discard("haproxy")
+    backend_ports = free_ports(3)
+    nginx_port, haproxy_port, router_port, admin_port = free_ports(4)
+
+    conf = tmp / "backend.conf"
+    conf.write_text(backend_nginx_conf(tmp, backend_ports))
+    backend = procs.start(
+        "backend nginx",
+        [
+            "nginx",
+            "-p",
+            str(tmp / "backend"),
+            "-c",
+            str(conf),
+            "-e",
+            str(tmp / "backend" / "error.log"),
+        ],
+        tmp / "backend.out",
+    )
+    for port in backend_ports:
+        wait_http(procs, port, "/ping", "backend nginx")
+
+    targets: list[Target] = []
+    if "direct" in want:
+        targets.append(Target("direct", "backend direct (nginx b1)", backend_ports[0], backend))
+    if "nginx" in want:
+        conf = tmp / "nginx-proxy.conf"
+        conf.write_text(proxy_nginx_conf(tmp, nginx_port, backend_ports))
+        prefix = tmp / "nginx-proxy"
+        proc = procs.start(
+            "nginx proxy",
+            ["nginx", "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+            tmp / "nginx-proxy.out",
+        )
+        wait_http(procs, nginx_port, "/ping", "nginx proxy")
+        targets.append(
+            Target("nginx", "nginx 1 worker, hash consistent, keepalive", nginx_port, proc)
+        )
+    if "haproxy" in want:
+        conf = tmp / "haproxy.cfg"
+        conf.write_text(haproxy_conf(haproxy_port, backend_ports))
+        proc = procs.start("haproxy", ["haproxy", "-db", "-f", str(conf)], tmp / "haproxy.out")
+        wait_http(procs, haproxy_port, "/ping", "haproxy")
+        targets.append(
+            Target("haproxy", "HAProxy 1 thread, hash-type consistent", haproxy_port, proc)
+        )
+    if "router" in want:
+        conf = tmp / "router.yaml"
+        conf.write_text(router_conf(router_port, admin_port, backend_ports))
+        proc = procs.start(
+            "router",
+            [sys.executable, "-m", "router", "run", "-c", str(conf)],
+            tmp / "router.log",
+            cwd=REPO,
+        )
+        wait_http(procs, router_port, "/healthz", "wa-router")
+        wait_http(procs, router_port, "/readyz", "wa-router (readiness)")
+        targets.append(Target("router", "wa-router (generic profile)", router_port, proc))
+    return targets
+
+
+def measure(
+    args: argparse.Namespace, targets: list[Target], procs: Processes, backend: Proc
+) -> list[str]:
+    failures: list[str] = []
+    for t in targets:
+        failures += sticky_check(t, args.sessions)
+    for rnd in range(1, args.repeats + 1):
+        for t in targets:
+            if args.warmup > 0:
+                warm, out = run_wrk(wrk_argv(args, t.url, args.warmup), args.warmup)
+                t.warmups.append(warm)
+                if warm.errors:
+                    failures.append(f"{t.name}: warmup {rnd}: {_errors_text(warm)}\n{out}")
+            procs.check_alive()
+            assert t.proc is not None
+            proxy_cpu0, backend_cpu0 = cpu_seconds(t.proc.pid), cpu_seconds(backend.pid)
+            t0 = time.monotonic()
+            res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
+            wall = time.monotonic() - t0
+            if t.proc is not backend:
+                res.proxy_cpu = (cpu_seconds(t.proc.pid) - proxy_cpu0) / wall
+            res.backend_cpu = (cpu_seconds(backend.pid) - backend_cpu0) / wall
+            t.runs.append(res)
+            print(
+                f"  round {rnd}/{args.repeats} {t.name:8s} {res.rps:>10,.0f} req/s  "
+                f"p50 {fmt_us(res.latency_us['50']):>9s}  p99 {fmt_us(res.latency_us['99']):>9s}"
+                f"  errors {res.errors}",
+                file=sys.stderr,
+                flush=True,
+            )
+            if res.errors:
+                failures.append(f"{t.name}: round {rnd}: {_errors_text(res)}\n{out}")
+            procs.check_alive()
+            time.sleep(1)  # let TIME_WAIT and CPU settle between targets
+    for t in targets:
+        failures += sticky_check(t, args.sessions)  # same placements after the load?
+    return failures
+
+
+def _errors_text(r: WrkResult) -> str:
+    sock = ", ".join(f"{k} {v}" for k, v in r.socket_errors.items() if v) or "none"
+    return f"{r.non2xx} non-2xx responses, socket errors: {sock}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"FAIL: {tool} is not installed", file=sys.stderr)
+            return 2
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    tmp = Path(tempfile.mkdtemp(prefix="wa-router-bench-"))
+    tmp.chmod(0o755)  # nginx workers run as "nobody" when started as root
+    procs = Processes()
+    targets: list[Target] = []
+    failures: list[str] = []
+    rss: dict[str, dict[str, int]] = {}
+    left: list[str] = []
+    router_log = tmp / "router.log"
+    try:
+        with signals_interrupt():
+            print(f"temp dir {tmp}; starting backends and proxies", file=sys.stderr, flush=True)
+            targets = start_everything(args, tmp, procs)
+            router = next((t for t in targets if t.name == "router"), None)
+            if router is not None and router.proc is not None:
+                rss["router"] = {f"start_{k}": v for k, v in memory_kib(router.proc.pid).items()}
+            failures = measure(args, targets, procs, procs.procs[0])
+            if router is not None and router.proc is not None:
+                rss["router"].update(
+                    {f"end_{k}": v for k, v in memory_kib(router.proc.pid).items()}
+                )
+            info = machine_info()
+            report = render(args, targets, info, started, rss)
+            print(report)
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            md = args.out_dir / f"proxy-{stamp}.md"
+            md.write_text(report)
+            raw = {
+                "date": started.isoformat(),
+                "command": [sys.executable, *sys.argv],
+                "wrk": wrk_argv(args, f"http://{HOST}:PORT{REQUEST_PATH}", args.duration),
+                "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "machine": info,
+                "router_memory_kib": rss.get("router", {}),
+                "targets": {
+                    t.name: {
+                        "label": t.label,
+                        "median_rps": t.median("rps") if t.runs else None,
+                        "errors": t.errors(),
+                        "runs": [asdict(r) for r in t.runs],
+                        "warmups": [asdict(r) for r in t.warmups],
+                        "placement_sample": t.placement,
+                    }
+                    for t in targets
+                },
+                "failures": failures,
+            }
+            (args.out_dir / f"proxy-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
+            if router_log.exists() and router_log.stat().st_size:
+                shutil.copy(router_log, args.out_dir / f"proxy-{stamp}-router.log")
+            print(f"written: {md} and {md.with_suffix('.json')}", file=sys.stderr)
+    except BenchError as e:
+        failures.append(str(e))
+    except KeyboardInterrupt:
+        failures.append("interrupted")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        try:
+            left = procs.stop_all()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for problem in left:
+            print(f"CLEANUP: {problem}", file=sys.stderr)
+        if failures:
+            print("\n" + "=" * 72, file=sys.stderr)
+            print("FAIL: the benchmark found problems:", file=sys.stderr)
+            for f in failures:
+                print(f"  - {f}", file=sys.stderr)
+            if router_log.exists():
+                print(tail(router_log, 60, "router log"), file=sys.stderr)
+            print("=" * 72, file=sys.stderr)
+        if args.keep_tmp:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures or left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Control endpoints under ``/sim/``: simulated incoming events, forced statuses, stats."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from aiohttp import web
+
+from router.sim.model import Status, me_for
+from router.sim.replies import BadRequest, read_json, session_field
+from router.sim.state import sim
+
+
+async def incoming(request: web.Request) -> web.Response:
+    """``POST /sim/incoming`` ``{"session","from","text"}``: emit a ``message`` event."""
+    body = await read_json(request)
+    name = session_field(body, "session")
+    st = sim(request)
+    session = st.sessions.get(name)
+    sender = body.get("from") or "10000000000@c.us"
+    text = body.get("text")
+    payload = {
+        "id": f"false_{sender}_{secrets.token_hex(10).upper()}",
+        "timestamp": int(time.time()),
+        "from": sender,
+        "fromMe": False,
+        "source": "app",
+        "to": me_for(name)["id"],
+        "body": text if isinstance(text, str) else "",
+        "hasMedia": False,
+        "ack": 1,
+    }
+    event = st.hub.emit("message", name, session.me(), payload)
+    return web.Response(text=event.raw, status=201, content_type="application/json")
+
+
+async def emit_event(request: web.Request) -> web.Response:
+    """``POST /sim/events`` ``{"session","event","payload"}``: emit any event."""
+    body = await read_json(request)
+    name = session_field(body, "session")
+    kind = body.get("event")
+    payload = body.get("payload", {})
+    if not isinstance(kind, str) or not kind:
+        raise BadRequest("'event' is required")
+    if not isinstance(payload, dict):
+        raise BadRequest("'payload' must be an object")
+    st = sim(request)
+    session = st.sessions.get(name)
+    event = st.hub.emit(kind, name, session.me(), payload)
+    return web.Response(text=event.raw, status=201, content_type="application/json")
+
+
+async def force_status(request: web.Request) -> web.Response:
+    """``POST /sim/sessions/{session}/status`` ``{"status": "FAILED"}``: set it directly."""
+    body = await read_json(request)
+    try:
+        status = Status(str(body.get("status")))
+    except ValueError:
+        raise BadRequest(f"'status' must be one of {[str(s) for s in Status]}") from None
+    st = sim(request)
+    return web.json_response(st.sessions.force(request.match_info["session"], status).to_json())
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``GET /sim/stats``: counters for tests."""
+    st = sim(request)
+    sender = st.sender
+    return web.json_response(
+        {
+            "instance": st.name,
+            **st.stats.to_json(),
+            "webhooks": {
+                "url": sender.url if sender else None,
+                "sent": sender.sent if sender else 0,
+                "failed": sender.failed if sender else 0,
+                "retried": sender.retried if sender else 0,
+                "dropped": sender.dropped if sender else 0,
+                "backlog": sender.backlog if sender else 0,
+            },
+            "events_emitted": st.hub.emitted,
+            "sessions_by_status": st.sessions.registry.by_status(),
+            "sessions_total": len(st.sessions.registry),
+            "websockets": len(st.websockets),
+        }
+    )
+
+
+async def reset(request: web.Request) -> web.Response:
+    """``POST /sim/reset[?sessions=true]``: clear counters (and sessions when asked)."""
+    st = sim(request)
+    st.stats.reset()
+    st.hub.emitted = 0
+    if st.sender is not None:
+        st.sender.reset_counters()
+    drop = request.query.get("sessions", "").lower() in ("true", "1", "yes")
+    if drop:
+        st.sessions.reset()
+    return web.json_response({"reset": True, "sessions_dropped": drop})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the ``/sim/*`` routes."""
+    r = app.router
+    r.add_post("/sim/incoming", incoming)
+    r.add_post("/sim/events", emit_event)
+    r.add_post("/sim/sessions/{session}/status", force_status)
+    r.add_get("/sim/stats", stats)
+    r.add_post("/sim/reset", reset)
