@@ -317,3 +317,33 @@ async def test_unscoped_reject(
             assert (await resp.json())["error"] == "bad_request"
         async with http.get(r.url + "/api/version", headers={"X-Session-Id": "abc"}) as resp:
             assert resp.status == 200
+
+
+async def test_upstream_connections_are_reused(router_factory: Callable[..., RouterProc]) -> None:
+    """A warm router sends sequential requests over one kept-alive upstream connection."""
+    from aiohttp import web
+
+    peers: set[object] = set()
+
+    async def handle(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        backend = Proc(proc=None, port=port, name="b1")  # type: ignore[arg-type]
+        r = router_factory(router_config([backend]))
+        async with aiohttp.ClientSession() as http:
+            for i in range(50):
+                async with http.get(r.url + f"/api/s{i % 5}/chats") as resp:
+                    assert resp.status == 200
+                async with http.head(r.url + f"/api/s{i % 5}/chats") as resp:
+                    assert resp.status == 200
+        assert len(peers) == 1, f"{len(peers)} upstream connections for 100 sequential requests"
+    finally:
+        await runner.cleanup()

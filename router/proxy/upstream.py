@@ -53,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_done",
         "_head_request",
+        "_keep_alive",
         "_headers",
         "_reason",
         "_skip",
@@ -80,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_request = False
         self._skip = False  # ignore the rest of this message (HEAD, informational)
         self._done = False
+        self._keep_alive = False
 
     # -- use by an exchange --------------------------------------------------------------
 
@@ -158,11 +160,10 @@ class UpstreamConnection(asyncio.Protocol):
             listener.upstream_failed(UpstreamError("invalid HTTP response from the instance"))
             return
         if self._done:
-            keep_alive = self.parser.should_keep_alive()
+            keep_alive = self._keep_alive
             if self._head_request:
                 # llhttp cannot be told a response was to HEAD: start a fresh parser.
                 self.parser = httptools.HttpResponseParser(self)
-                keep_alive = keep_alive and self._keep_alive_header()
             self._reset()
             listener.upstream_done(keep_alive)
 
@@ -214,6 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._head_request:
             self._skip = True
             self._done = True
+            self._keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         if not self._skip and self.listener is not None:
@@ -223,18 +225,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._skip:
             self._skip = False
             return
+        # Read it now: llhttp resets its flags once feed_data moves past the message.
+        self._keep_alive = self.parser.should_keep_alive()
         self._done = True
 
     def _reset(self) -> None:
         self._done = False
         self._skip = False
         self._headers = []
-
-    def _keep_alive_header(self) -> bool:
-        for name, value in self._headers:
-            if name.lower() == b"connection" and b"close" in value.lower():
-                return False
-        return True
 
 
 class UpstreamPool:
