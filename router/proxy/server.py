@@ -383,6 +383,7 @@ class Exchange:
         "keep_alive",
         "method",
         "method_str",
+        "out",
         "out_chunked",
         "path",
         "query",
@@ -432,6 +433,7 @@ class Exchange:
         self.wait_body = False
         self.retried = False
         self.out_chunked = False
+        self.out: list[bytes] = []  # response bytes of the current read, sent in one writev
         self.eof_delimited = False
         self.upstream: UpstreamConnection | None = None
         self.instance: Instance | None = None
@@ -773,22 +775,31 @@ class Exchange:
             elif not self.http11:
                 parts.append(b"Connection: keep-alive\r\n")
         parts.append(_CRLF)
-        self.conn.write(b"".join(parts))
+        # Held until the end of this read so head and body leave in one system call.
+        self.out.append(b"".join(parts))
+        if status == 101:
+            self.upstream_flush()
 
     def upstream_body(self, data: bytes) -> None:
+        if self.out_chunked:
+            self.out += (b"%x\r\n" % len(data), data, _CRLF)
+        else:
+            self.out.append(data)
+
+    def upstream_flush(self) -> None:
         conn = self.conn
         conn.deadline = conn.loop_time() + self.router.config.limits.upstream_timeout
-        if conn.closed:
-            return
-        assert conn.transport is not None
-        if self.out_chunked:
-            conn.transport.writelines([b"%x\r\n" % len(data), data, _CRLF])
-        else:
-            conn.transport.write(data)
+        out = self.out
+        if out:
+            if not conn.closed:
+                assert conn.transport is not None
+                conn.transport.writelines(out)
+            out.clear()
 
     def upstream_done(self, keep_alive: bool) -> None:
         if self.out_chunked:
-            self.conn.write(_LAST_CHUNK)
+            self.out.append(_LAST_CHUNK)
+        self.upstream_flush()
         up = self._detach()
         if up is not None:
             up.release(keep_alive and self.request_done and not self.finished)
@@ -798,6 +809,7 @@ class Exchange:
         up = self._detach()
         if up is None or self.finished:
             return
+        self.upstream_flush()
         if rest:
             self.conn.write(rest)
         self.finished = True
@@ -809,6 +821,7 @@ class Exchange:
         up = self._detach()
         if self.finished:
             return
+        self.upstream_flush()
         if self.response_started:
             if self.eof_delimited:
                 # A close-delimited body ends with the connection: that is success.

@@ -36,6 +36,9 @@ class UpstreamListener(Protocol):
 
     def upstream_body(self, data: bytes) -> None: ...
 
+    def upstream_flush(self) -> None:
+        """End of one read from the instance: send what it produced to the client."""
+
     def upstream_done(self, keep_alive: bool) -> None: ...
 
     def upstream_upgraded(self, rest: bytes) -> None: ...
@@ -166,6 +169,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.parser = httptools.HttpResponseParser(self)
             self._reset()
             listener.upstream_done(keep_alive)
+        else:
+            listener.upstream_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

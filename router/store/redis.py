@@ -1,0 +1,596 @@
+"""Redis assignment store: one map shared by every router process and replica.
+
+Data model in Redis (``P`` is ``store.prefix``, default ``wa-router:``):
+
+- ``P + "assignments"`` (hash): session -> ``"<instance>:<epoch>"``. The whole map, read in
+  bulk (``HSCAN ... COUNT 10000``) at start and after every reconnect.
+- ``P + "counts"`` (hash): instance -> number of sessions assigned to it, changed by the
+  same scripts that change the map, so it always equals a recount of the map (an
+  instance whose count reaches 0 is deleted from the hash).
+- ``P + "epoch"`` (string): global counter. Every create and move takes its next value, so a
+  session's epoch only grows, even across remove + create, and is never reused. Epochs are
+  therefore increasing but not consecutive (a new session does not start at 1).
+- ``P + "changes"`` (pub/sub channel): every write PUBLISHes what it changed, in the same
+  Lua script as the change (see ``router.store.redis_scripts``).
+
+Every write is a Lua script (EVALSHA, reloaded after NOSCRIPT): ``create_if_absent``
+(first writer wins), ``move`` (optional compare-and-set on the epoch), ``remove``.
+
+Each process keeps a full copy of the map (session -> ``Assignment``) and per-instance
+counts derived from it: ``cached()``, ``counts()``, ``len()`` and ``list()`` never do I/O.
+A listener task applies the published changes (only when newer than the cached epoch),
+and after any (re)connection of its pub/sub connection re-reads the whole map and replaces
+the copy: it subscribes first, then scans, so a change is either in the scan or in a
+message that follows it, and an entry removed while it was disconnected does not survive.
+
+Unavailability: a failed command or a lost pub/sub connection makes ``healthy`` False
+(one warning per outage). Meanwhile ``cached()`` keeps answering and ``get``,
+``create_if_absent``, ``move`` and ``remove`` raise ``StoreUnavailable`` at once. The
+listener reconnects with backoff (50 ms doubling to 1 s); after the reconnection and the
+full re-read, ``healthy`` is True again. Every Redis call is bounded (1 s connect, 1 s per
+operation by default), so nothing hangs on a blackholed server.
+
+URLs: ``redis://``, ``rediss://`` and ``unix://`` go to ``redis.asyncio.from_url`` (all its
+query options apply); ``redis+sentinel://[[user]:password@]h1:26379,h2:26379/service[/db]``
+uses ``redis.asyncio.sentinel.Sentinel`` (format: ``router.store.redis_url``). Redis
+Cluster is not supported (use Sentinel, or one primary with a replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Final, TypeVar, cast
+
+import redis.exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+
+from router.errors import StoreUnavailable
+from router.store import redis_scripts
+from router.store.base import Assignment, StaleEpoch
+from router.store.redis_url import is_sentinel_url, parse_sentinel_url
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ChangeCallback = Callable[[Assignment | None, str], None]
+ClientFactory = Callable[[], "Redis"]
+
+SCAN_COUNT: Final = 10_000
+# The listener wakes this often when no message comes, to notice a failed command.
+_TICK: Final = 0.25
+_BACKOFF_MIN: Final = 0.05
+_BACKOFF_MAX: Final = 1.0
+
+# Errors that mean "Redis cannot be used right now" (as opposed to a bug in a reply).
+# BusyLoadingError (restarted Redis still reading its AOF) is a ConnectionError; a
+# ReadOnlyError means we are talking to a replica (e.g. mid-failover).
+_LOST: Final = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ReadOnlyError,
+    OSError,
+    TimeoutError,
+)
+
+
+class _Resync(Exception):
+    """The listener must drop its pub/sub connection and re-read the map."""
+
+
+class RedisStore:
+    """The assignment map in Redis, with a full local copy kept current by pub/sub.
+
+    ``on_change(assignment_or_None, session)`` is called (from the listener task; it must
+    not block) when this store learns of a change made by another process: a message, or a
+    difference found by a re-read after a reconnect. It is not called for this store's own
+    writes (their caller has the result) nor for the initial load.
+
+    Options: ``client_factory`` returns a configured ``redis.asyncio.Redis`` (called twice:
+    commands, pub/sub) instead of building one from ``url``; ``connect_timeout`` and
+    ``op_timeout`` bound every connection and reply (a call waits at most twice their sum,
+    retry included); ``start_timeout`` bounds ``start()``; ``max_connections`` bounds the
+    commands in flight; an idle pub/sub connection is PINGed every ``keepalive`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "wa-router:",
+        *,
+        client_factory: ClientFactory | None = None,
+        on_change: ChangeCallback | None = None,
+        connect_timeout: float = 1.0,
+        op_timeout: float = 1.0,
+        start_timeout: float = 10.0,
+        max_connections: int = 64,
+        keepalive: float = 5.0,
+    ) -> None:
+        self._url = url
+        self.prefix = prefix
+        self.on_change = on_change
+        self._factory = client_factory
+        self._connect_timeout = connect_timeout
+        self._op_timeout = op_timeout
+        self._start_timeout = start_timeout
+        self._keepalive = keepalive
+        # An upper bound for one call, retry included (redis-py retries once on a dead
+        # pooled connection), so that a caller never waits longer than this.
+        self._deadline = 2 * (connect_timeout + op_timeout)
+        self.key_assignments = prefix + "assignments"
+        self.key_counts = prefix + "counts"
+        self.key_epoch = prefix + "epoch"
+        self.channel = prefix + "changes"
+        self._keys = [self.key_assignments, self.key_counts, self.key_epoch]
+        # Bounds the commands in flight, hence the pooled connections (redis-py's pool opens
+        # one per concurrent command, without limit): a burst of placements waits here.
+        self._slots = asyncio.Semaphore(max_connections)
+
+        self._map: dict[str, Assignment] = {}
+        self._counts: dict[str, int] = {}
+        # Bumped when the map is replaced by a re-read: a command that started before must
+        # not write its (possibly older) result into the new copy; its message will.
+        self._generation = 0
+        # While commands are in flight, removals seen are remembered, so a command's reply
+        # read before a removal cannot put the removed entry back into the copy.
+        self._in_flight = 0
+        self._tombstones: dict[str, int] = {}
+
+        self._cmd: Redis | None = None
+        self._sub: Redis | None = None
+        self._sentinel: Sentinel | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._health = asyncio.Condition()
+        self._reachable = False  # commands may be sent
+        self._synced = False  # the local copy follows Redis (subscribed and re-read)
+        self._down_since: float | None = None
+        self._last_error: BaseException | None = None
+        self._reconnected = False  # the pub/sub connection was re-established under us
+        self.resyncs = 0  # completed full re-reads, the initial load included
+
+    # -- hot path: no I/O ---------------------------------------------------------------
+
+    def cached(self, session: str) -> Assignment | None:
+        return self._map.get(session)
+
+    def counts(self) -> Mapping[str, int]:
+        return self._counts
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    @property
+    def healthy(self) -> bool:
+        """Redis answers and the local copy is being kept current."""
+        return self._reachable
+
+    @property
+    def synced(self) -> bool:
+        """The local copy is known complete (False during a re-read after a reconnect)."""
+        return self._synced
+
+    async def wait_health(self, healthy: bool, timeout: float) -> bool:
+        """Wait until ``healthy`` has the given value; False if ``timeout`` passed first."""
+        async with self._health:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._health.wait_for(lambda: self._reachable == healthy)
+            except TimeoutError:
+                return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, subscribe and load the map; ``StoreUnavailable`` if that does not
+        succeed within ``start_timeout`` (the store is then closed)."""
+        if self._task is not None:
+            return
+        self._cmd, self._sub = self._make_clients()
+        self._scripts = {
+            "create": self._cmd.register_script(redis_scripts.CREATE),
+            "move": self._cmd.register_script(redis_scripts.MOVE),
+            "remove": self._cmd.register_script(redis_scripts.REMOVE),
+        }
+        self._task = asyncio.create_task(self._listen(), name="redis-store-listener")
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                await self._ready.wait()
+        except TimeoutError:
+            error = self._last_error
+            await self.close()
+            raise StoreUnavailable(f"redis store unavailable at start: {error}") from error
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in (self._sub, self._cmd):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+        if self._sentinel is not None:
+            for s in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await s.aclose()
+        self._cmd = self._sub = self._sentinel = None
+        await self._set_reachable(False, None, log_it=False)
+
+    def _make_clients(self) -> tuple[Redis, Redis]:
+        if self._factory is not None:
+            cmd, sub = self._factory(), self._factory()
+        else:
+            cmd, sub = self._client(), self._client()
+        return cmd, sub
+
+    def _client(self) -> Redis:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self._connect_timeout,
+            "socket_timeout": self._op_timeout,
+            # One retry: a pooled connection may have died since its last use.
+            "retry": Retry(NoBackoff(), 1),
+            "decode_responses": True,
+            "client_name": "wa-router",
+        }
+        if not is_sentinel_url(self._url):
+            return Redis.from_url(self._url, **options)
+        target = parse_sentinel_url(self._url)
+        if self._sentinel is None:
+            sentinel_options: dict[str, Any] = {
+                "socket_connect_timeout": self._connect_timeout,
+                "socket_timeout": self._op_timeout,
+            }
+            if target.sentinel_password:
+                sentinel_options["password"] = target.sentinel_password
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(target.sentinels), sentinel_kwargs=sentinel_options
+            )
+        return cast(
+            Redis,
+            self._sentinel.master_for(
+                target.service,
+                redis_class=Redis,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                **options,
+            ),
+        )
+
+    # -- reads and writes -----------------------------------------------------------------
+
+    async def get(self, session: str) -> Assignment | None:
+        """The cached assignment, else Redis' (then cached)."""
+        found = self._map.get(session)
+        if found is not None:
+            return found
+        with self._command() as generation:
+            cmd = self._client_or_raise()
+            value = await self._call(
+                lambda: cast("Awaitable[str | None]", cmd.hget(self.key_assignments, session))
+            )
+            if value is None:
+                return None
+            assignment = self._parse(session, value)
+            self._learn(assignment, generation=generation)
+            return assignment
+
+    async def create_if_absent(self, session: str, instance: str) -> Assignment:
+        with self._command() as generation:
+            _, value = await self._script("create", session, instance, self.channel)
+            assignment = self._parse(session, value)
+            self._learn(assignment, generation=generation)
+            return assignment
+
+    async def move(self, session: str, instance: str, expected_epoch: int | None) -> Assignment:
+        expected = "" if expected_epoch is None else str(expected_epoch)
+        with self._command() as generation:
+            reply = await self._script("move", session, instance, expected, self.channel)
+            if reply[0] != 1:
+                current = self._parse(session, reply[1]) if len(reply) > 1 else None
+                if current is not None:
+                    self._learn(current, generation=generation)
+                raise StaleEpoch(current)
+            assignment = self._parse(session, reply[1])
+            self._learn(assignment, generation=generation)
+            return assignment
+
+    async def remove(self, session: str, expected_epoch: int | None = None) -> bool:
+        expected = "" if expected_epoch is None else str(expected_epoch)
+        with self._command() as generation:
+            reply = await self._script("remove", session, expected, self.channel)
+            if reply[0] == 0:
+                return False
+            found = self._parse(session, reply[1])
+            if reply[0] == -1:
+                self._learn(found, generation=generation)
+                raise StaleEpoch(found)
+            self._forget(session, found.epoch)
+            return True
+
+    async def list(self, instance: str | None = None) -> list[Assignment]:
+        """From the local copy (complete while ``synced``)."""
+        if instance is None:
+            return list(self._map.values())
+        return [a for a in self._map.values() if a.instance == instance]
+
+    def _client_or_raise(self) -> Redis:
+        if self._cmd is None or not self._reachable:
+            raise StoreUnavailable("redis store unavailable")
+        return self._cmd
+
+    async def _script(self, name: str, *args: str) -> builtins.list[Any]:
+        cmd = self._client_or_raise()
+        script = self._scripts[name]
+        reply = await self._call(lambda: script(keys=self._keys, args=args, client=cmd))
+        return cast(builtins.list[Any], reply)
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one command, bounded; errors become ``StoreUnavailable``."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                await self._slots.acquire()
+        except TimeoutError:  # overloaded here, which says nothing about Redis
+            raise StoreUnavailable("redis store busy") from None
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await make()
+        except _LOST as e:
+            await self._set_reachable(False, e)
+            raise StoreUnavailable("redis store unavailable") from e
+        except rexc.RedisError as e:  # e.g. OOM: Redis is up but refuses the write
+            log.warning("redis store: command failed: %s", e)
+            raise StoreUnavailable("redis store refused the command") from e
+        finally:
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def _command(self) -> Iterator[int]:
+        self._in_flight += 1
+        try:
+            yield self._generation
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._tombstones:
+                self._tombstones.clear()
+
+    # -- the local copy -------------------------------------------------------------------
+
+    @staticmethod
+    def _parse(session: str, value: str) -> Assignment:
+        instance, _, epoch = value.rpartition(":")
+        return Assignment(session, sys.intern(instance), int(epoch))
+
+    def _learn(
+        self, new: Assignment, *, generation: int | None = None, notify: bool = False
+    ) -> bool:
+        """Put ``new`` in the copy unless what is there (or was removed) is as recent."""
+        if generation is not None and generation != self._generation:
+            return False
+        session = new.session
+        current = self._map.get(session)
+        if current is not None:
+            if current.epoch >= new.epoch:
+                return False
+            self._uncount(current.instance)
+        elif self._tombstones and self._tombstones.get(session, -1) >= new.epoch:
+            return False
+        self._map[session] = new
+        self._counts[new.instance] = self._counts.get(new.instance, 0) + 1
+        if notify:
+            self._notify(new, session)
+        return True
+
+    def _forget(self, session: str, epoch: int, *, notify: bool = False) -> bool:
+        """Drop ``session`` if the copy holds the removed epoch (or an older one)."""
+        if self._in_flight:
+            self._tombstones[session] = max(epoch, self._tombstones.get(session, -1))
+        current = self._map.get(session)
+        if current is None or current.epoch > epoch:
+            return False
+        del self._map[session]
+        self._uncount(current.instance)
+        if notify:
+            self._notify(None, session)
+        return True
+
+    def _uncount(self, instance: str) -> None:
+        left = self._counts[instance] - 1
+        if left:
+            self._counts[instance] = left
+        else:
+            del self._counts[instance]
+
+    def _notify(self, assignment: Assignment | None, session: str) -> None:
+        callback = self.on_change
+        if callback is None:
+            return
+        try:
+            callback(assignment, session)
+        except Exception:  # a bug in a callback must not stop the listener
+            log.exception("redis store: on_change callback failed")
+
+    def _apply_message(self, data: str) -> None:
+        try:
+            change = json.loads(data)
+            session, epoch = str(change["s"]), int(change["e"])
+            if change["op"] == "set":
+                assignment = Assignment(session, sys.intern(str(change["i"])), epoch)
+                self._learn(assignment, notify=True)
+            else:
+                self._forget(session, epoch, notify=True)
+        except (ValueError, KeyError, TypeError):
+            log.warning("redis store: ignored a malformed change message")
+
+    async def _load(self) -> None:
+        """Read the whole map (HSCAN) and replace the local copy with it."""
+        cmd = self._cmd
+        assert cmd is not None
+        fresh: dict[str, Assignment] = {}
+        intern = sys.intern
+        cursor = 0
+        while True:  # HSCAN ends when the cursor comes back to 0
+            async with asyncio.timeout(self._deadline):
+                cursor, chunk = await cast(
+                    "Awaitable[tuple[int, dict[str, str]]]",
+                    cmd.hscan(self.key_assignments, cursor, count=SCAN_COUNT),
+                )
+            for session, value in chunk.items():
+                instance, _, epoch_text = value.rpartition(":")
+                epoch = int(epoch_text)
+                seen = fresh.get(session)
+                # HSCAN may return a field twice; keep the newer value.
+                if seen is None or seen.epoch < epoch:
+                    fresh[session] = Assignment(session, intern(instance), epoch)
+            if cursor == 0:
+                break
+        old, self._map = self._map, fresh
+        self._counts = dict(Counter(a.instance for a in fresh.values()))
+        self._generation += 1
+        first = self.resyncs == 0
+        self.resyncs += 1
+        if self.on_change is not None and not first:
+            for session, assignment in fresh.items():
+                if old.get(session) != assignment:
+                    self._notify(assignment, session)
+            for session in old.keys() - fresh.keys():
+                self._notify(None, session)
+
+    # -- health ---------------------------------------------------------------------------
+
+    async def _set_reachable(
+        self, reachable: bool, error: BaseException | None, *, log_it: bool = True
+    ) -> None:
+        if error is not None:
+            self._last_error = error
+        if reachable == self._reachable:
+            return
+        self._reachable = reachable
+        now = time.monotonic()
+        if not reachable:
+            self._down_since = now
+            if log_it:
+                log.warning(
+                    "redis store unavailable (%s); serving %d cached assignments, "
+                    "new placements fail until it is back",
+                    error,
+                    len(self._map),
+                )
+        else:
+            if self._down_since is not None and log_it:
+                log.warning(
+                    "redis store available again after %.1fs (%d assignments)",
+                    now - self._down_since,
+                    len(self._map),
+                )
+            self._down_since = None
+        async with self._health:
+            self._health.notify_all()
+
+    # -- the listener ---------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Subscribe, re-read the map, apply messages; after any failure, start over."""
+        delay = 0.0
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            pubsub: PubSub | None = None
+            try:
+                try:
+                    pubsub = await self._subscribe()
+                    await self._load()
+                except Exception as e:  # Redis is not usable: back off
+                    self._synced = False
+                    await self._set_reachable(False, e, log_it=self._ready.is_set())
+                    delay = min(max(2 * delay, _BACKOFF_MIN), _BACKOFF_MAX)
+                    continue
+                self._synced = True
+                self._ready.set()
+                await self._set_reachable(True, None)
+                delay = 0.0
+                try:
+                    await self._pump(pubsub)
+                except Exception as e:
+                    # Only the pub/sub connection is known lost: reconnect at once (a
+                    # failing reconnection is what marks the store unavailable).
+                    self._synced = False
+                    if not isinstance(e, (_Resync, *_LOST)):
+                        log.warning("redis store: listener error, re-reading", exc_info=True)
+            finally:
+                if pubsub is not None:
+                    await self._unsubscribe(pubsub)
+
+    async def _subscribe(self) -> PubSub:
+        """A new subscription, confirmed: every change published after this reaches us."""
+        assert self._sub is not None
+        pubsub = self._sub.pubsub()
+        try:
+            async with asyncio.timeout(self._deadline):
+                await pubsub.subscribe(self.channel)
+                while True:  # bounded by the timeout
+                    message = await pubsub.get_message(timeout=self._deadline)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+            # redis-py reconnects and resubscribes a PubSub by itself, silently: the
+            # messages published meanwhile would be lost without a re-read. No retry makes
+            # the error surface; the callback notices a reconnection that happens anyway.
+            connection = pubsub.connection
+            assert connection is not None
+            connection.retry = Retry(NoBackoff(), 0)
+            self._reconnected = False
+            connection.register_connect_callback(self._on_pubsub_reconnect)
+        except BaseException:
+            await self._unsubscribe(pubsub)
+            raise
+        return pubsub
+
+    def _on_pubsub_reconnect(self, connection: object) -> None:
+        self._reconnected = True
+
+    async def _unsubscribe(self, pubsub: PubSub) -> None:
+        if pubsub.connection is not None:  # pooled connections outlive this PubSub
+            pubsub.connection.deregister_connect_callback(self._on_pubsub_reconnect)
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _pump(self, pubsub: PubSub) -> None:
+        """Apply change messages until the connection fails (raises) or a re-read is due."""
+        last_heard = time.monotonic()
+        ping_sent: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=_TICK)
+            if self._reconnected:
+                raise _Resync
+            now = time.monotonic()
+            if message is not None:
+                last_heard, ping_sent = now, None
+                if message["type"] == "message":
+                    self._apply_message(message["data"])
+                continue
+            if not self._reachable:
+                # A command failed while this connection looked fine: re-read to be sure
+                # nothing was missed (e.g. a failover that kept this socket open).
+                raise _Resync
+            if ping_sent is None:
+                if now - last_heard > self._keepalive:
+                    await pubsub.ping()
+                    ping_sent = now
+            elif now - ping_sent > self._deadline:
+                raise rexc.TimeoutError("no answer to PING on the pub/sub connection")
