@@ -11,7 +11,6 @@ from aiohttp import web
 
 from router.admin import create_admin_app
 from router.config.model import Config
-from router.errors import ConfigError
 from router.instance_api import InstanceApi
 from router.instances import Fleet
 from router.proxy import ProxyServer
@@ -22,9 +21,12 @@ log = logging.getLogger("wa_router")
 
 
 def make_store(config: Config) -> AssignmentStore:
+    """In memory without ``store.url``; otherwise Redis, shared by every router."""
     if config.store.url is None:
         return MemoryStore()
-    raise ConfigError(["store.url: the Redis store is not available in this build"])
+    from router.store.redis import RedisStore
+
+    return RedisStore(config.store.url.value, config.store.prefix)
 
 
 class App:

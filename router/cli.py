@@ -14,6 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     from router import logs
     from router.app import create_app
     from router.config import ConfigError, load_config
+    from router.workers import supervise, worker_index
 
     try:
         config = load_config(args.config)
@@ -22,13 +23,19 @@ def _run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     logs.setup(config.log.format, config.log.level)
+    _install_uvloop()
+    index = worker_index()
+    if config.listen.workers > 1 and index is None:
+        return asyncio.run(
+            supervise(args.config, config.listen.workers, config.listen.shutdown_timeout)
+        )
 
     async def main() -> None:
         app = create_app(config)
-        await app.start()
+        # Worker 0 serves the admin port; every worker shares the proxy port.
+        await app.start(reuse_port=index is not None, admin=not index)
         await app.run_until_signalled()
 
-    _install_uvloop()
     try:
         asyncio.run(main())
     except OSError as e:

@@ -43,6 +43,7 @@ class RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.unixsocket = self.dir / "redis.sock"
         self.log = self.dir / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -60,6 +61,7 @@ class RedisServer:
             "--save", "",
             "--daemonize", "no",
             "--logfile", str(self.log),
+            "--unixsocket", str(self.unixsocket),
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:

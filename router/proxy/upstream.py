@@ -56,8 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_done",
         "_head_request",
-        "_keep_alive",
         "_headers",
+        "_keep_alive",
         "_reason",
         "_skip",
         "closed",

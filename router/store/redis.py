@@ -23,8 +23,8 @@ and after any (re)connection of its pub/sub connection re-reads the whole map an
 the copy: it subscribes first, then scans, so a change is either in the scan or in a
 message that follows it, and an entry removed while it was disconnected does not survive.
 
-Unavailability: a failed command or a lost pub/sub connection makes ``healthy`` False
-(one warning per outage). Meanwhile ``cached()`` keeps answering and ``get``,
+Unavailability: a failed command, or a pub/sub connection that cannot be re-established,
+makes ``healthy`` False (one warning per outage). Meanwhile ``cached()`` keeps answering and ``get``,
 ``create_if_absent``, ``move`` and ``remove`` raise ``StoreUnavailable`` at once. The
 listener reconnects with backoff (50 ms doubling to 1 s); after the reconnection and the
 full re-read, ``healthy`` is True again. Every Redis call is bounded (1 s connect, 1 s per
@@ -47,7 +47,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import redis.exceptions as rexc
 from redis.asyncio import Redis
@@ -59,7 +59,7 @@ from redis.commands.core import AsyncScript
 
 from router.errors import StoreUnavailable
 from router.store import redis_scripts
-from router.store.base import Assignment, StaleEpoch
+from router.store.base import Assignment, AssignmentStore, StaleEpoch
 from router.store.redis_url import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ class RedisStore:
 
     @property
     def healthy(self) -> bool:
-        """Redis answers and the local copy is being kept current."""
+        """Redis answers: writes are attempted. False from a failed command or reconnection
+        until the listener has reconnected and re-read the whole map."""
         return self._reachable
 
     @property
@@ -594,3 +595,9 @@ class RedisStore:
                     ping_sent = now
             elif now - ping_sent > self._deadline:
                 raise rexc.TimeoutError("no answer to PING on the pub/sub connection")
+
+
+if TYPE_CHECKING:  # mypy proves RedisStore is an AssignmentStore
+
+    def _conforms(store: RedisStore) -> AssignmentStore:
+        return store
