@@ -59,6 +59,11 @@ class NotFound(ClientError):
     code = "not_found"
 
 
+class Conflict(ClientError):
+    status = 409
+    code = "conflict"
+
+
 class BodyTooLarge(ClientError):
     status = 413
     code = "body_too_large"

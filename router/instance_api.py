@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -62,3 +63,8 @@ class InstanceApi:
             raise UpstreamTimeout(f"instance {instance.name} did not answer in time") from e
         except aiohttp.ClientError as e:
             raise UpstreamError(f"instance {instance.name}: {type(e).__name__}") from e
+
+
+def call_path(path: str, session: str) -> str:
+    """Fill ``{session}`` in a configured instance call, percent-encoded."""
+    return path.replace("{session}", quote(session, safe=""))

@@ -72,6 +72,13 @@ class Instance:
         """Can take new sessions."""
         return self.healthy and not self.draining
 
+    @property
+    def state(self) -> str:
+        """healthy | unhealthy | draining, as the admin API shows it."""
+        if self.draining:
+            return "draining"
+        return "healthy" if self.healthy else "unhealthy"
+
     def __repr__(self) -> str:  # never shows the api key
         return f"Instance({self.name!r}, {self.address.origin!r})"
 

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Mapping
 
 from router.config.model import Config
-from router.errors import NoInstance, RouterError, UpstreamError
-from router.instance_api import InstanceApi
+from router.errors import BadRequest, Conflict, NoInstance, NotFound, RouterError, UpstreamError
+from router.instance_api import InstanceApi, call_path
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
 from router.store.base import Assignment, AssignmentStore
@@ -42,6 +42,10 @@ class Router:
         if a is None:
             return None
         return self.fleet.by_name.get(a.instance)
+
+    def session_state(self, session: str) -> str:
+        """What the router knows of a session beyond its assignment."""
+        return "assigned"
 
     # -- placement -----------------------------------------------------------------------
 
@@ -124,3 +128,38 @@ class Router:
         if not isinstance(data, list):
             raise UpstreamError(f"instance {inst.name} did not answer a JSON list")
         return data
+
+    # -- moves ---------------------------------------------------------------------------
+
+    async def move(self, session: str, target_name: str) -> Assignment:
+        """Move a session: stop it where it runs, reassign (new epoch), start it on the
+        target. The old copy is stopped, never deleted (DELETE drops its stored auth)."""
+        current = await self.store.get(session)
+        if current is None:
+            raise NotFound(f"session {session!r} is not assigned")
+        target = self.fleet.get(target_name)
+        if target is None:
+            raise BadRequest(f"unknown instance {target_name!r}")
+        if not target.available:
+            raise Conflict(f"instance {target_name!r} is not taking sessions (unhealthy or draining)")
+        if current.instance == target_name:
+            return current
+        failover = self.config.failover
+        timeout = self.config.limits.upstream_timeout
+        old = self.fleet.get(current.instance)
+        if old is not None and self.api is not None:
+            try:
+                await self.api.request(
+                    old, failover.stop.method, call_path(failover.stop.path, session), timeout=timeout
+                )
+            except UpstreamError as e:
+                log.warning("move %s: could not stop it on %s: %s", session, old.name, e.message)
+        moved = await self.store.move(session, target_name, expected_epoch=current.epoch)
+        if self.api is not None:
+            resp = await self.api.request(
+                target, failover.restore.method, call_path(failover.restore.path, session),
+                timeout=timeout,
+            )
+            if resp.status >= 300:
+                raise UpstreamError(f"instance {target_name} answered {resp.status} to the restore")
+        return moved

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from router.errors import BadRequest, NotFound, RouterError, Unauthorized
 from router.metrics import make_registry
 from router.proxy.local import readiness
+from router.proxy.responses import error_body
 from router.routing import Router
+from router.store.base import Assignment
 
 ROUTER = web.AppKey[Callable[[], Router]]("router")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+READ_METHODS = frozenset({"GET", "HEAD"})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -23,6 +32,57 @@ def _json(data: object, status: int = 200) -> web.Response:
         status=status,
         content_type="application/json",
     )
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place admin errors become JSON answers."""
+    try:
+        return await handler(request)
+    except RouterError as e:
+        rid = request.headers.get("X-Request-Id", "")[:200]
+        resp = web.Response(
+            body=error_body(e, rid), status=e.status, content_type="application/json"
+        )
+        if e.retry_after is not None:
+            resp.headers["Retry-After"] = str(e.retry_after)
+        return resp
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _json({"error": "not_found" if e.status == 404 else "bad_request",
+                      "message": e.reason, "request_id": ""}, e.status)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token for everything but health and metrics; without a configured token,
+    read-only endpoints for loopback clients only."""
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    token = request.app[ROUTER]().config.admin.token
+    if token:
+        given = request.headers.get("Authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), token.value.encode()
+        ):
+            raise Unauthorized("missing or wrong admin token (Authorization: Bearer ...)")
+    elif request.method not in READ_METHODS or not _is_loopback(request.remote):
+        raise Unauthorized("no admin.token configured: read-only, loopback only")
+    return await handler(request)
+
+
+def _assignment(a: Assignment, router: Router) -> dict[str, object]:
+    return {"session": a.session, "instance": a.instance, "epoch": a.epoch,
+            "state": router.session_state(a.session)}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -39,12 +99,59 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def list_instances(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]()
+    counts = router.store.counts()
+    return _json([
+        {"name": i.name, "url": i.address.origin + i.address.base_path, "state": i.state,
+         "sessions": counts.get(i.name, 0), "weight": i.config.weight,
+         "max_sessions": i.config.max_sessions, "inflight": i.inflight}
+        for i in router.fleet
+    ])
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]()
+    instance = request.query.get("instance")
+    if instance is not None and router.fleet.get(instance) is None:
+        raise NotFound(f"unknown instance {instance!r}")
+    items = await router.store.list(instance)
+    items.sort(key=lambda a: a.session)
+    return _json([_assignment(a, router) for a in items])
+
+
+async def get_session(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]()
+    a = await router.store.get(request.match_info["session"])
+    if a is None:
+        raise NotFound("session not assigned")
+    return _json(_assignment(a, router))
+
+
+async def move_session(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]()
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("body must be JSON: {\"instance\": NAME}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("instance"), str):
+        raise BadRequest("body must be JSON: {\"instance\": NAME}")
+    moved = await router.move(request.match_info["session"], body["instance"])
+    return _json(_assignment(moved, router))
+
+
 def create_admin_app(current_router: Callable[[], Router]) -> web.Application:
     """``current_router`` returns the live router (it changes on config reload)."""
-    app = web.Application()
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=1024 * 1024)
     app[ROUTER] = current_router
     app[REGISTRY] = make_registry(current_router)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics)
+    r.add_get("/admin/instances", list_instances)
+    r.add_get("/admin/sessions", list_sessions)
+    r.add_get("/admin/sessions/{session}", get_session)
+    r.add_post("/admin/sessions/{session}/move", move_session)
     return app

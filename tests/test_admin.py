@@ -1,0 +1,92 @@
+"""Admin API: auth, instances, sessions, move. Real router and simulator processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp
+
+from tests.procs import Proc, RouterProc, router_config
+
+TOKEN = "adm-s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _with_token(sims: list[Proc]) -> str:
+    return router_config(sims).replace(
+        "admin: {host: 127.0.0.1, port: {admin_port}}",
+        "admin: {host: 127.0.0.1, port: {admin_port}, token: " + TOKEN + "}",
+    )
+
+
+async def test_token_required_and_constant_answers(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    r = router_factory(_with_token(three_sims))
+    async with aiohttp.ClientSession(base_url=r.admin_url) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            async with http.get("/admin/instances", headers=headers) as resp:
+                assert resp.status == 401
+                body = await resp.json()
+                assert body["error"] == "unauthorized"
+                assert TOKEN not in await resp.text()
+        async with http.get("/admin/instances", headers=AUTH) as resp:
+            assert resp.status == 200
+            items = await resp.json()
+        assert [i["name"] for i in items] == ["node-1", "node-2", "node-3"]
+        assert set(items[0]) == {"name", "url", "state", "sessions", "weight", "max_sessions", "inflight"}
+        assert all(i["state"] == "healthy" for i in items)
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(open_path) as resp:
+                assert resp.status == 200
+    assert TOKEN not in r.output()
+
+
+async def test_without_token_read_only_on_loopback(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    r = router_factory(router_config(three_sims))
+    async with aiohttp.ClientSession(base_url=r.admin_url) as http:
+        async with http.get("/admin/instances") as resp:
+            assert resp.status == 200
+        async with http.post("/admin/sessions/x/move", json={"instance": "node-1"}) as resp:
+            assert resp.status == 401
+
+
+async def test_sessions_and_move(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    r = router_factory(_with_token(three_sims))
+    sims = {s.name: s for s in three_sims}
+    async with aiohttp.ClientSession() as http:
+        for name in ("m1", "m2", "m3", "m4"):
+            async with http.post(r.url + "/api/sessions", json={"name": name}) as resp:
+                assert resp.status == 201
+        async with http.get(r.admin_url + "/admin/sessions", headers=AUTH) as resp:
+            listed = await resp.json()
+        assert [x["session"] for x in listed] == ["m1", "m2", "m3", "m4"]
+        home = {x["session"]: x["instance"] for x in listed}
+        async with http.get(r.admin_url + "/admin/sessions", params={"instance": home["m1"]},
+                            headers=AUTH) as resp:
+            assert "m1" in [x["session"] for x in await resp.json()]
+        async with http.get(r.admin_url + "/admin/sessions/m1", headers=AUTH) as resp:
+            one = await resp.json()
+        assert one["instance"] == home["m1"] and one["epoch"] >= 1
+        async with http.get(r.admin_url + "/admin/sessions/nope", headers=AUTH) as resp:
+            assert resp.status == 404
+        target = next(n for n in sims if n != home["m1"])
+        async with http.post(r.admin_url + "/admin/sessions/m1/move", json={"instance": target},
+                             headers=AUTH) as resp:
+            assert resp.status == 200, await resp.text()
+            moved = await resp.json()
+        assert moved["instance"] == target and moved["epoch"] > one["epoch"]
+        async with http.get(r.url + "/api/sessions/m1") as resp:
+            assert resp.headers["X-Router-Instance"] == target
+            assert (await resp.json())["status"] in ("STARTING", "WORKING")
+        async with http.get(sims[home["m1"]].url + "/api/sessions/m1") as resp:
+            assert (await resp.json())["status"] == "STOPPED"  # stopped, never deleted
+        for bad in ({"instance": "ghost"}, {"nope": 1}, "notjson"):
+            kw = {"data": bad} if isinstance(bad, str) else {"json": bad}
+            async with http.post(r.admin_url + "/admin/sessions/m2/move", headers=AUTH, **kw) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"] == "bad_request"
