@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Proc, RouterProc, start_router, start_sim
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture
@@ -39,3 +40,15 @@ def router_factory(tmp_path: Path) -> Iterator[Callable[..., RouterProc]]:
     yield make
     for r in started:
         r.stop()
+
+
+# -- Redis (appended for the multi-router tests) ----------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real ``redis-server`` (appendonly) on a free loopback port, in its own directory;
+    ``kill()`` / ``start()`` restart it on the same port and directory."""
+    s = RedisServer(tmp_path).start()
+    yield s
+    s.kill()
