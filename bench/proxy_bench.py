@@ -1,7 +1,7 @@
 """End-to-end proxy benchmark: wa-router against nginx (and HAProxy) on the same backends.
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
-        [--sessions 1000] [--repeats 2] [--targets direct,nginx,haproxy,router]
+        [--sessions 1000] [--repeats 2] [--targets direct,nginx,haproxy,router,router-redis]
 
 One run does everything, on 127.0.0.1 only:
 
@@ -9,11 +9,16 @@ One run does everything, on 127.0.0.1 only:
 2. starts each proxy under test on its own free port, in front of those same backends:
    nginx (``hash $http_x_session_id consistent`` + upstream keepalive), HAProxy
    (``balance hdr(X-Session-Id)`` + ``hash-type consistent``, 1 thread) when installed,
-   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``);
+   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) twice: with
+   the in-memory store (``router``) and with the Redis store (``router-redis``) against a
+   redis-server the script starts itself (free port, temp dir, appendonly, no other client);
 3. checks every target answers 200 and is sticky (one session, one backend), then runs wrk
    (``bench/wrk/sessions.lua``: X-Session-Id drawn from N ids) against each target in turn,
    each measured run preceded by a short warmup, and repeats the whole sequence R times
    (interleaved, so that noise hits every target alike), reporting medians;
+   For ``router-redis`` it also reads ``INFO commandstats`` before and after each warmup
+   and measured run: the Redis commands the router sent while serving cached sessions
+   (issue 3: none), besides this script's own INFO calls;
 4. prints a markdown table and writes it, with the raw numbers as JSON, to bench/out/;
 5. stops every process it started (also on Ctrl-C / SIGTERM) and checks none is left.
 
@@ -42,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,7 +59,9 @@ LUA_SCRIPT = BENCH_DIR / "wrk" / "sessions.lua"
 HOST = "127.0.0.1"
 BACKENDS = ("b1", "b2", "b3")
 REQUEST_PATH = "/v1/bench"  # any path: the generic profile reads only X-Session-Id
-ALL_TARGETS = ("direct", "nginx", "haproxy", "router")
+ALL_TARGETS = ("direct", "nginx", "haproxy", "router", "router-redis")
+ROUTERS = ("router", "router-redis")  # targets that are a wa-router process
+REDIS_PREFIX = "bench:"
 NOISY = 0.10  # other processes using more than this share of a core make a run noisy
 LUA_SEED = 1  # same request sequence for every target
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -207,21 +215,26 @@ def children_cpu_seconds() -> float:
 
 @dataclass
 class CpuSnapshot:
-    """CPU counters at one instant: the target tree, the backend tree, wrk, the machine."""
+    """CPU counters at one instant: the target tree, the backend tree, wrk, the
+    redis-server (when one runs), the machine."""
 
     wall: float
     target: float
     backend: float
     wrk: float
+    redis: float
     machine: float
 
     @classmethod
-    def take(cls, target_pid: int | None, backend_pid: int) -> CpuSnapshot:
+    def take(
+        cls, target_pid: int | None, backend_pid: int, redis_pid: int | None = None
+    ) -> CpuSnapshot:
         return cls(
             wall=time.monotonic(),
             target=cpu_seconds(target_pid) if target_pid is not None else 0.0,
             backend=cpu_seconds(backend_pid),
             wrk=children_cpu_seconds(),
+            redis=cpu_seconds(redis_pid) if redis_pid is not None else 0.0,
             machine=machine_cpu_seconds(),
         )
 
@@ -233,6 +246,7 @@ class CpuSnapshot:
             "target": (self.target - before.target) / wall,
             "backend": (self.backend - before.backend) / wall,
             "wrk": (self.wrk - before.wrk) / wall,
+            "redis": (self.redis - before.redis) / wall,
         }
         used["others"] = max(0.0, (self.machine - before.machine) / wall - sum(used.values()))
         return used
@@ -426,18 +440,176 @@ backend be
 """
 
 
-def router_conf(port: int, admin_port: int, backend_ports: list[int]) -> str:
+def router_conf(
+    port: int, admin_port: int, backend_ports: list[int], redis_port: int | None = None
+) -> str:
+    """The router's config; with ``redis_port``, the same plus the Redis store."""
     instances = "\n".join(
         f"  - {{name: {name}, url: 'http://{HOST}:{p}'}}"
         for name, p in zip(BACKENDS, backend_ports, strict=True)
+    )
+    store = (
+        f'store: {{url: "redis://{HOST}:{redis_port}/0", prefix: "{REDIS_PREFIX}"}}\n'
+        if redis_port is not None
+        else ""
     )
     return f"""listen: {{host: {HOST}, port: {port}}}
 admin: {{host: {HOST}, port: {admin_port}}}
 profile: generic
 log: {{level: WARNING}}
-instances:
+{store}instances:
 {instances}
 """
+
+
+# --------------------------------------------------------------------------- redis
+
+
+class RedisProbe:
+    """A minimal RESP client on one raw socket, for INFO and a few checks.
+
+    Not redis-py on purpose: redis-py sends commands of its own when it connects
+    (``CLIENT SETINFO``...), and every command this probe sends must be known, because it
+    is subtracted from the counts. The probe names itself ``bench-probe`` once, at connect.
+    """
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        self.sent: Counter[str] = Counter()  # commands sent, as commandstats names them
+        self.command("CLIENT", "SETNAME", "bench-probe")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()
+
+    def command(self, *args: str) -> object:
+        name = args[0].lower()
+        if name in ("client", "config") and len(args) > 1:
+            name += "|" + args[1].lower()
+        self.sent[name] += 1
+        parts = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            data = a.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        self.sock.sendall(b"".join(parts))
+        return self._read()
+
+    def _read(self) -> object:
+        line = self.file.readline()
+        if not line.endswith(b"\r\n"):
+            raise BenchError(f"redis: connection closed ({line!r})")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise BenchError(f"redis error: {rest.decode(errors='replace')}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.file.read(n + 2)
+            return data[:-2].decode(errors="replace")
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise BenchError(f"redis: unexpected reply {line[:100]!r}")
+
+    def snapshot(self) -> RedisStats:
+        """``INFO stats commandstats clients`` (Redis >= 7: several sections at once).
+
+        Redis updates its counters after a command has run, so a snapshot does not count
+        the INFO that took it; the commands this probe sent before it are noted with it."""
+        sent_before = Counter(self.sent)
+        text = self.command("INFO", "stats", "commandstats", "clients")
+        assert isinstance(text, str)
+        calls: dict[str, int] = {}
+        values: dict[str, str] = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            if not sep:
+                continue
+            if key.startswith("cmdstat_"):
+                m = re.search(r"(?:^|,)calls=(\d+)", value)
+                if m:
+                    calls[key.removeprefix("cmdstat_")] = int(m.group(1))
+            else:
+                values[key] = value.strip()
+        return RedisStats(
+            calls=calls,
+            total=int(values["total_commands_processed"]),
+            clients=int(values["connected_clients"]),
+            sent=sent_before,
+        )
+
+
+@dataclass
+class RedisStats:
+    calls: dict[str, int]  # command -> calls so far (commandstats)
+    total: int  # total_commands_processed
+    clients: int  # connected_clients
+    sent: Counter[str]  # commands the probe had sent before this snapshot's INFO
+
+    def own_since(self, before: RedisStats) -> Counter[str]:
+        """What the probe sent between two snapshots (the earlier one's INFO included)."""
+        return self.sent - before.sent
+
+    def since(self, before: RedisStats) -> dict[str, int]:
+        """Commands others (the router) called between ``before`` and this snapshot: the
+        commandstats difference minus the probe's own commands; only the non-zero ones."""
+        own = self.own_since(before)
+        out: dict[str, int] = {}
+        for name in sorted(self.calls.keys() | before.calls.keys()):
+            n = self.calls.get(name, 0) - before.calls.get(name, 0) - own.get(name, 0)
+            if n:
+                out[name] = n
+        return out
+
+    def total_since(self, before: RedisStats) -> int:
+        """The same from ``total_commands_processed`` (a cross-check of ``since``)."""
+        return self.total - before.total - sum(self.own_since(before).values())
+
+
+def redis_args(tmp: Path, port: int) -> list[str]:
+    data = tmp / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    return [
+        "redis-server",
+        "--port", str(port),
+        "--bind", HOST,
+        "--dir", str(data),
+        "--save", "",
+        "--appendonly", "yes",
+        "--daemonize", "no",
+        "--logfile", "",  # stdout, which goes to the log file
+        "--unixsocket", "",
+    ]  # fmt: skip
+
+
+def wait_redis(procs: Processes, port: int, timeout: float = 20.0) -> None:
+    """Wait until the server answers PING with PONG (not -LOADING)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                reply = s.recv(64)
+            if reply.startswith(b"+PONG"):
+                return
+            last = repr(reply)
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.05)
+    raise BenchError(f"redis-server on port {port}: no PONG after {timeout:.0f}s ({last})")
+
+
+def fmt_commands(commands: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in sorted(commands.items())) or "none"
 
 
 # --------------------------------------------------------------------------- wrk
@@ -469,6 +641,16 @@ class WrkResult:
     # its upstream connections opens none once warm) and requests served.
     backend_accepts: int | None = None
     backend_requests: int | None = None
+    # router-redis only: Redis commands the router sent (INFO commandstats difference,
+    # this script's own commands subtracted) during this run and during its warmup, the
+    # same total from total_commands_processed, assignments in Redis before the run,
+    # clients connected, and the redis-server's CPU.
+    redis_commands: dict[str, int] | None = None
+    redis_commands_total: int | None = None
+    redis_warmup_commands: dict[str, int] | None = None
+    redis_assignments: int | None = None
+    redis_clients: int | None = None
+    redis_cpu: float | None = None
 
     @property
     def errors(self) -> int:
@@ -545,6 +727,9 @@ class Target:
     warmups: list[WrkResult] = field(default_factory=list)
     discarded: list[WrkResult] = field(default_factory=list)  # noisy runs done again
     placement: dict[str, str] = field(default_factory=dict)  # session -> backend node
+    redis: RedisProbe | None = None  # router-redis: a probe on its redis-server
+    redis_proc: Proc | None = None
+    redis_client_names: list[str] = field(default_factory=list)  # CLIENT LIST at the end
 
     @property
     def url(self) -> str:
@@ -595,14 +780,15 @@ def sticky_check(target: Target, sessions: int) -> list[str]:
                 problems.append(f"{target.name}: {session}: unexpected body {body[:200]!r}")
                 break
             nodes.add(node)
-            if target.name == "router":
+            if target.name in ROUTERS:
                 via = headers.get("x-router-instance")
                 if via != node:
                     problems.append(
-                        f"router: {session}: X-Router-Instance {via!r} but body from {node!r}"
+                        f"{target.name}: {session}: X-Router-Instance {via!r} "
+                        f"but body from {node!r}"
                     )
                 if "x-request-id" not in headers:
-                    problems.append(f"router: {session}: no X-Request-Id in the response")
+                    problems.append(f"{target.name}: {session}: no X-Request-Id in the response")
         if len(nodes) > 1:
             problems.append(f"{target.name}: {session} is not sticky: {sorted(nodes)}")
         elif nodes:
@@ -659,6 +845,7 @@ def machine_info() -> dict[str, str]:
         "nginx": version_of(["nginx", "-v"]).removeprefix("nginx version: "),
         "haproxy": version_of(["haproxy", "-v"]).split(" - ")[0],
         "wrk": version_of(["wrk", "-v"]).split(" Copyright")[0],
+        "redis": version_of(["redis-server", "--version"]).split(" sha=")[0],
         "wa-router": f"{router_version} (git {git}{', router/ modified' if dirty else ''})",
     }
 
@@ -693,6 +880,7 @@ def render(
                 f"nginx {info['nginx']}",
                 info["haproxy"],
                 info["wrk"],
+                info["redis"],
                 f"wa-router {info['wa-router']}",
             ]
         ),
@@ -739,18 +927,75 @@ def render(
             f"WARNING: other processes used more than 10% of a core during runs of "
             f"{', '.join(noisy)}: rerun on a quiet machine before trusting these numbers."
         )
-    if "router" in rss:
-        r = rss["router"]
-        lines.append(
-            f"Router RSS: {r.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
-            f"{r.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
-            f"(peak {r.get('end_VmHWM', 0) / 1024:.1f} MiB), having routed {args.sessions} "
-            "distinct session ids."
-        )
+    for name in ROUTERS:
+        if name in rss:
+            r = rss[name]
+            lines.append(
+                f"Router RSS ({name}): {r.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
+                f"{r.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
+                f"(peak {r.get('end_VmHWM', 0) / 1024:.1f} MiB), having routed "
+                f"{args.sessions} distinct session ids."
+            )
+    lines += render_redis(targets, base)
     if failures:
         lines.append(f"**FAILED**: {len(failures)} problem(s):")
         lines += [f"- {f.splitlines()[0]}" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:
+    """The Redis store section: throughput against the memory store (issue 3: >= 0.9)
+    and Redis commands per cached request (issue 3: 0)."""
+    rr = next((t for t in targets if t.name == "router-redis" and t.runs), None)
+    if rr is None:
+        return []
+    mem = next((t for t in targets if t.name == "router" and t.runs), None)
+    lines = ["", "### Redis store (issue 3)", ""]
+    rps = rr.median("rps")
+    if mem is not None:
+        ratio = rps / mem.median("rps")
+        # Rounds are interleaved and the two routers run back to back in each, so the
+        # per-round ratios show how much of the difference is drift.
+        per_round = ", ".join(
+            f"{a.rps / b.rps:.2f}" for a, b in zip(rr.runs, mem.runs, strict=False)
+        )
+        lines.append(
+            f"- router-redis / router (memory): **{ratio:.2f}** (medians {rps:,.0f} / "
+            f"{mem.median('rps'):,.0f} req/s; per round: {per_round}); target >= 0.9: "
+            f"{'ok' if ratio >= 0.9 else 'MISSED'}"
+        )
+    if nginx_rps:
+        lines.append(f"- router-redis / nginx: {rps / nginx_rps:.2f}")
+    commands = sum(sum((r.redis_commands or {}).values()) for r in rr.runs)
+    requests = sum(r.requests for r in rr.runs)
+    merged: Counter[str] = Counter()
+    for r in rr.runs:
+        merged.update(r.redis_commands or {})
+    lines.append(
+        f"- Redis commands per cached request: **{commands / max(requests, 1):.4f}** "
+        f"({commands:,} commands over {requests:,} requests in {len(rr.runs)} measured "
+        f"runs; target 0: {'ok' if commands == 0 else 'NOT 0'}); commands: "
+        f"{fmt_commands(dict(merged))}"
+    )
+    for i, r in enumerate(rr.runs, 1):
+        lines.append(
+            f"  - run {i}: {r.requests:,} requests, {r.redis_assignments} assignments in "
+            f"Redis before it; commands during the run: {fmt_commands(r.redis_commands or {})}"
+            f" (total_commands_processed: {r.redis_commands_total}); during its warmup: "
+            f"{fmt_commands(r.redis_warmup_commands or {})}; redis-server CPU "
+            f"{fmt_pct(r.redis_cpu)}"
+        )
+    lines.append(
+        f"- Redis clients at the end (CLIENT LIST): "
+        f"{', '.join(f'{n} x{c}' for n, c in sorted(Counter(rr.redis_client_names).items()))}"
+    )
+    lines.append(
+        "Counted with `INFO stats commandstats clients` right before and after each "
+        "measured run (after its warmup: every session already placed and cached), minus "
+        "this script's own commands (its INFO and HLEN). A `ping` would be the store's "
+        "pub/sub keepalive (every 5 s of silence on that connection), not a request's."
+    )
+    return lines
 
 
 # --------------------------------------------------------------------------- main
@@ -771,7 +1016,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--targets",
         default=",".join(ALL_TARGETS),
-        help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, router",
+        help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, "
+        "router (memory store), router-redis (Redis store; starts its own redis-server); "
+        "default: all",
     )
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
     p.add_argument(
@@ -823,8 +1070,12 @@ def start_everything(
     if "haproxy" in want and shutil.which("haproxy") is None:
         print("haproxy not installed: skipping that row", file=sys.stderr)
         want.discard("haproxy")
+    if "router-redis" in want and shutil.which("redis-server") is None:
+        print("redis-server not installed: skipping the router-redis row", file=sys.stderr)
+        want.discard("router-redis")
     *backend_ports, status_port = free_ports(len(BACKENDS) + 1)
     nginx_port, haproxy_port, router_port, admin_port = free_ports(4)
+    redis_router_port, redis_admin_port, redis_port = free_ports(3)
 
     conf = tmp / "backend.conf"
     conf.write_text(backend_nginx_conf(tmp, backend_ports, status_port))
@@ -869,18 +1120,53 @@ def start_everything(
             Target("haproxy", "HAProxy 1 thread, hash-type consistent", haproxy_port, proc)
         )
     if "router" in want:
-        conf = tmp / "router.yaml"
-        conf.write_text(router_conf(router_port, admin_port, backend_ports))
-        proc = procs.start(
-            "router",
-            [sys.executable, "-m", "router", "run", "-c", str(conf)],
-            tmp / "router.log",
-            cwd=REPO,
+        proc = start_router(procs, tmp, "router", router_port, admin_port, backend_ports)
+        targets.append(
+            Target("router", "wa-router (generic profile, memory store)", router_port, proc)
         )
-        wait_http(procs, router_port, "/healthz", "wa-router")
-        wait_http(procs, router_port, "/readyz", "wa-router (readiness)")
-        targets.append(Target("router", "wa-router (generic profile)", router_port, proc))
+    if "router-redis" in want:
+        # Its own redis-server: fresh (no assignment yet: the first warmup places every
+        # session), appendonly as in production, and no client but the router and the probe.
+        redis = procs.start("redis-server", redis_args(tmp, redis_port), tmp / "redis.log")
+        wait_redis(procs, redis_port)
+        probe = RedisProbe(redis_port)
+        proc = start_router(
+            procs, tmp, "router-redis", redis_router_port, redis_admin_port, backend_ports,
+            redis_port=redis_port,
+        )  # fmt: skip
+        targets.append(
+            Target(
+                "router-redis",
+                "wa-router (generic profile, Redis store)",
+                redis_router_port,
+                proc,
+                redis=probe,
+                redis_proc=redis,
+            )
+        )
     return targets, status_port
+
+
+def start_router(
+    procs: Processes,
+    tmp: Path,
+    name: str,
+    port: int,
+    admin_port: int,
+    backend_ports: list[int],
+    redis_port: int | None = None,
+) -> Proc:
+    conf = tmp / f"{name}.yaml"
+    conf.write_text(router_conf(port, admin_port, backend_ports, redis_port))
+    proc = procs.start(
+        name,
+        [sys.executable, "-m", "router", "run", "-c", str(conf)],
+        tmp / f"{name}.log",
+        cwd=REPO,
+    )
+    wait_http(procs, port, "/healthz", name)
+    wait_http(procs, port, "/readyz", f"{name} (readiness)")
+    return proc
 
 
 def run_once(
@@ -895,6 +1181,8 @@ def run_once(
     """Wait for a quiet machine, warm up, then one measured wrk run against ``t``."""
     procs.check_alive()
     quiet = wait_quiet(procs, args.wait_quiet)  # also lets the last run settle
+    probe = t.redis
+    warm_start = probe.snapshot() if probe is not None else None
     if args.warmup > 0:
         warm, out = run_wrk(wrk_argv(args, t.url, args.warmup), args.warmup)
         t.warmups.append(warm)
@@ -902,17 +1190,41 @@ def run_once(
             failures.append(f"{t.name}: warmup {rnd}: {_errors_text(warm)}\n{out}")
     procs.check_alive()
     proxy_pid = None if t.proc is None or t.proc is backend else t.proc.pid
+    redis_pid = next((p.pid for p in procs.procs if p.name == "redis-server"), None)
+    assignments = None
+    if probe is not None:
+        assignments = probe.command("HLEN", REDIS_PREFIX + "assignments")
     accepts0, served0 = backend_counters(status_port)
-    before = CpuSnapshot.take(proxy_pid, backend.pid)
+    redis0 = probe.snapshot() if probe is not None else None
+    before = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid)
     res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
-    used = CpuSnapshot.take(proxy_pid, backend.pid).usage_since(before)
+    used = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid).usage_since(before)
+    redis1 = probe.snapshot() if probe is not None else None
     accepts1, served1 = backend_counters(status_port)
     res.backend_accepts, res.backend_requests = accepts1 - accepts0, served1 - served0
     res.proxy_cpu = used["target"] if proxy_pid is not None else None
     res.backend_cpu, res.wrk_cpu = used["backend"], used["wrk"]
     res.others_cpu, res.others_before = used["others"], quiet
+    if redis0 is not None and redis1 is not None and warm_start is not None:
+        res.redis_commands = redis1.since(redis0)
+        res.redis_commands_total = redis1.total_since(redis0)
+        res.redis_warmup_commands = redis0.since(warm_start)
+        res.redis_assignments = assignments if isinstance(assignments, int) else None
+        res.redis_clients = redis1.clients
+        res.redis_cpu = used["redis"]
+        n = sum(res.redis_commands.values())
+        print(
+            f"  round {rnd}/{args.repeats} {t.name}: Redis commands during the warmup: "
+            f"{fmt_commands(res.redis_warmup_commands)}; during the measured run: "
+            f"{fmt_commands(res.redis_commands)} ({n / max(res.requests, 1):.4f} per request; "
+            f"total_commands_processed says {res.redis_commands_total}); "
+            f"{assignments} assignments in Redis, {res.redis_clients} clients, "
+            f"redis-server CPU {fmt_pct(res.redis_cpu)}",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
-        f"  round {rnd}/{args.repeats} {t.name:8s} {res.rps:>10,.0f} req/s  "
+        f"  round {rnd}/{args.repeats} {t.name:12s} {res.rps:>10,.0f} req/s  "
         f"p50 {fmt_us(res.latency_us['50']):>9s}  p99 {fmt_us(res.latency_us['99']):>9s}"
         f"  errors {res.errors}  (CPU: proxy {fmt_pct(res.proxy_cpu)}, backend "
         f"{fmt_pct(res.backend_cpu)}, wrk {fmt_pct(res.wrk_cpu)}, "
@@ -948,6 +1260,13 @@ def measure(
             t.runs.append(res)
     for t in targets:
         failures += sticky_check(t, args.sessions)  # same placements after the load?
+        if t.redis is not None:  # who was connected to the router's Redis
+            listing = t.redis.command("CLIENT", "LIST")
+            names = re.findall(r"(?:^| )name=(\S*)", listing if isinstance(listing, str) else "")
+            t.redis_client_names = [n or "(no name)" for n in names]
+            strangers = [n for n in names if n not in ("wa-router", "bench-probe")]
+            if strangers:
+                failures.append(f"{t.name}: unexpected Redis clients: {strangers}")
     return failures
 
 
@@ -971,20 +1290,20 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     rss: dict[str, dict[str, int]] = {}
     left: list[str] = []
-    router_log = tmp / "router.log"
+    logs = [tmp / f"{name}.log" for name in ROUTERS]  # copied to out/, tails on failure
     try:
         with signals_interrupt():
             info = machine_info()  # before starting: the git commit the router runs
             print(f"temp dir {tmp}; starting backends and proxies", file=sys.stderr, flush=True)
             targets, status_port = start_everything(args, tmp, procs)
-            router = next((t for t in targets if t.name == "router"), None)
-            if router is not None and router.proc is not None:
-                rss["router"] = {f"start_{k}": v for k, v in memory_kib(router.proc.pid).items()}
+            routers = [t for t in targets if t.name in ROUTERS and t.proc is not None]
+            for t in routers:
+                assert t.proc is not None
+                rss[t.name] = {f"start_{k}": v for k, v in memory_kib(t.proc.pid).items()}
             failures = measure(args, targets, procs, procs.procs[0], status_port)
-            if router is not None and router.proc is not None:
-                rss["router"].update(
-                    {f"end_{k}": v for k, v in memory_kib(router.proc.pid).items()}
-                )
+            for t in routers:
+                assert t.proc is not None
+                rss[t.name].update({f"end_{k}": v for k, v in memory_kib(t.proc.pid).items()})
             report = render(args, targets, info, started, rss, failures)
             print(report)
             args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -996,7 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
                 "wrk": wrk_argv(args, f"http://{HOST}:PORT{REQUEST_PATH}", args.duration),
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "machine": info,
-                "router_memory_kib": rss.get("router", {}),
+                "router_memory_kib": rss,
                 "targets": {
                     t.name: {
                         "label": t.label,
@@ -1006,14 +1325,16 @@ def main(argv: list[str] | None = None) -> int:
                         "warmups": [asdict(r) for r in t.warmups],
                         "discarded_noisy_runs": [asdict(r) for r in t.discarded],
                         "placement_sample": t.placement,
+                        "redis_client_names": t.redis_client_names,
                     }
                     for t in targets
                 },
                 "failures": failures,
             }
             (args.out_dir / f"proxy-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
-            if router_log.exists() and router_log.stat().st_size:
-                shutil.copy(router_log, args.out_dir / f"proxy-{stamp}-router.log")
+            for log in logs:
+                if log.exists() and log.stat().st_size:
+                    shutil.copy(log, args.out_dir / f"proxy-{stamp}-{log.name}")
             print(f"written: {md} and {md.with_suffix('.json')}", file=sys.stderr)
     except BenchError as e:
         failures.append(str(e))
@@ -1021,6 +1342,9 @@ def main(argv: list[str] | None = None) -> int:
         failures.append("interrupted")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
+        for t in targets:
+            if t.redis is not None:
+                t.redis.close()
         try:
             left = procs.stop_all()
         finally:
@@ -1032,8 +1356,9 @@ def main(argv: list[str] | None = None) -> int:
             print("FAIL: the benchmark found problems:", file=sys.stderr)
             for f in failures:
                 print(f"  - {f}", file=sys.stderr)
-            if router_log.exists():
-                print(tail(router_log, 60, "router log"), file=sys.stderr)
+            for log in [*logs, tmp / "redis.log"]:
+                if log.exists():
+                    print(tail(log, 60, log.stem + " log"), file=sys.stderr)
             print("=" * 72, file=sys.stderr)
         if args.keep_tmp:
             print(f"kept {tmp}", file=sys.stderr)

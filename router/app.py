@@ -11,8 +11,12 @@ from aiohttp import web
 
 from router.admin import create_admin_app
 from router.config.model import Config
+from router.events import EventLog
+from router.failover import Failover
 from router.instance_api import InstanceApi
 from router.instances import Fleet
+from router.leader import Leadership
+from router.monitor import HealthMonitor
 from router.proxy import ProxyServer
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
@@ -44,8 +48,12 @@ class App:
         self._http = http
         self._own_http = http is None
         self.fleet = Fleet(config.instances)
+        self.events = EventLog()
         self.router: Router | None = None
         self.proxy: ProxyServer | None = None
+        self.monitor: HealthMonitor | None = None
+        self.failover: Failover | None = None
+        self.leadership: Leadership | None = None
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -61,6 +69,10 @@ class App:
         port: int = self._admin_runner.addresses[0][1]
         return port
 
+    def _became_leader(self) -> None:
+        if self.failover is not None:
+            self.failover.became_leader()
+
     def current_router(self) -> Router:
         assert self.router is not None
         return self.router
@@ -73,7 +85,25 @@ class App:
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
             )
         api = InstanceApi(self._http, connect_timeout=cfg.limits.upstream_connect_timeout)
-        self.router = Router(cfg, self.store, self.fleet, api)
+        router = self.router = Router(cfg, self.store, self.fleet, api)
+        leadership = self.leadership = Leadership(
+            self.store, cfg.failover.leader_ttl, self.events, on_gain=self._became_leader
+        )
+        failover = self.failover = Failover(
+            cfg, router, api, self.events, lambda: leadership.is_leader
+        )
+        monitor = self.monitor = HealthMonitor(
+            cfg, self.fleet, api, self.events,
+            on_change=router.changed.fire,
+            on_failover_due=failover.instance_failed,
+            on_up=failover.instance_up,
+        )
+        router.on_passive_failure = monitor.passive_failure
+        router.on_passive_success = monitor.passive_success
+        router.on_not_found = failover.suspect
+        self.store.add_listener(lambda session, assignment: router.changed.fire())
+        monitor.start()
+        leadership.start()
         self.proxy = ProxyServer(self.router)
         await self.proxy.start(cfg.listen.host, cfg.listen.port, reuse_port=reuse_port)
         if admin:
@@ -105,6 +135,12 @@ class App:
                 await self.proxy.shutdown(self.config.listen.shutdown_timeout)
             if self._admin_runner is not None:
                 await self._admin_runner.cleanup()
+            if self.monitor is not None:
+                await self.monitor.stop()
+            if self.failover is not None:
+                await self.failover.stop()
+            if self.leadership is not None:
+                await self.leadership.stop()
             await self.fleet.close()
             if self._own_http and self._http is not None:
                 await self._http.close()

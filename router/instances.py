@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from router.config.model import InstanceConfig
+from router.health import InstanceHealth
 from router.placement import Member, Ring
 
 
@@ -43,6 +44,7 @@ class Instance:
         "api_key_line",
         "config",
         "draining",
+        "health",
         "healthy",
         "host_line",
         "inflight",
@@ -62,6 +64,7 @@ class Instance:
         self.host_line = b"Host: " + self.address.netloc.encode("idna") + b"\r\n"
         key = config.api_key.value if config.api_key else ""
         self.api_key_line = b"X-Api-Key: " + key.encode("latin-1") + b"\r\n" if key else b""
+        self.health = InstanceHealth()  # the pure state; ``healthy`` mirrors it for speed
         self.healthy = True
         self.draining = False
         self.inflight = 0
@@ -73,11 +76,16 @@ class Instance:
         return self.healthy and not self.draining
 
     @property
+    def passive_failures(self) -> int:
+        return self.health.passive_failures
+
+    @property
     def state(self) -> str:
-        """healthy | unhealthy | draining, as the admin API shows it."""
+        """healthy | unhealthy | ejected | draining, as the admin API shows it."""
         if self.draining:
             return "draining"
-        return "healthy" if self.healthy else "unhealthy"
+        status: str = self.health.status.value
+        return status
 
     def __repr__(self) -> str:  # never shows the api key
         return f"Instance({self.name!r}, {self.address.origin!r})"
@@ -104,11 +112,11 @@ class Fleet:
     def healthy(self) -> list[Instance]:
         return [i for i in self.by_name.values() if i.healthy]
 
-    def least_busy(self) -> Instance | None:
+    def least_busy(self, exclude: Instance | None = None) -> Instance | None:
         """The healthy instance with the fewest requests in flight (unscoped requests)."""
         best: Instance | None = None
         for inst in self.by_name.values():
-            if inst.healthy and (best is None or inst.inflight < best.inflight):
+            if inst.healthy and inst is not exclude and (best is None or inst.inflight < best.inflight):
                 best = inst
         return best
 

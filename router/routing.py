@@ -7,18 +7,50 @@ the first time, or a cache miss, takes the async ``Router.assign`` path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from router.config.model import Config
-from router.errors import BadRequest, Conflict, NoInstance, NotFound, RouterError, UpstreamError
+from router.errors import (
+    BadRequest,
+    Conflict,
+    NoInstance,
+    NotFound,
+    RouterError,
+    SessionMoving,
+    UpstreamError,
+)
 from router.instance_api import InstanceApi, call_path
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
 from router.store.base import Assignment, AssignmentStore
 
 log = logging.getLogger("wa_router.routing")
+
+
+class Pulse:
+    """Wakes every waiter when routing may have changed (an instance came up or went
+    down, a session moved or became ready). Waiters re-check their own condition."""
+
+    __slots__ = ("_waiter",)
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def fire(self) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
 
 
 class Router:
@@ -34,17 +66,73 @@ class Router:
         self.extractor = SessionExtractor(config.sessions, config.profile)
         self.fan_out_routes = frozenset(config.sessions.fan_out)
         self._placing: dict[str, asyncio.Future[Assignment]] = {}
+        self.changed = Pulse()
+        self.held = 0  # requests waiting for their session to become routable
+        self.max_held = config.failover.max_held_requests
+        self.passive_statuses = config.passive.statuses
+        # Set by the app once the health monitor and failover exist (None in bare tests).
+        self.on_passive_failure: Callable[[Instance, bool], None] | None = None
+        self.on_passive_success: Callable[[Instance], None] | None = None
+        self.on_not_found: Callable[[str], None] | None = None
+
+    def passive_failure(self, inst: Instance, *, connect_error: bool) -> None:
+        if self.on_passive_failure is not None:
+            self.on_passive_failure(inst, connect_error)
+
+    def passive_success(self, inst: Instance) -> None:
+        if self.on_passive_success is not None:
+            self.on_passive_success(inst)
+
+    def not_found(self, session: str) -> None:
+        if self.on_not_found is not None:
+            self.on_not_found(session)
 
     # -- hot path ------------------------------------------------------------------------
 
-    def cached_instance(self, session: str) -> Instance | None:
+    def routable_instance(self, session: str) -> Instance | None:
+        """The instance to send to now, or None when the session is unknown here, moving,
+        or on an instance that is not healthy (the caller then takes ``routable``)."""
         a = self.store.cached(session)
-        if a is None:
+        if a is None or a.moving:
             return None
-        return self.fleet.by_name.get(a.instance)
+        inst = self.fleet.by_name.get(a.instance)
+        if inst is None or not inst.healthy:
+            return None
+        return inst
+
+    async def routable(self, session: str, deadline: float) -> Instance:
+        """Wait (hold) until the session can be sent somewhere, placing it if it is new.
+
+        Raises ``SessionMoving`` at ``deadline`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        counted = False
+        try:
+            while True:
+                a = self.store.cached(session)
+                if a is None:
+                    a = await self.assign(session)
+                if not a.moving:
+                    inst = self.fleet.by_name.get(a.instance)
+                    if inst is not None and inst.healthy:
+                        return inst
+                if not counted:
+                    if self.held >= self.max_held:
+                        raise SessionMoving("too many held requests; retry later")
+                    self.held += 1
+                    counted = True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise SessionMoving("the session is moving to another instance; retry later")
+                await self.changed.wait(remaining)
+        finally:
+            if counted:
+                self.held -= 1
 
     def session_state(self, session: str) -> str:
         """What the router knows of a session beyond its assignment."""
+        a = self.store.cached(session)
+        if a is not None and a.moving:
+            return "moving"
         return "assigned"
 
     # -- placement -----------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -28,15 +29,24 @@ MakeStore = Callable[..., Awaitable[RedisStore]]
 
 
 class Watcher:
-    """An ``on_change`` that records every change and lets a test wait on a condition."""
+    """An ``on_change`` that records every change and lets a test wait on a condition;
+    ``listen`` is a store listener (``add_listener``) recording into ``heard``."""
 
     def __init__(self) -> None:
         self.changes: list[tuple[str, Assignment | None]] = []
+        self.heard: list[tuple[str, Assignment | None]] = []
         self._event = asyncio.Event()
 
     def __call__(self, assignment: Assignment | None, session: str) -> None:
         self.changes.append((session, assignment))
         self._event.set()
+
+    def listen(self, session: str, assignment: Assignment | None) -> None:
+        self.heard.append((session, assignment))
+        self._event.set()
+
+    def heard_of(self, session: str) -> list[Assignment | None]:
+        return [a for s, a in self.heard if s == session]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 3.0) -> None:
         async with asyncio.timeout(timeout):
@@ -91,8 +101,9 @@ async def barrier(writer: RedisStore, *readers: tuple[RedisStore, Watcher]) -> N
 async def redis_map(rc: Redis, prefix: str = PREFIX) -> dict[str, Assignment]:
     out = {}
     for session, value in (await rc.hgetall(prefix + "assignments")).items():
-        instance, _, epoch = value.rpartition(":")
-        out[session] = Assignment(session, instance, int(epoch))
+        moving = value.endswith(":m")
+        instance, _, epoch = value.removesuffix(":m").rpartition(":")
+        out[session] = Assignment(session, instance, int(epoch), moving)
     return out
 
 
@@ -499,3 +510,188 @@ async def test_idle_keepalive_does_not_disturb_a_healthy_store(make_store: MakeS
     await asyncio.sleep(1.0)
     assert store.healthy and store.synced and store.resyncs == 1
     assert (await commandstats(rc)).get("ping", 0) >= 2  # the keepalive ran and was answered
+
+
+# -- the moving flag across routers -----------------------------------------------------------
+
+
+async def test_moving_reaches_every_router_and_a_settle_anywhere_clears_it_everywhere(
+    make_store: MakeStore, rc: Redis
+) -> None:
+    wa, wb = Watcher(), Watcher()
+    a, b = await make_store(on_change=wa), await make_store(on_change=wb)
+    a.add_listener(wa.listen)
+    b.add_listener(wb.listen)
+    placed = await a.create_if_absent("s", "n1")
+    await barrier(a, (b, wb))
+
+    moved = await a.move("s", "n2", placed.epoch, moving=True)
+    assert moved.moving and await rc.hget(PREFIX + "assignments", "s") == f"n2:{moved.epoch}:m"
+    assert wa.heard_of("s") == [placed, moved]  # a's listener heard its own writes at once
+    await wb.wait_for(lambda: b.cached("s") == moved)
+    assert b.counts()["n2"] == 1 and "n1" not in b.counts()
+    assert ("s", moved) in wb.changes and wb.heard_of("s") == [placed, moved]
+
+    settled = await b.settle("s", moved.epoch)  # the other router settles
+    assert settled == Assignment("s", "n2", moved.epoch)
+    assert await rc.hget(PREFIX + "assignments", "s") == f"n2:{moved.epoch}"
+    assert b.cached("s") == settled and wb.heard_of("s")[-1] == settled
+    await wa.wait_for(lambda: a.cached("s") == settled)  # same epoch, yet applied
+    assert wa.changes[-1] == ("s", settled)  # on_change: a settle by another process
+    assert wa.heard_of("s") == [placed, moved, settled]
+    await barrier(a, (b, wb))
+    assert wb.heard_of("s") == [placed, moved, settled]  # its own message is not repeated
+
+    again = await a.move("s", "n3", settled.epoch, moving=True)
+    fresh = await make_store()  # loaded by HSCAN: the flag is in the hash value
+    assert fresh.cached("s") == again and again.moving
+
+
+async def test_a_stale_settle_changes_nothing_anywhere(make_store: MakeStore, rc: Redis) -> None:
+    wa, wb = Watcher(), Watcher()
+    a, b = await make_store(on_change=wa), await make_store(on_change=wb)
+    a.add_listener(wa.listen)
+    b.add_listener(wb.listen)
+    placed = await a.create_if_absent("s", "n1")
+    first = await a.move("s", "n2", placed.epoch, moving=True)
+    second = await a.move("s", "n3", first.epoch, moving=True)
+    await barrier(a, (b, wb))
+    assert b.cached("s") == second
+
+    assert await b.settle("s", first.epoch) is None  # the restore of an older move ends
+    assert await b.settle("ghost", 1) is None
+    await barrier(b, (a, wa))
+    await barrier(a, (b, wb))
+    assert a.cached("s") == b.cached("s") == second and second.moving
+    assert await rc.hget(PREFIX + "assignments", "s") == f"n3:{second.epoch}:m"
+    assert wa.heard_of("s") == wb.heard_of("s") == [placed, first, second]
+    assert "ghost" not in {s for s, _ in wa.heard + wb.heard}
+
+
+async def test_a_late_message_never_sets_moving_back_on_the_same_epoch(
+    make_store: MakeStore, rc: Redis
+) -> None:
+    watcher = Watcher()
+    a, b = await make_store(), await make_store(on_change=watcher)
+    b.add_listener(watcher.listen)
+    moved = await a.move("s", "n2", None, moving=True)
+    settled = await a.settle("s", moved.epoch)
+    assert settled is not None
+    await barrier(a, (b, watcher))
+    assert b.cached("s") == settled
+    heard = len(watcher.heard)
+    # The moving message of this epoch again, as if delivered late: ignored.
+    stale = {"op": "set", "s": "s", "i": "n2", "e": moved.epoch, "m": True}
+    await rc.publish(PREFIX + "changes", json.dumps(stale))
+    await barrier(a, (b, watcher))
+    assert b.cached("s") == settled
+    assert "s" not in {s for s, _ in watcher.heard[heard:]}
+    # A value in the old form (no flag) is read as settled, one with ":m" as moving.
+    await rc.hset(PREFIX + "assignments", mapping={"old": "n7:41", "mov": "n7:42:m", "c:o:l": "a:b:43:m"})
+    assert await b.get("old") == Assignment("old", "n7", 41)
+    assert await b.get("mov") == Assignment("mov", "n7", 42, moving=True)
+    assert await b.get("c:o:l") == Assignment("c:o:l", "a:b", 43, moving=True)
+    # ...and the scripts read both forms too.
+    assert await b.settle("mov", 42) == Assignment("mov", "n7", 42)
+    assert (await b.move("old", "n8", 41, moving=True)).epoch > 41
+
+
+async def test_a_re_read_after_a_reconnect_brings_moving_changes_to_the_listeners(
+    make_store: MakeStore, rc: Redis
+) -> None:
+    watcher = Watcher()
+    a, b = await make_store(), await make_store(on_change=watcher)
+    b.add_listener(watcher.listen)
+    placed = await a.create_if_absent("r", "n1")
+    await barrier(a, (b, watcher))
+
+    async def resync(expected: Assignment) -> None:
+        resyncs = b.resyncs
+        await rc.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await watcher.wait_for(lambda: b.resyncs > resyncs and b.cached("r") == expected)
+
+    # Changes b misses (no PUBLISH): a move to a moving state, then its settle.
+    epoch = int(await rc.incr(PREFIX + "epoch"))
+    await rc.hset(PREFIX + "assignments", "r", f"n2:{epoch}:m")
+    moving = Assignment("r", "n2", epoch, moving=True)
+    await resync(moving)
+    assert watcher.heard_of("r")[-1] == moving
+    assert dict(b.counts()) == {"n2": 1}
+    await rc.hset(PREFIX + "assignments", "r", f"n2:{epoch}")
+    settled = Assignment("r", "n2", epoch)
+    await resync(settled)
+    assert watcher.heard_of("r") == [placed, moving, settled]
+
+
+# -- leadership -------------------------------------------------------------------------------
+
+
+async def test_two_routers_compete_for_the_lease_and_one_wins(make_store: MakeStore, rc: Redis) -> None:
+    a, b = await make_store(), await make_store()
+    for round_ in range(20):
+        tokens = await asyncio.gather(
+            a.acquire_leadership(f"a:{round_}", 5.0), b.acquire_leadership(f"b:{round_}", 5.0)
+        )
+        won = [t for t in tokens if t is not None]
+        assert len(won) == 1, tokens
+        winner, store = (f"a:{round_}", a) if tokens[0] is not None else (f"b:{round_}", b)
+        loser = b if store is a else a
+        token = won[0]
+        assert await a.leader() == await b.leader() == winner  # holder names may hold ':'
+        assert await rc.get(PREFIX + "leader") == f"{token}:{winner}"
+        assert 0 < await rc.pttl(PREFIX + "leader") <= 5000
+        assert await store.renew_leadership(winner, token, 5.0) is True
+        assert await loser.renew_leadership("someone-else", token, 5.0) is False
+        assert await loser.acquire_leadership(winner, 5.0) == token  # same holder, any process
+        await loser.release_leadership(winner, token)  # whoever holds holder+token may release
+        assert await a.leader() is None
+    assert int(await rc.get(PREFIX + "leader_token")) == 20
+
+
+async def test_a_silent_leader_is_replaced_within_its_ttl_and_a_release_hands_over_at_once(
+    make_store: MakeStore,
+) -> None:
+    ttl = 0.3
+    a, b = await make_store(), await make_store()
+    first = await a.acquire_leadership("router-a", ttl)
+    assert first is not None and await b.acquire_leadership("router-b", ttl) is None
+    start = time.monotonic()
+    second: int | None = None
+    while second is None:  # router-a stops renewing (it died); router-b polls
+        assert time.monotonic() - start < 3 * ttl, "no takeover"
+        second = await b.acquire_leadership("router-b", ttl)
+        if second is None:
+            await asyncio.sleep(0.02)
+    assert time.monotonic() - start < 2 * ttl
+    assert second > first
+    assert await a.renew_leadership("router-a", first, ttl) is False  # a learns it lost
+    assert await a.leader() == "router-b"
+
+    await b.release_leadership("router-b", second)
+    third = await a.acquire_leadership("router-a", ttl)  # no wait after a release
+    assert third is not None and third > second
+
+
+async def test_leadership_calls_fail_with_store_unavailable_when_redis_is_down(
+    make_store: MakeStore, server: RedisServer
+) -> None:
+    store = await make_store()
+    token = await store.acquire_leadership("router-a", 10.0)
+    assert token is not None
+    server.kill()
+    start = time.perf_counter()
+    for call in (
+        store.renew_leadership("router-a", token, 10.0),
+        store.acquire_leadership("router-a", 10.0),
+        store.release_leadership("router-a", token),
+        store.leader(),
+    ):
+        with pytest.raises(StoreUnavailable):
+            await call
+    assert time.perf_counter() - start < 1.0
+    server.start()  # the AOF keeps the lease and the token counter
+    assert await store.wait_health(True, timeout=10)
+    assert await store.leader() == "router-a"
+    assert await store.renew_leadership("router-a", token, 10.0) is True
+    await store.release_leadership("router-a", token)
+    assert (await store.acquire_leadership("router-b", 10.0) or 0) > token

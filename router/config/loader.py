@@ -658,6 +658,10 @@ _TABLE: Final[Mapping[str, Converter]] = {
                 },
             ),
             "list": _call(_DEFAULT_FAILOVER.list, session=False),
+            "max_held_requests": _integer(1),
+            "restore_timeout": _POSITIVE,
+            "restore_attempts": _integer(1),
+            "leader_ttl": _POSITIVE,
         },
     ),
     "limits": _section(

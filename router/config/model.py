@@ -137,6 +137,13 @@ class FailoverConfig:
     stop: InstanceCall = InstanceCall("POST", "/api/sessions/{session}/stop")
     status: StatusCall = StatusCall()
     list: InstanceCall = InstanceCall("GET", "/api/sessions?all=true")
+    # Bounded memory under an outage: beyond this many held requests, answer 503 at once.
+    max_held_requests: int = 10000
+    # How long one restore may take (start + polling status until ready) before a retry.
+    restore_timeout: float = 60.0
+    restore_attempts: int = 5
+    # Leader lease (Redis): who runs failover, restores and stale-copy stops.
+    leader_ttl: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,9 @@ log = logging.getLogger("wa_router.proxy")
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 PREBUFFER_LIMIT = 256 * 1024  # body bytes held while an upstream connection is being set up
+REPLAY_LIMIT = 1024 * 1024  # bodies up to this size can be sent again after a failover
+MAX_RETRIES = 8
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS"})
 
 # Reasons to stop reading from a client, as bits: reading resumes only when none is left.
 PAUSE_PIPELINE = 1
@@ -208,9 +211,10 @@ class ClientConnection(asyncio.Protocol):
         kind = self.deadline_kind
         self.deadline = _INF
         if kind == DL_ACTIVE and self.exchange is not None:
-            self.exchange.fail(
-                UpstreamTimeout("the instance did not answer within limits.upstream_timeout")
-            )
+            ex = self.exchange
+            if ex.instance is not None and ex.upstream is not None:
+                self.server.router.passive_failure(ex.instance, connect_error=False)
+            ex.fail(UpstreamTimeout("the instance did not answer within limits.upstream_timeout"))
         elif kind == DL_HEADERS and self.exchange is None and self.head_size:
             self.write(
                 error_response(
@@ -388,12 +392,15 @@ class Exchange:
         "path",
         "query",
         "raw_headers",
+        "replay",
         "request_done",
         "request_id",
         "response_done",
         "response_started",
-        "retried",
+        "retries",
         "router",
+        "session",
+        "started",
         "target",
         "task",
         "tunnel_pending",
@@ -431,7 +438,12 @@ class Exchange:
         self.response_done = False
         self.finished = False
         self.wait_body = False
-        self.retried = False
+        self.retries = 0
+        self.session: str | None = None
+        self.started = conn.loop_time()
+        # The body as sent, kept (up to REPLAY_LIMIT) so the request can be sent again
+        # after a failover; None once it is too large to keep.
+        self.replay: list[bytes] | None = []
         self.out_chunked = False
         self.out: list[bytes] = []  # response bytes of the current read, sent in one writev
         self.eof_delimited = False
@@ -565,6 +577,11 @@ class Exchange:
         up = self.upstream
         if up is not None:
             self.conn.deadline = self.conn.loop_time() + self.router.config.limits.upstream_timeout
+            if self.replay is not None:
+                if self.body_size <= REPLAY_LIMIT:
+                    self.replay.append(data)
+                else:
+                    self.replay = None
             if self.chunked_in:
                 up.writelines([b"%x\r\n" % len(data), data, _CRLF])
             else:
@@ -621,11 +638,13 @@ class Exchange:
                 return
             self._use(inst)
             return
-        inst = router.cached_instance(session)
+        self.session = session
+        inst = router.routable_instance(session)
         if inst is not None:
             self._use(inst)
         else:
-            self._spawn(self._place(session))
+            # New here, moving, or on an instance that is down: wait (bounded) for it.
+            self._spawn(self._hold())
 
     def _use(self, inst: Instance) -> None:
         up = inst.pool.acquire_idle()
@@ -634,19 +653,54 @@ class Exchange:
         else:
             self._spawn(self._connect(inst))
 
-    async def _place(self, session: str) -> None:
-        assignment = await self.router.assign(session)
-        inst = self.router.fleet.get(assignment.instance)
-        if inst is None:
-            raise NoInstance(f"session is assigned to unknown instance {assignment.instance!r}")
-        self._use(inst)
+    def _hold_deadline(self) -> float:
+        return self.started + self.router.config.failover.hold_timeout
+
+    async def _hold(self) -> None:
+        assert self.session is not None
+        self._use(await self.router.routable(self.session, self._hold_deadline()))
 
     async def _connect(self, inst: Instance) -> None:
-        up = await inst.pool.connect(self.router.config.limits.upstream_connect_timeout)
+        try:
+            up = await inst.pool.connect(self.router.config.limits.upstream_connect_timeout)
+        except UpstreamError as e:
+            self.router.passive_failure(inst, connect_error=True)
+            self._retry_or_fail(e, inst)
+            return
         if self.finished:
             up.release(True)
             return
         self._attach(inst, up)
+
+    def _retry_or_fail(self, err: UpstreamError, inst: Instance) -> None:
+        """Send again when that is safe: the request never reached the instance, or it is
+        idempotent; and its whole body is still at hand. Else answer the error."""
+        if (
+            not self.finished
+            and self.retries < MAX_RETRIES
+            and self.request_done
+            and self.replay is not None
+            and (not err.reached_instance or self.method in IDEMPOTENT)
+            and self.conn.loop_time() < self._hold_deadline()
+        ):
+            self.retries += 1
+            self._spawn(self._retry(inst))
+        else:
+            self.fail(err)
+
+    async def _retry(self, failed: Instance) -> None:
+        # Give the health checks a moment (or an event) to catch up, then route afresh.
+        backoff = min(0.05 * 2**self.retries, 1.0)
+        await self.router.changed.wait(max(0.0, min(backoff, self._hold_deadline() - self.conn.loop_time())))
+        if self.replay:
+            self.body_parts = self.replay
+            self.body_size = sum(map(len, self.replay))
+        self.replay = []
+        if self.session is not None:
+            inst = await self.router.routable(self.session, self._hold_deadline())
+        else:
+            inst = self.router.fleet.least_busy(exclude=failed) or failed
+        self._use(inst)
 
     def _attach(self, inst: Instance, up: UpstreamConnection) -> None:
         self.instance = inst
@@ -681,6 +735,11 @@ class Exchange:
                     parts += [b"%x\r\n" % len(chunk), chunk, _CRLF]
             else:
                 parts += self.body_parts
+            if self.replay is not None:
+                if self.body_size <= REPLAY_LIMIT:
+                    self.replay = self.body_parts
+                else:
+                    self.replay = None
             self.body_parts = []
         if self.request_done and self.chunked_in:
             parts.append(_LAST_CHUNK)
@@ -733,7 +792,14 @@ class Exchange:
         if self.finished:
             return
         self.response_started = True
-        assert self.instance is not None
+        inst = self.instance
+        assert inst is not None
+        if status in self.router.passive_statuses:
+            self.router.passive_failure(inst, connect_error=False)
+        elif inst.passive_failures:
+            self.router.passive_success(inst)
+        if status == 404 and self.session is not None:
+            self.router.not_found(self.session)  # maybe the instance lost it: reconcile
         parts = [b"HTTP/1.1 %d " % status, reason_phrase or reason(status), _CRLF]
         length: bytes | None = None
         chunked = False
@@ -750,13 +816,13 @@ class Exchange:
             parts += [name, b": ", value, _CRLF]
         parts += [
             b"X-Router-Instance: ",
-            self.instance.name_bytes,
+            inst.name_bytes,
             b"\r\nX-Request-Id: ",
             self.request_id.encode(),
             _CRLF,
         ]
         if status != 101:
-            if self.upgrade or not self.request_done:
+            if self.upgrade or self._body_pending():
                 self.close_after = True
             if not body:
                 if length is not None:
@@ -833,20 +899,18 @@ class Exchange:
                 self.finished = True
                 self.conn.abort()  # truncated: the client must see it, not a short body
             return
-        if (
-            up is not None
-            and up.used > 1
-            and not self.retried
-            and self.body_size == 0
-            and self.request_done
-            and self.instance is not None
-        ):
-            # A pooled connection the instance closed just as we reused it: the request
-            # never got an answer and carried no body, so sending it again is safe.
-            self.retried = True
-            self._spawn(self._connect(self.instance))
+        inst = self.instance
+        if inst is None:
+            self.fail(err)
             return
-        self.fail(err)
+        if up is not None and up.used > 1 and not self.retries and self.body_size == 0:
+            # A pooled connection the instance closed just as we reused it (the keep-alive
+            # race): no answer, no body, nothing lost: send it again on a fresh connection.
+            self.retries += 1
+            self._spawn(self._connect(inst))
+            return
+        self.router.passive_failure(inst, connect_error=False)
+        self._retry_or_fail(err, inst)
 
     def upstream_pause_writing(self) -> None:
         self.conn.pause(PAUSE_BACKPRESSURE)
@@ -859,17 +923,23 @@ class Exchange:
     def _response_finished(self) -> None:
         self.response_done = True
         self.finished = True
-        if self.request_done and not self.close_after:
-            self.conn.exchange_done(self)
-        else:
+        if self.close_after:
             self.conn.close()
+        elif self.request_done:
+            self.conn.exchange_done(self)
+        # else: a request without a body completes right after; request_complete finishes
+
+    def _body_pending(self) -> bool:
+        """Request body bytes are still to come (so the connection cannot be reused
+        once the router answers early)."""
+        return not self.request_done and self._has_body()
 
     def _respond_json(
         self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
     ) -> None:
         if self.finished:
             return
-        if not self.request_done:
+        if self._body_pending():
             self.close_after = True
         self.response_started = True
         self.conn.write(
@@ -896,7 +966,7 @@ class Exchange:
             self.finished = True
             self.conn.abort()
             return
-        if close or not self.request_done:
+        if close or self._body_pending():
             self.close_after = True
         if err.status >= 500:
             log.warning("request %s: %s %s", self.request_id, err.code, err.message)

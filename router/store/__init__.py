@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from router.store.base import Assignment, AssignmentStore, StaleEpoch
+from router.store.base import Assignment, AssignmentStore, Listener, StaleEpoch
 from router.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from router.store.redis import RedisStore
 
-__all__ = ["Assignment", "AssignmentStore", "MemoryStore", "RedisStore", "StaleEpoch"]
+__all__ = [
+    "Assignment",
+    "AssignmentStore",
+    "Listener",
+    "MemoryStore",
+    "RedisStore",
+    "StaleEpoch",
+]
 
 
 def __getattr__(name: str) -> Any:

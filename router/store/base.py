@@ -4,22 +4,49 @@ The map is the source of truth once a session is placed. Implementations: in-mem
 (one process) and Redis (shared by many processes and replicas). Reads on the request
 hot path go through ``cached()``, which is synchronous and never does I/O; every
 implementation keeps a full local copy of the map for that.
+
+Two things serve failover:
+
+- ``Assignment.moving``: set by ``move(..., moving=True)`` together with the new epoch,
+  cleared by ``settle(session, epoch)`` once the session is ready on its new instance,
+  without changing the epoch (the epoch is the fencing token handed to restore calls).
+  Every router's local copy follows the flag, and ``add_listener`` callbacks hear of every
+  change to the local copy, so a request held in any router can be released.
+- A leadership lease with a fencing token (``acquire_leadership`` and friends), so that
+  exactly one router runs failover.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """Where a session lives. ``epoch`` grows on every move: it is the fencing token."""
+    """Where a session lives. ``epoch`` grows on every move: it is the fencing token.
+
+    ``moving`` is True from a ``move(..., moving=True)`` until ``settle`` at the same epoch:
+    the session is being restored on ``instance`` and requests for it should wait."""
 
     session: str
     instance: str
     epoch: int
+    moving: bool = False
+
+    def supersedes(self, other: Assignment) -> bool:
+        """True when ``self`` is a later state of the session than ``other``: a higher
+        epoch, or the same epoch settled where ``other`` was still moving. Within one
+        epoch the only change is moving -> settled, never back."""
+        if self.epoch != other.epoch:
+            return self.epoch > other.epoch
+        return other.moving and not self.moving
+
+
+Listener = Callable[[str, Assignment | None], None]
+"""``listener(session, assignment_or_None)``: called synchronously (it must not block nor
+await) after the local copy changed; ``cached(session)`` already returns the new value."""
 
 
 class StaleEpoch(Exception):
@@ -53,15 +80,53 @@ class AssignmentStore(Protocol):
         """Assign ``session`` to ``instance`` at epoch 1 unless it is already assigned;
         returns the assignment that won (first writer wins across all routers)."""
 
-    async def move(self, session: str, instance: str, expected_epoch: int | None) -> Assignment:
-        """Reassign with epoch + 1. With ``expected_epoch``, raise ``StaleEpoch`` unless it
-        is the current epoch (compare-and-set)."""
+    async def move(
+        self,
+        session: str,
+        instance: str,
+        expected_epoch: int | None,
+        *,
+        moving: bool = False,
+    ) -> Assignment:
+        """Reassign with epoch + 1 and the given ``moving`` flag. With ``expected_epoch``,
+        raise ``StaleEpoch`` unless it is the current epoch (compare-and-set)."""
+
+    async def settle(self, session: str, epoch: int) -> Assignment | None:
+        """Clear ``moving`` if the session's current epoch is ``epoch`` (compare-and-set;
+        the epoch is unchanged). Returns the settled assignment (also when it was not
+        moving), or None when the session is gone or at another epoch. Never raises
+        ``StaleEpoch``."""
 
     async def remove(self, session: str, expected_epoch: int | None = None) -> bool:
         """Forget a session; False when it was not assigned."""
 
     async def list(self, instance: str | None = None) -> list[Assignment]:
         """All assignments, or those of one instance."""
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(session, assignment_or_None)`` after every change of the local
+        copy: this process's own writes and, for shared stores, every change learned from
+        other processes (including differences found by a re-read after a reconnect; not
+        the initial load). Adding the same listener twice calls it once."""
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener``; no error when it was not added."""
+
+    async def acquire_leadership(self, holder: str, ttl: float) -> int | None:
+        """Take the leadership lease for ``ttl`` seconds if nobody holds it, or extend it
+        if ``holder`` already does. Returns the fencing token (the same while ``holder``
+        keeps it; a higher one on every takeover, including a re-take by the same holder
+        after the lease expired or was released), or None when another holder has it."""
+
+    async def renew_leadership(self, holder: str, token: int, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` seconds from now if ``holder`` still holds it with
+        ``token``; False when it was lost (expired, released or taken over)."""
+
+    async def release_leadership(self, holder: str, token: int) -> None:
+        """Give up the lease if ``holder`` holds it with ``token``; otherwise nothing."""
+
+    async def leader(self) -> str | None:
+        """The current lease holder, or None."""
 
     @property
     def healthy(self) -> bool:

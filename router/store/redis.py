@@ -2,8 +2,10 @@
 
 Data model in Redis (``P`` is ``store.prefix``, default ``wa-router:``):
 
-- ``P + "assignments"`` (hash): session -> ``"<instance>:<epoch>"``. The whole map, read in
-  bulk (``HSCAN ... COUNT 10000``) at start and after every reconnect.
+- ``P + "assignments"`` (hash): session -> ``"<instance>:<epoch>"``, or
+  ``"<instance>:<epoch>:m"`` while the session is moving (``move(..., moving=True)`` until
+  ``settle``). The whole map, read in bulk (``HSCAN ... COUNT 10000``) at start and after
+  every reconnect.
 - ``P + "counts"`` (hash): instance -> number of sessions assigned to it, changed by the
   same scripts that change the map, so it always equals a recount of the map (an
   instance whose count reaches 0 is deleted from the hash).
@@ -12,23 +14,29 @@ Data model in Redis (``P`` is ``store.prefix``, default ``wa-router:``):
   therefore increasing but not consecutive (a new session does not start at 1).
 - ``P + "changes"`` (pub/sub channel): every write PUBLISHes what it changed, in the same
   Lua script as the change (see ``router.store.redis_scripts``).
+- ``P + "leader"`` (string with a PX expiry): the leadership lease, ``"<token>:<holder>"``;
+  ``P + "leader_token"`` (counter): INCRed on every takeover, so fencing tokens only grow.
+  Both exist only once leadership has been used.
 
 Every write is a Lua script (EVALSHA, reloaded after NOSCRIPT): ``create_if_absent``
-(first writer wins), ``move`` (optional compare-and-set on the epoch), ``remove``.
+(first writer wins), ``move`` (optional compare-and-set on the epoch), ``settle``
+(compare-and-set on the epoch, which it leaves unchanged), ``remove``, and the lease's
+acquire, renew and release.
 
 Each process keeps a full copy of the map (session -> ``Assignment``) and per-instance
 counts derived from it: ``cached()``, ``counts()``, ``len()`` and ``list()`` never do I/O.
-A listener task applies the published changes (only when newer than the cached epoch),
+A listener task applies the published changes (only when they supersede the cached
+assignment: a higher epoch, or the same epoch no longer moving; never the reverse),
 and after any (re)connection of its pub/sub connection re-reads the whole map and replaces
 the copy: it subscribes first, then scans, so a change is either in the scan or in a
 message that follows it, and an entry removed while it was disconnected does not survive.
 
 Unavailability: a failed command, or a pub/sub connection that cannot be re-established,
-makes ``healthy`` False (one warning per outage). Meanwhile ``cached()`` keeps answering and ``get``,
-``create_if_absent``, ``move`` and ``remove`` raise ``StoreUnavailable`` at once. The
-listener reconnects with backoff (50 ms doubling to 1 s); after the reconnection and the
-full re-read, ``healthy`` is True again. Every Redis call is bounded (1 s connect, 1 s per
-operation by default), so nothing hangs on a blackholed server.
+makes ``healthy`` False (one warning per outage). Meanwhile ``cached()`` keeps answering and
+every other call (``get``, the writes, the leadership calls) raises ``StoreUnavailable`` at
+once. The listener reconnects with backoff (50 ms doubling to 1 s); after the reconnection
+and the full re-read, ``healthy`` is True again. Every Redis call is bounded (1 s connect,
+1 s per operation by default), so nothing hangs on a blackholed server.
 
 URLs: ``redis://``, ``rediss://`` and ``unix://`` go to ``redis.asyncio.from_url`` (all its
 query options apply); ``redis+sentinel://[[user]:password@]h1:26379,h2:26379/service[/db]``
@@ -59,13 +67,13 @@ from redis.commands.core import AsyncScript
 
 from router.errors import StoreUnavailable
 from router.store import redis_scripts
-from router.store.base import Assignment, AssignmentStore, StaleEpoch
+from router.store.base import Assignment, AssignmentStore, Listener, StaleEpoch
 from router.store.redis_url import is_sentinel_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ChangeCallback = Callable[[Assignment | None, str], None]
+ChangeCallback = Callable[[Assignment | None, str], None]  # (assignment, session)
 ClientFactory = Callable[[], "Redis"]
 
 SCAN_COUNT: Final = 10_000
@@ -97,6 +105,12 @@ class RedisStore:
     not block) when this store learns of a change made by another process: a message, or a
     difference found by a re-read after a reconnect. It is not called for this store's own
     writes (their caller has the result) nor for the initial load.
+
+    ``add_listener(cb)``: ``cb(session, assignment_or_None)`` is called after EVERY change
+    of the local copy: this store's own writes (before the write returns), messages from
+    other processes (including a ``settle`` elsewhere), what ``get`` or a ``StaleEpoch``
+    reply brought in, and the differences found by a re-read (not the initial load). A
+    change the copy already had (e.g. the message of one's own write) is not repeated.
 
     Options: ``client_factory`` returns a configured ``redis.asyncio.Redis`` (called twice:
     commands, pub/sub) instead of building one from ``url``; ``connect_timeout`` and
@@ -133,7 +147,11 @@ class RedisStore:
         self.key_counts = prefix + "counts"
         self.key_epoch = prefix + "epoch"
         self.channel = prefix + "changes"
+        self.key_leader = prefix + "leader"
+        self.key_leader_token = prefix + "leader_token"
         self._keys = [self.key_assignments, self.key_counts, self.key_epoch]
+        self._lease_keys = [self.key_leader, self.key_leader_token]
+        self._listeners: dict[Listener, None] = {}  # ordered set
         # Bounds the commands in flight, hence the pooled connections (redis-py's pool opens
         # one per concurrent command, without limit): a burst of placements waits here.
         self._slots = asyncio.Semaphore(max_connections)
@@ -205,7 +223,11 @@ class RedisStore:
         self._scripts = {
             "create": self._cmd.register_script(redis_scripts.CREATE),
             "move": self._cmd.register_script(redis_scripts.MOVE),
+            "settle": self._cmd.register_script(redis_scripts.SETTLE),
             "remove": self._cmd.register_script(redis_scripts.REMOVE),
+            "acquire": self._cmd.register_script(redis_scripts.ACQUIRE),
+            "renew": self._cmd.register_script(redis_scripts.RENEW),
+            "release": self._cmd.register_script(redis_scripts.RELEASE),
         }
         self._task = asyncio.create_task(self._listen(), name="redis-store-listener")
         try:
@@ -299,10 +321,18 @@ class RedisStore:
             self._learn(assignment, generation=generation)
             return assignment
 
-    async def move(self, session: str, instance: str, expected_epoch: int | None) -> Assignment:
+    async def move(
+        self,
+        session: str,
+        instance: str,
+        expected_epoch: int | None,
+        *,
+        moving: bool = False,
+    ) -> Assignment:
         expected = "" if expected_epoch is None else str(expected_epoch)
+        flag = "1" if moving else "0"
         with self._command() as generation:
-            reply = await self._script("move", session, instance, expected, self.channel)
+            reply = await self._script("move", session, instance, expected, flag, self.channel)
             if reply[0] != 1:
                 current = self._parse(session, reply[1]) if len(reply) > 1 else None
                 if current is not None:
@@ -311,6 +341,14 @@ class RedisStore:
             assignment = self._parse(session, reply[1])
             self._learn(assignment, generation=generation)
             return assignment
+
+    async def settle(self, session: str, epoch: int) -> Assignment | None:
+        with self._command() as generation:
+            reply = await self._script("settle", session, str(epoch), self.channel)
+            current = self._parse(session, reply[1]) if len(reply) > 1 else None
+            if current is not None:
+                self._learn(current, generation=generation)
+            return current if reply[0] == 1 else None
 
     async def remove(self, session: str, expected_epoch: int | None = None) -> bool:
         expected = "" if expected_epoch is None else str(expected_epoch)
@@ -331,16 +369,49 @@ class RedisStore:
             return list(self._map.values())
         return [a for a in self._map.values() if a.instance == instance]
 
+    # -- listeners ------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners[listener] = None
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._listeners.pop(listener, None)
+
+    # -- leadership -----------------------------------------------------------------------
+    #
+    # A lease with a fencing token. The holder should count its lease from the moment it
+    # SENT acquire/renew (its reply may come late) and renew well before ``ttl`` runs out,
+    # e.g. every ttl/3. Redis unavailable: ``StoreUnavailable`` (to be taken as "not the
+    # leader"; the lease then expires in Redis by itself).
+
+    async def acquire_leadership(self, holder: str, ttl: float) -> int | None:
+        reply = await self._script("acquire", holder, _ms(ttl), keys=self._lease_keys)
+        return None if reply is None else int(reply)
+
+    async def renew_leadership(self, holder: str, token: int, ttl: float) -> bool:
+        reply = await self._script("renew", holder, str(token), _ms(ttl), keys=self._lease_keys)
+        return int(reply) == 1
+
+    async def release_leadership(self, holder: str, token: int) -> None:
+        await self._script("release", holder, str(token), keys=self._lease_keys)
+
+    async def leader(self) -> str | None:
+        cmd = self._client_or_raise()
+        value = await self._call(lambda: cast("Awaitable[str | None]", cmd.get(self.key_leader)))
+        if value is None:
+            return None
+        return value.partition(":")[2]
+
     def _client_or_raise(self) -> Redis:
         if self._cmd is None or not self._reachable:
             raise StoreUnavailable("redis store unavailable")
         return self._cmd
 
-    async def _script(self, name: str, *args: str) -> builtins.list[Any]:
+    async def _script(self, name: str, *args: str, keys: builtins.list[str] | None = None) -> Any:
         cmd = self._client_or_raise()
         script = self._scripts[name]
-        reply = await self._call(lambda: script(keys=self._keys, args=args, client=cmd))
-        return cast(builtins.list[Any], reply)
+        keys = self._keys if keys is None else keys
+        return await self._call(lambda: script(keys=keys, args=args, client=cmd))
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one command, bounded; errors become ``StoreUnavailable``."""
@@ -375,27 +446,31 @@ class RedisStore:
 
     @staticmethod
     def _parse(session: str, value: str) -> Assignment:
+        """A hash value: ``instance:epoch``, or ``instance:epoch:m`` while moving."""
+        moving = value.endswith(":m")
+        if moving:
+            value = value[:-2]
         instance, _, epoch = value.rpartition(":")
-        return Assignment(session, sys.intern(instance), int(epoch))
+        return Assignment(session, sys.intern(instance), int(epoch), moving)
 
     def _learn(
         self, new: Assignment, *, generation: int | None = None, notify: bool = False
     ) -> bool:
-        """Put ``new`` in the copy unless what is there (or was removed) is as recent."""
+        """Put ``new`` in the copy unless what is there (or was removed) is as recent.
+        Listeners are told; ``on_change`` too when ``notify`` (a change from elsewhere)."""
         if generation is not None and generation != self._generation:
             return False
         session = new.session
         current = self._map.get(session)
         if current is not None:
-            if current.epoch >= new.epoch:
+            if not new.supersedes(current):
                 return False
             self._uncount(current.instance)
         elif self._tombstones and self._tombstones.get(session, -1) >= new.epoch:
             return False
         self._map[session] = new
         self._counts[new.instance] = self._counts.get(new.instance, 0) + 1
-        if notify:
-            self._notify(new, session)
+        self._changed(session, new, foreign=notify)
         return True
 
     def _forget(self, session: str, epoch: int, *, notify: bool = False) -> bool:
@@ -407,8 +482,7 @@ class RedisStore:
             return False
         del self._map[session]
         self._uncount(current.instance)
-        if notify:
-            self._notify(None, session)
+        self._changed(session, None, foreign=notify)
         return True
 
     def _uncount(self, instance: str) -> None:
@@ -418,21 +492,27 @@ class RedisStore:
         else:
             del self._counts[instance]
 
-    def _notify(self, assignment: Assignment | None, session: str) -> None:
+    def _changed(self, session: str, assignment: Assignment | None, *, foreign: bool) -> None:
+        """The copy changed: tell the listeners, and ``on_change`` if ``foreign``."""
+        for listener in tuple(self._listeners):
+            try:
+                listener(session, assignment)
+            except Exception:  # a bug in a callback must not stop the listener task
+                log.exception("redis store: listener failed")
         callback = self.on_change
-        if callback is None:
-            return
-        try:
-            callback(assignment, session)
-        except Exception:  # a bug in a callback must not stop the listener
-            log.exception("redis store: on_change callback failed")
+        if foreign and callback is not None:
+            try:
+                callback(assignment, session)
+            except Exception:
+                log.exception("redis store: on_change callback failed")
 
     def _apply_message(self, data: str) -> None:
         try:
             change = json.loads(data)
             session, epoch = str(change["s"]), int(change["e"])
             if change["op"] == "set":
-                assignment = Assignment(session, sys.intern(str(change["i"])), epoch)
+                moving = change.get("m") is True
+                assignment = Assignment(session, sys.intern(str(change["i"])), epoch, moving)
                 self._learn(assignment, notify=True)
             else:
                 self._forget(session, epoch, notify=True)
@@ -453,12 +533,13 @@ class RedisStore:
                     cmd.hscan(self.key_assignments, cursor, count=SCAN_COUNT),
                 )
             for session, value in chunk.items():
-                instance, _, epoch_text = value.rpartition(":")
-                epoch = int(epoch_text)
+                moving = value.endswith(":m")
+                instance, _, epoch_text = (value[:-2] if moving else value).rpartition(":")
+                found = Assignment(session, intern(instance), int(epoch_text), moving)
                 seen = fresh.get(session)
                 # HSCAN may return a field twice; keep the newer value.
-                if seen is None or seen.epoch < epoch:
-                    fresh[session] = Assignment(session, intern(instance), epoch)
+                if seen is None or found.supersedes(seen):
+                    fresh[session] = found
             if cursor == 0:
                 break
         old, self._map = self._map, fresh
@@ -466,12 +547,12 @@ class RedisStore:
         self._generation += 1
         first = self.resyncs == 0
         self.resyncs += 1
-        if self.on_change is not None and not first:
+        if not first and (self.on_change is not None or self._listeners):
             for session, assignment in fresh.items():
                 if old.get(session) != assignment:
-                    self._notify(assignment, session)
+                    self._changed(session, assignment, foreign=True)
             for session in old.keys() - fresh.keys():
-                self._notify(None, session)
+                self._changed(session, None, foreign=True)
 
     # -- health ---------------------------------------------------------------------------
 
@@ -595,6 +676,13 @@ class RedisStore:
                     ping_sent = now
             elif now - ping_sent > self._deadline:
                 raise rexc.TimeoutError("no answer to PING on the pub/sub connection")
+
+
+def _ms(ttl: float) -> str:
+    """A lease TTL in whole milliseconds (at least 1), as a script argument."""
+    if not ttl > 0:
+        raise ValueError("lease ttl must be positive")
+    return str(max(1, round(ttl * 1000)))
 
 
 if TYPE_CHECKING:  # mypy proves RedisStore is an AssignmentStore

@@ -1,0 +1,146 @@
+"""Active health probes and passive reports, applied through the pure ``router.health``
+decisions. This is the thin async layer: it probes, it applies, it tells others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from router import health
+from router.config.model import Config
+from router.errors import UpstreamError
+from router.events import EventLog
+from router.instance_api import InstanceApi
+from router.instances import Fleet, Instance
+
+log = logging.getLogger("wa_router.health")
+
+TICK = 0.1  # seconds between ejection-expiry / failover-due checks
+
+
+class HealthMonitor:
+    def __init__(
+        self,
+        config: Config,
+        fleet: Fleet,
+        api: InstanceApi,
+        events: EventLog,
+        *,
+        on_change: Callable[[], None],
+        on_failover_due: Callable[[Instance], None],
+        on_up: Callable[[Instance], None],
+    ) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.api = api
+        self.events = events
+        self._on_change = on_change
+        self._on_failover_due = on_failover_due
+        self._on_up = on_up
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for inst in self.fleet:
+            self._start_probe(inst)
+        self._tasks.append(self._loop.create_task(self._tick_loop()))
+
+    def _start_probe(self, inst: Instance) -> None:
+        assert self._loop is not None
+        self._wake[inst.name] = asyncio.Event()
+        self._tasks.append(self._loop.create_task(self._probe_loop(inst)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks.clear()
+
+    def now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    # -- passive (called from the data path: must stay cheap) ---------------------------
+
+    def passive_failure(self, inst: Instance, connect_error: bool) -> None:
+        # Everything out of service counts: a crashed instance plus an ejected one could
+        # otherwise leave no instance at all (restore load makes survivors fail a little).
+        ejected = health.out_of_service(i.health for i in self.fleet)
+        new, actions = health.on_passive_failure(
+            inst.health, self.now(), self.config.passive,
+            ejected_count=ejected, total=len(self.fleet), connect_error=connect_error,
+        )
+        self._apply(inst, new, actions)
+
+    def passive_success(self, inst: Instance) -> None:
+        inst.health = health.on_passive_success(inst.health)
+
+    # -- active --------------------------------------------------------------------------
+
+    async def _probe_loop(self, inst: Instance) -> None:
+        cfg = self.config.health
+        wake = self._wake[inst.name]
+        while True:
+            ok = await self._probe(inst)
+            new, actions = health.on_probe(inst.health, ok, self.now(), cfg)
+            self._apply(inst, new, actions)
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), cfg.interval)
+
+    async def _probe(self, inst: Instance) -> bool:
+        cfg = self.config.health
+        try:
+            resp = await self.api.request(inst, "GET", cfg.path, timeout=cfg.timeout, max_body=65536)
+        except UpstreamError:
+            return False
+        except Exception:
+            log.exception("health probe of %s failed unexpectedly", inst.name)
+            return False
+        return 200 <= resp.status < 300
+
+    async def _tick_loop(self) -> None:
+        grace = self.config.failover.grace
+        while True:
+            await asyncio.sleep(TICK)
+            now = self.now()
+            for inst in self.fleet:
+                if inst.health.status is not health.Status.HEALTHY:
+                    new, actions = health.on_tick(inst.health, now, grace)
+                    if new is not inst.health or actions:
+                        self._apply(inst, new, actions)
+
+    # -- applying decisions --------------------------------------------------------------
+
+    def _apply(self, inst: Instance, new: health.InstanceHealth, actions: list[health.Action]) -> None:
+        was_healthy = inst.healthy
+        inst.health = new
+        inst.healthy = new.status is health.Status.HEALTHY
+        for action in actions:
+            if isinstance(action, health.MarkDown):
+                self.events.emit("instance_down", f"instance {inst.name} is down: {action.reason}",
+                                 instance=inst.name, severity="critical")
+            elif isinstance(action, health.MarkUp):
+                self.events.emit("instance_up", f"instance {inst.name} is up", instance=inst.name)
+            elif isinstance(action, health.Eject):
+                self.events.emit(
+                    "instance_ejected",
+                    f"instance {inst.name} ejected for {action.until - self.now():.1f}s: {action.reason}",
+                    instance=inst.name, severity="warning",
+                )
+            elif isinstance(action, health.ProbeNow):
+                wake = self._wake.get(inst.name)
+                if wake is not None:
+                    wake.set()
+            elif isinstance(action, health.StartFailover):
+                self._on_failover_due(inst)
+            elif isinstance(action, health.Rediscover):
+                self._on_up(inst)
+        if was_healthy != inst.healthy:
+            self._on_change()
