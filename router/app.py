@@ -108,7 +108,12 @@ class App:
         await self.proxy.start(cfg.listen.host, cfg.listen.port, reuse_port=reuse_port)
         if admin:
             self._admin_runner = web.AppRunner(
-                create_admin_app(self.current_router), access_log=None, handle_signals=False
+                create_admin_app(
+                    self.current_router, self.events,
+                    lambda: self.failover, lambda: self.leadership,
+                ),
+                access_log=None,
+                handle_signals=False,
             )
             await self._admin_runner.setup()
             site = web.TCPSite(

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from router.failover import Failover
+from router.leader import Leadership
 from router.routing import Router
 
 
 class RouterCollector(Collector):
-    def __init__(self, current_router: Callable[[], Router]) -> None:
+    def __init__(
+        self,
+        current_router: Callable[[], Router],
+        failover: Callable[[], Failover | None],
+        leadership: Callable[[], Leadership | None],
+    ) -> None:
         self._router = current_router
+        self._failover = failover
+        self._leadership = leadership
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
@@ -43,9 +52,43 @@ class RouterCollector(Collector):
         yield GaugeMetricFamily(
             "router_sessions", "Sessions in the assignment map", value=float(len(router.store))
         )
+        yield GaugeMetricFamily(
+            "router_held_requests", "Requests waiting for their session to become routable",
+            value=float(router.held),
+        )
+        ejected = GaugeMetricFamily(
+            "router_instance_ejected", "1 while passive checks keep the instance out", labels=["instance"]
+        )
+        for inst in router.fleet:
+            ejected.add_metric([inst.name], 1.0 if inst.state == "ejected" else 0.0)
+        yield ejected
+        failovers = CounterMetricFamily(
+            "router_failovers", "Failovers started per instance", labels=["instance"]
+        )
+        moves = CounterMetricFamily("router_session_moves", "Session moves by reason", labels=["reason"])
+        restore_failed = CounterMetricFamily("router_restore_failures", "Sessions that could not be restored")
+        fo = self._failover()
+        if fo is not None:
+            for name, n in fo.failovers_total.items():
+                failovers.add_metric([name], float(n))
+            for reason, n in fo.moves_total.items():
+                moves.add_metric([reason], float(n))
+            restore_failed.add_metric([], float(fo.restore_failures))
+        yield failovers
+        yield moves
+        yield restore_failed
+        lead = self._leadership()
+        yield GaugeMetricFamily(
+            "router_leader", "1 when this router runs failover (holds the lease)",
+            value=1.0 if lead is not None and lead.is_leader else 0.0,
+        )
 
 
-def make_registry(current_router: Callable[[], Router]) -> CollectorRegistry:
+def make_registry(
+    current_router: Callable[[], Router],
+    failover: Callable[[], Failover | None] = lambda: None,
+    leadership: Callable[[], Leadership | None] = lambda: None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(current_router))
+    registry.register(RouterCollector(current_router, failover, leadership))
     return registry

@@ -12,6 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from router.errors import BadRequest, NotFound, RouterError, Unauthorized
+from router.events import EventLog
+from router.failover import Failover
+from router.leader import Leadership
 from router.metrics import make_registry
 from router.proxy.local import readiness
 from router.proxy.responses import error_body
@@ -19,6 +22,7 @@ from router.routing import Router
 from router.store.base import Assignment
 
 ROUTER = web.AppKey[Callable[[], Router]]("router")
+EVENTS = web.AppKey("events", EventLog)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -140,12 +144,27 @@ async def move_session(request: web.Request) -> web.Response:
     return _json(_assignment(moved, router))
 
 
-def create_admin_app(current_router: Callable[[], Router]) -> web.Application:
+async def list_events(request: web.Request) -> web.Response:
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError as e:
+        raise BadRequest("limit must be an integer") from e
+    events = request.app[EVENTS].recent(limit, request.query.get("kind"))
+    return _json([e.as_dict() for e in events])
+
+
+def create_admin_app(
+    current_router: Callable[[], Router],
+    events: EventLog | None = None,
+    failover: Callable[[], Failover | None] = lambda: None,
+    leadership: Callable[[], Leadership | None] = lambda: None,
+) -> web.Application:
     """``current_router`` returns the live router (it changes on config reload)."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[ROUTER] = current_router
-    app[REGISTRY] = make_registry(current_router)
+    app[REGISTRY] = make_registry(current_router, failover, leadership)
+    app[EVENTS] = events if events is not None else EventLog()
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
@@ -154,4 +173,5 @@ def create_admin_app(current_router: Callable[[], Router]) -> web.Application:
     r.add_get("/admin/sessions", list_sessions)
     r.add_get("/admin/sessions/{session}", get_session)
     r.add_post("/admin/sessions/{session}/move", move_session)
+    r.add_get("/admin/events", list_events)
     return app
