@@ -1,0 +1,215 @@
+"""Failover timeline: kill -9 one simulated instance under load and measure what clients see.
+
+    .venv/bin/python bench/failover_bench.py --sessions 50
+    .venv/bin/python bench/failover_bench.py --sessions 500 --hold-timeout 60s
+
+Starts 3 simulators (``--start-delay``: how long a restore takes, like a WAHA login) and one
+router with default health and failover settings (unless overridden), creates the sessions,
+drives a steady idempotent load (GET /api/sessions/{s}) over all of them, kills the
+instance holding the most sessions with SIGKILL, and reports: detection time, failover
+start, time until every moved session is WORKING on a survivor, requests held, the first
+held request's release, and errors. Loopback only; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def wait_ok(http: aiohttp.ClientSession, url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                if r.status == 200:
+                    return
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        await asyncio.sleep(0.05)
+    raise TimeoutError(url)
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    tmp = Path(tempfile.mkdtemp(prefix="wa-failover-"))
+    sims: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in (1, 2, 3):
+            port = free_port()
+            p = subprocess.Popen(  # noqa: ASYNC220 - set-up, before any load
+                [PY, "-m", "router", "sim", "--port", str(port), "--name", f"node-{i}",
+                 "--start-delay", str(args.start_delay), "--send-wait", "0"],
+                stdout=(tmp / f"sim{i}.log").open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+            )
+            sims[f"node-{i}"] = (p, port)
+            procs.append(p)
+        port, admin = free_port(), free_port()
+        cfg = tmp / "router.yaml"
+        lines = [
+            f"listen: {{host: 127.0.0.1, port: {port}}}",
+            f"admin: {{host: 127.0.0.1, port: {admin}}}",
+            "log: {level: WARNING}",
+            "instances:",
+            *(f"  - {{name: {n}, url: 'http://127.0.0.1:{p}'}}" for n, (_, p) in sims.items()),
+        ]
+        if args.hold_timeout:
+            lines.append(f"failover: {{hold_timeout: {args.hold_timeout}}}")
+        cfg.write_text("\n".join(lines) + "\n")
+        router = subprocess.Popen([PY, "-m", "router", "run", "-c", str(cfg)],  # noqa: ASYNC220
+                                  stdout=(tmp / "router.log").open("wb"),
+                                  stderr=subprocess.STDOUT, cwd=ROOT)
+        procs.append(router)
+        base, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+        conn = aiohttp.TCPConnector(limit=64)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            for _, p in sims.values():
+                await wait_ok(http, f"http://127.0.0.1:{p}/ping")
+            await wait_ok(http, base + "/readyz")
+            names = [f"fo{i:04d}" for i in range(args.sessions)]
+            sem = asyncio.Semaphore(32)
+
+            async def create(n: str) -> None:
+                async with sem, http.post(base + "/api/sessions", json={"name": n}) as r:
+                    assert r.status == 201, await r.text()
+
+            await asyncio.gather(*(create(n) for n in names))
+            async with http.get(adm + "/admin/sessions") as r:
+                home = {a["session"]: a["instance"] for a in await r.json()}
+            # Wait for every session to be WORKING (the start delay).
+            deadline = time.monotonic() + 60 + args.start_delay
+            while time.monotonic() < deadline:
+                working = 0
+                for _, p in sims.values():
+                    async with http.get(f"http://127.0.0.1:{p}/api/sessions?all=true") as r:
+                        working += sum(1 for s in await r.json() if s["status"] == "WORKING")
+                if working == len(names):
+                    break
+                await asyncio.sleep(0.2)
+            victim = max(sims, key=lambda n: sum(1 for h in home.values() if h == n))
+            moved = sorted(s for s, h in home.items() if h == victim)
+
+            results: list[tuple[float, float, str, int]] = []  # (start, end, session, status)
+            stop = asyncio.Event()
+
+            async def client(k: int) -> None:
+                i = k
+                while not stop.is_set():
+                    s = names[i % len(names)]
+                    i += args.clients
+                    t0 = time.monotonic()
+                    try:
+                        async with http.get(base + f"/api/sessions/{s}",
+                                            timeout=aiohttp.ClientTimeout(total=120)) as r:
+                            await r.read()
+                            status = r.status
+                    except (aiohttp.ClientError, TimeoutError):
+                        status = -1
+                    results.append((t0, time.monotonic(), s, status))
+                    await asyncio.sleep(args.pause)
+
+            clients = [asyncio.create_task(client(k)) for k in range(args.clients)]
+            await asyncio.sleep(2)
+            proc, _ = sims[victim]
+            t_kill = time.monotonic()
+            proc.send_signal(signal.SIGKILL)
+            t_detect = t_settled = None
+            survivors = [p for n, (_, p) in sims.items() if n != victim]
+            deadline = t_kill + args.max_wait
+            while time.monotonic() < deadline:
+                if t_detect is None:
+                    async with http.get(adm + "/admin/instances") as r:
+                        if any(i["name"] == victim and i["state"] != "healthy" for i in await r.json()):
+                            t_detect = time.monotonic()
+                else:
+                    working = set()
+                    for p in survivors:
+                        async with http.get(f"http://127.0.0.1:{p}/api/sessions?all=true") as r:
+                            working |= {s["name"] for s in await r.json() if s["status"] == "WORKING"}
+                    async with http.get(adm + "/admin/sessions") as r:
+                        states = {a["session"]: a for a in await r.json()}
+                    if all(s in working and states[s]["state"] != "moving"
+                           and states[s]["instance"] != victim for s in moved):
+                        t_settled = time.monotonic()
+                        break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)
+            stop.set()
+            await asyncio.gather(*clients)
+            async with http.get(adm + "/admin/events?limit=1000") as r:
+                events = await r.json()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    moved_set = set(moved)
+    after = [r for r in results if r[1] >= t_kill]
+    errors = [r for r in after if not 200 <= r[3] < 300]
+    held = [r for r in after if r[2] in moved_set and r[1] - r[0] > 1.0]
+    first_release = min((r[1] for r in held), default=None)
+    fo_started = next((e["ts"] for e in reversed(events) if e["kind"] == "failover_started"), None)
+    out: dict[str, object] = {
+        "sessions": args.sessions,
+        "moved": len(moved),
+        "start_delay_s": args.start_delay,
+        "hold_timeout": args.hold_timeout or "15s (default)",
+        "detection_s": round(t_detect - t_kill, 2) if t_detect else None,
+        "all_moved_working_s": round(t_settled - t_kill, 2) if t_settled else None,
+        "requests_after_kill": len(after),
+        "requests_held": len(held),
+        "first_held_released_s": round(first_release - t_kill, 2) if first_release else None,
+        "max_hold_s": round(max((r[1] - r[0] for r in held), default=0.0), 2),
+        "p50_latency_survivors_ms": round(1000 * statistics.median(
+            [r[1] - r[0] for r in after if r[2] not in moved_set] or [0.0]), 2),
+        "errors": len(errors),
+        "error_statuses": sorted({r[3] for r in errors}),
+        "failover_started_event": fo_started is not None,
+    }
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=50)
+    p.add_argument("--start-delay", type=float, default=1.5, help="simulated restore time (s)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--pause", type=float, default=0.05, help="pause between a client's requests (s)")
+    p.add_argument("--hold-timeout", default="", help="failover.hold_timeout (default: the router's)")
+    p.add_argument("--max-wait", type=float, default=180.0)
+    args = p.parse_args()
+    out = asyncio.run(run(args))
+    print(json.dumps(out, indent=2))
+    os.makedirs(ROOT / "bench" / "out", exist_ok=True)
+    (ROOT / "bench" / "out" / f"failover-{args.sessions}-{int(time.time())}.json").write_text(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
