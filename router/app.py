@@ -69,6 +69,9 @@ class App:
         port: int = self._admin_runner.addresses[0][1]
         return port
 
+    def _on_sighup(self) -> None:
+        log.warning("SIGHUP received: hot config reload is not implemented yet; config unchanged")
+
     def _became_leader(self) -> None:
         if self.failover is not None:
             self.failover.became_leader()
@@ -159,12 +162,15 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # SIGHUP must never kill the router (its default action would).
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await stop.wait()
             log.info("shutting down")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(signal.SIGHUP)
             await self.stop()
 
 

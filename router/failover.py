@@ -236,7 +236,7 @@ class Failover:
             if status == "FAILED":
                 return False
             await asyncio.sleep(poll)
-            poll = min(poll * 1.5, 1.0)
+            poll = min(poll * 1.5, 0.25)  # status GETs are cheap; readiness latency is not
         return False
 
     async def _status(self, inst: Instance, session: str) -> str | None:
