@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -608,6 +609,102 @@ def wait_redis(procs: Processes, port: int, timeout: float = 20.0) -> None:
     raise BenchError(f"redis-server on port {port}: no PONG after {timeout:.0f}s ({last})")
 
 
+_MONITOR_LINE = re.compile(r"^\+?\S+ \[\d+ ([^\]]+)\] (.*)$")
+_MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+LEASE = "leader lease (timer)"
+KEEPALIVE = "pub/sub keepalive (timer)"
+OTHER = "other"
+
+
+class RedisMonitor:
+    """``MONITOR`` on its own connection, read by a thread, during one measured run: which
+    connection sent each command, so that timer-driven commands (the leader lease renewal,
+    the pub/sub keepalive PING) can be told apart from any a request would cause.
+
+    Commands run inside Lua scripts show as coming from ``lua``. ``stop()`` makes the probe
+    send an ``ECHO`` marker and reads until it, so that nothing executed before is missed."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=5.0)
+        self.file = self.sock.makefile("rb")
+        self.sock.sendall(b"CLIENT SETNAME bench-monitor\r\nMONITOR\r\n")
+        for _ in range(2):
+            reply = self.file.readline()
+            if not reply.startswith(b"+OK"):
+                raise BenchError(f"redis MONITOR: unexpected reply {reply[:100]!r}")
+        self.sock.settimeout(None)
+        self.lines: list[str] = []
+        self.marker: str | None = None
+        self.seen_marker = threading.Event()
+        self.thread = threading.Thread(target=self._read, name="redis-monitor", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for raw in self.file:
+                line = raw.decode(errors="replace").rstrip("\r\n")
+                if self.marker is not None and f'"echo" "{self.marker}"' in line.lower():
+                    self.seen_marker.set()
+                    return
+                if len(self.lines) < 100_000:  # enough to classify; bounded memory
+                    self.lines.append(line)
+
+    def stop(self, probe: RedisProbe) -> list[str]:
+        self.marker = f"bench-monitor-end-{time.monotonic_ns()}"
+        probe.command("ECHO", self.marker)
+        found = self.seen_marker.wait(10)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.file.close()
+            self.sock.close()
+        self.thread.join(5)
+        if not found:
+            raise BenchError("redis MONITOR: the end marker never arrived")
+        return self.lines
+
+
+def classify_monitor(
+    lines: list[str], own: set[str], subscribers: set[str]
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Commands seen by MONITOR, minus those of ``own`` addresses, by cause: the leader
+    lease (its scripts and their commands touch only ``P leader*`` keys), the pub/sub
+    keepalive (PING on a subscribed connection), other. Also the first "other" lines."""
+    out: dict[str, Counter[str]] = {LEASE: Counter(), KEEPALIVE: Counter(), OTHER: Counter()}
+    samples: list[str] = []
+    lease = REDIS_PREFIX + "leader"
+    for line in lines:
+        m = _MONITOR_LINE.match(line)
+        if m is None:
+            continue
+        source, args = m.group(1), _MONITOR_ARG.findall(m.group(2))
+        if source in own or not args:
+            continue
+        cmd = args[0].lower()
+        if cmd in ("evalsha", "eval", "evalsha_ro", "eval_ro") and len(args) > 2:
+            keys = args[3 : 3 + int(args[2])] if args[2].isdigit() else []
+        else:
+            keys = args[1:2]
+        name = cmd + (" (in a script)" if source == "lua" else "")
+        if keys and all(k.startswith(lease) for k in keys):
+            out[LEASE][name] += 1
+        elif cmd == "ping" and source in subscribers:
+            out[KEEPALIVE][name] += 1
+        else:
+            out[OTHER][name] += 1
+            if len(samples) < 10:
+                samples.append(line[:300])
+    return {k: dict(v) for k, v in out.items()}, samples
+
+
+def client_list(probe: RedisProbe) -> list[dict[str, str]]:
+    listing = probe.command("CLIENT", "LIST")
+    text = listing if isinstance(listing, str) else ""
+    return [
+        dict(f.split("=", 1) for f in line.split() if "=" in f) for line in text.splitlines()
+    ]
+
+
 def fmt_commands(commands: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(commands.items())) or "none"
 
@@ -651,6 +748,10 @@ class WrkResult:
     redis_assignments: int | None = None
     redis_clients: int | None = None
     redis_cpu: float | None = None
+    # MONITOR during the measured run: commands by cause (leader lease, pub/sub
+    # keepalive, other), and the first few "other" lines.
+    redis_monitor: dict[str, dict[str, int]] | None = None
+    redis_monitor_samples: list[str] | None = None
 
     @property
     def errors(self) -> int:
@@ -729,6 +830,8 @@ class Target:
     placement: dict[str, str] = field(default_factory=dict)  # session -> backend node
     redis: RedisProbe | None = None  # router-redis: a probe on its redis-server
     redis_proc: Proc | None = None
+    redis_port: int | None = None
+    redis_first_warmup: dict[str, int] | None = None  # the one that placed the sessions
     redis_client_names: list[str] = field(default_factory=list)  # CLIENT LIST at the end
 
     @property
@@ -966,25 +1069,45 @@ def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:
         )
     if nginx_rps:
         lines.append(f"- router-redis / nginx: {rps / nginx_rps:.2f}")
-    commands = sum(sum((r.redis_commands or {}).values()) for r in rr.runs)
     requests = sum(r.requests for r in rr.runs)
     merged: Counter[str] = Counter()
     for r in rr.runs:
         merged.update(r.redis_commands or {})
+    commands = sum(merged.values())
+    # Timer-driven commands (the leader lease renewal every leader_ttl/3, the pub/sub
+    # keepalive PING after 5 s of silence) follow the run's duration, not its requests:
+    # MONITOR tells them apart; anything else would be caused by requests.
+    causes: dict[str, Counter[str]] = {}
+    for r in rr.runs:
+        for cause, counts in (r.redis_monitor or {}).items():
+            causes.setdefault(cause, Counter()).update(counts)
+    other = sum(causes.get(OTHER, Counter()).values())
     lines.append(
         f"- Redis commands per cached request: **{commands / max(requests, 1):.4f}** "
         f"({commands:,} commands over {requests:,} requests in {len(rr.runs)} measured "
-        f"runs; target 0: {'ok' if commands == 0 else 'NOT 0'}); commands: "
-        f"{fmt_commands(dict(merged))}"
+        f"runs: {fmt_commands(dict(merged))})"
+    )
+    lines.append(
+        "- by cause (MONITOR): "
+        + "; ".join(f"{k}: {fmt_commands(dict(v))}" for k, v in causes.items())
+        + f". Caused by requests (not a timer): **{other}** commands; target 0: "
+        f"{'ok' if other == 0 else 'MISSED'}"
     )
     for i, r in enumerate(rr.runs, 1):
+        monitored = sum(sum(v.values()) for v in (r.redis_monitor or {}).values())
         lines.append(
             f"  - run {i}: {r.requests:,} requests, {r.redis_assignments} assignments in "
             f"Redis before it; commands during the run: {fmt_commands(r.redis_commands or {})}"
-            f" (total_commands_processed: {r.redis_commands_total}); during its warmup: "
-            f"{fmt_commands(r.redis_warmup_commands or {})}; redis-server CPU "
-            f"{fmt_pct(r.redis_cpu)}"
+            f" (total_commands_processed: {r.redis_commands_total}; MONITOR saw {monitored});"
+            f" during its warmup: {fmt_commands(r.redis_warmup_commands or {})}; "
+            f"redis-server CPU {fmt_pct(r.redis_cpu)}"
         )
+        for sample in r.redis_monitor_samples or []:
+            lines.append(f"    - other: `{sample}`")
+    lines.append(
+        f"- first warmup (Redis empty before it: it places every session): "
+        f"{fmt_commands(rr.redis_first_warmup or {})}"
+    )
     lines.append(
         f"- Redis clients at the end (CLIENT LIST): "
         f"{', '.join(f'{n} x{c}' for n, c in sorted(Counter(rr.redis_client_names).items()))}"
@@ -992,8 +1115,11 @@ def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:
     lines.append(
         "Counted with `INFO stats commandstats clients` right before and after each "
         "measured run (after its warmup: every session already placed and cached), minus "
-        "this script's own commands (its INFO and HLEN). A `ping` would be the store's "
-        "pub/sub keepalive (every 5 s of silence on that connection), not a request's."
+        "this script's own commands (its INFO, HLEN, CLIENT LIST, ECHO). MONITOR runs "
+        "during each measured run on its own connection: commands on `bench:leader*` keys "
+        "are the leader lease (renewed every leader_ttl/3, a script with GET + PEXPIRE "
+        "inside), a PING on the subscribed connection is the store's pub/sub keepalive "
+        "(after 5 s without a message); both come from timers, whatever the request rate."
     )
     return lines
 
@@ -1142,6 +1268,7 @@ def start_everything(
                 proc,
                 redis=probe,
                 redis_proc=redis,
+                redis_port=redis_port,
             )
         )
     return targets, status_port
@@ -1195,11 +1322,22 @@ def run_once(
     if probe is not None:
         assignments = probe.command("HLEN", REDIS_PREFIX + "assignments")
     accepts0, served0 = backend_counters(status_port)
+    monitor = None
+    if probe is not None and t.redis_port:
+        monitor = RedisMonitor(t.redis_port)
+        probe.sent.update(["client|setname", "monitor"])  # the monitor's: ours too
     redis0 = probe.snapshot() if probe is not None else None
     before = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid)
     res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
     used = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid).usage_since(before)
     redis1 = probe.snapshot() if probe is not None else None
+    if probe is not None and monitor is not None:
+        clients = client_list(probe)
+        mine = {c.get("addr", "") for c in clients if c.get("name", "").startswith("bench-")}
+        subscribers = {c.get("addr", "") for c in clients if "P" in c.get("flags", "")}
+        res.redis_monitor, res.redis_monitor_samples = classify_monitor(
+            monitor.stop(probe), mine, subscribers
+        )
     accepts1, served1 = backend_counters(status_port)
     res.backend_accepts, res.backend_requests = accepts1 - accepts0, served1 - served0
     res.proxy_cpu = used["target"] if proxy_pid is not None else None
@@ -1209,15 +1347,20 @@ def run_once(
         res.redis_commands = redis1.since(redis0)
         res.redis_commands_total = redis1.total_since(redis0)
         res.redis_warmup_commands = redis0.since(warm_start)
+        if t.redis_first_warmup is None:
+            t.redis_first_warmup = res.redis_warmup_commands
         res.redis_assignments = assignments if isinstance(assignments, int) else None
         res.redis_clients = redis1.clients
         res.redis_cpu = used["redis"]
         n = sum(res.redis_commands.values())
+        causes = "; ".join(
+            f"{k}: {fmt_commands(v)}" for k, v in (res.redis_monitor or {}).items()
+        )
         print(
             f"  round {rnd}/{args.repeats} {t.name}: Redis commands during the warmup: "
             f"{fmt_commands(res.redis_warmup_commands)}; during the measured run: "
             f"{fmt_commands(res.redis_commands)} ({n / max(res.requests, 1):.4f} per request; "
-            f"total_commands_processed says {res.redis_commands_total}); "
+            f"total_commands_processed says {res.redis_commands_total}; MONITOR: {causes}); "
             f"{assignments} assignments in Redis, {res.redis_clients} clients, "
             f"redis-server CPU {fmt_pct(res.redis_cpu)}",
             file=sys.stderr,
@@ -1264,7 +1407,7 @@ def measure(
             listing = t.redis.command("CLIENT", "LIST")
             names = re.findall(r"(?:^| )name=(\S*)", listing if isinstance(listing, str) else "")
             t.redis_client_names = [n or "(no name)" for n in names]
-            strangers = [n for n in names if n not in ("wa-router", "bench-probe")]
+            strangers = [n for n in names if n not in ("wa-router", "bench-probe", "bench-monitor")]
             if strangers:
                 failures.append(f"{t.name}: unexpected Redis clients: {strangers}")
     return failures
@@ -1326,6 +1469,7 @@ def main(argv: list[str] | None = None) -> int:
                         "discarded_noisy_runs": [asdict(r) for r in t.discarded],
                         "placement_sample": t.placement,
                         "redis_client_names": t.redis_client_names,
+                        "redis_first_warmup_commands": t.redis_first_warmup,
                     }
                     for t in targets
                 },

@@ -216,6 +216,7 @@ async def child(url: str, lookups: int, repeats: int) -> dict[str, Any]:
     await store.close()
     return {
         "sessions_loaded": n,
+        "store_module": sys.modules[RedisStore.__module__].__file__,
         "instances": len(counts),
         "load_s": load_s,
         "rss_before_mib": rss_before,
@@ -233,7 +234,9 @@ async def child(url: str, lookups: int, repeats: int) -> dict[str, Any]:
 
 def router_conf(redis_port: int, prefix: str, instances: int, ports: list[int]) -> str:
     # The instances' ports are closed (nothing listens): health checks fail at once, which
-    # is fine, the store is what is measured. A long interval keeps the process quiet.
+    # is fine, the store is what is measured. A long interval keeps the process quiet, and
+    # the figures are read within ~1 s of the start, long before the failover grace (5 s)
+    # and a second failed check (60 s) could make the leader move anything.
     lines = [
         f"listen: {{host: {HOST}, port: {ports[0]}}}",
         f"admin: {{host: {HOST}, port: {ports[1]}}}",
@@ -412,9 +415,11 @@ def main() -> int:
         f"- seeded in {seed_s:.2f} s (pipelined HSET, 5,000 fields each) into a fresh redis-server on loopback"
     )
     out(
-        "- store process: a fresh Python process with uvloop, redis-py + hiredis and `RedisStore` only\n"
+        "- store process: a fresh Python process with uvloop, redis-py + hiredis and `RedisStore` only"
     )
-    out(f"- wa-router: {git_version()}; {os.cpu_count()} CPUs; {redis_version()}\n")
+    out(
+        f"- wa-router: {git_version()} ({r['store_module']}); {os.cpu_count()} CPUs; {redis_version()}\n"
+    )
     out("| figure | value | target |")
     out("| --- | --- | --- |")
     out(
