@@ -106,9 +106,11 @@ class Failover:
         for a in await self.store.list():
             if a.moving:
                 self._spawn(self._restore(a))
+        # Spawned, not awaited: one instance's failover (restores can take minutes) must
+        # not delay another's, nor the rediscovery of the healthy instances.
         for inst in self.router.fleet:
             if inst.health.failed_over and not inst.healthy:
-                await self.fail_over(inst)
+                self._spawn(self.fail_over(inst))
             elif inst.healthy:
                 self._spawn(self.rediscover(inst))
 
@@ -149,22 +151,35 @@ class Failover:
         """Reassign one session (new epoch, marked moving) and restore it on its target."""
         if not self.is_leader():
             return False
-        target = target or self._choose_target(a.session, a.instance)
-        if target is None:
-            self.events.emit("restore_failed", f"no instance has room for session {a.session}",
-                             session=a.session, severity="critical")
-            return False
         if stop_old:
+            if target is None and self._choose_target(a.session, a.instance) is None:
+                return self._no_room(a.session)  # nowhere to go: leave it running
             old = self.router.fleet.get(a.instance)
             if old is not None:
                 await self._stop_copy(old, a.session, a.epoch)
-        try:
-            moved = await self.store.move(a.session, target, a.epoch, moving=True)
-        except StaleEpoch:
-            return False  # someone else moved it meanwhile: their move wins
+        # Choosing a target and writing the move are one step, one move at a time: the
+        # choice reads the local counts, which include a move only once its write has
+        # returned (with Redis, a round trip later). A whole instance's sessions moved
+        # concurrently would otherwise all be placed against the same counts, past the
+        # balance bound and past max_sessions. Only this short step is serialized.
+        async with self.router.placement_lock:
+            if not self.is_leader():
+                return False
+            chosen = target or self._choose_target(a.session, a.instance)
+            if chosen is None:
+                return self._no_room(a.session)
+            try:
+                moved = await self.store.move(a.session, chosen, a.epoch, moving=True)
+            except StaleEpoch:
+                return False  # someone else moved it meanwhile: their move wins
         self.moves_total[reason] = self.moves_total.get(reason, 0) + 1
         self.router.changed.fire()
         return await self._restore(moved)
+
+    def _no_room(self, session: str) -> bool:
+        self.events.emit("restore_failed", f"no instance has room for session {session}",
+                         session=session, severity="critical")
+        return False
 
     async def _restore(self, a: Assignment) -> bool:
         key = (a.session, a.epoch)
@@ -186,6 +201,11 @@ class Failover:
         target = self.router.fleet.get(a.instance)
         if target is None:
             return False
+        if a.moving and await self._status(target, a.session) in fo.status.ready:
+            # Already running there (a previous leader restored it): just settle.
+            await self.store.settle(a.session, a.epoch)
+            self.router.changed.fire()
+            return True
         for attempt in range(1, fo.restore_attempts + 1):
             async with self._sem(a.instance):
                 if not self._fenced(a):

@@ -66,6 +66,10 @@ class Router:
         self.extractor = SessionExtractor(config.sessions, config.profile)
         self.fan_out_routes = frozenset(config.sessions.fan_out)
         self._placing: dict[str, asyncio.Future[Assignment]] = {}
+        # Choosing an instance and writing the assignment are one step: the choice reads the
+        # local counts, which see a write only once it returns (with Redis, a round trip
+        # later). Shared with failover moves so both see each other's placements.
+        self.placement_lock = asyncio.Lock()
         self.changed = Pulse()
         self.held = 0  # requests waiting for their session to become routable
         self.max_held = config.failover.max_held_requests
@@ -161,13 +165,14 @@ class Router:
             del self._placing[session]
 
     async def _place(self, session: str) -> Assignment:
-        eligible = {i.name for i in self.fleet if i.available}
-        name = self.fleet.ring.place(
-            session, self.store.counts(), eligible, self.config.placement.balance_factor
-        )
-        if name is None:
-            raise NoInstance("no healthy instance has room for a new session")
-        return await self.store.create_if_absent(session, name)
+        async with self.placement_lock:
+            eligible = frozenset(i.name for i in self.fleet if i.available)
+            name = self.fleet.ring.place(
+                session, self.store.counts(), eligible, self.config.placement.balance_factor
+            )
+            if name is None:
+                raise NoInstance("no healthy instance has room for a new session")
+            return await self.store.create_if_absent(session, name)
 
     # -- fan-out -------------------------------------------------------------------------
 
