@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from tests.procs import Proc, RouterProc
+from tests.procs import Proc, RouterProc, router_config
 from tests.redis_server import RedisServer
 
 T = TypeVar("T")
@@ -768,3 +768,37 @@ async def test_failover_respects_max_sessions_with_redis(
     assert len(placed) == fits
     assert all(len(where.get(s, [])) == 1 for s in sessions if now[s]["instance"] != victim.name)
     assert sum(len(v) for v in where.values()) <= cap * len(survivors)
+
+
+@pytest.mark.timeout(60)
+async def test_404_from_instance_restores_a_lost_session(
+    sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    """An instance restarted without its sessions (within grace): the first 404 for a
+    session triggers reconciliation, which starts the session again where it is assigned."""
+    sim = sim_factory("solo")
+    r = router_factory(router_config(
+        [sim],
+        "health: {interval: 200ms, timeout: 500ms}\nfailover: {grace: 30s}\n",
+    ))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(r.url + "/api/sessions", json={"name": "lost1"}) as resp:
+            assert resp.status == 201
+        sim.stop(signal.SIGKILL)
+        again = sim_factory("solo", port=sim.port)  # same port, empty: it lost the session
+        deadline = asyncio.get_running_loop().time() + 20
+        saw_404 = False
+        while True:
+            async with http.get(r.url + "/api/sessions/lost1") as resp:
+                if resp.status == 404:
+                    saw_404 = True
+                elif resp.status == 200 and (await resp.json())["status"] == "WORKING":
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "session never restored"
+            await asyncio.sleep(0.1)
+        assert saw_404
+        async with http.get(again.url + "/sim/stats") as resp:
+            stats = await resp.json()
+        assert stats["calls"]["lost1"]["start"] == 1
+        async with http.get(r.admin_url + "/admin/events", params={"kind": "session_lost"}) as resp:
+            assert any(e["session"] == "lost1" for e in await resp.json())
