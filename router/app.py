@@ -20,6 +20,7 @@ from router.monitor import HealthMonitor
 from router.proxy import ProxyServer
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
+from router.webhooks import WebhookRelay
 
 log = logging.getLogger("wa_router")
 
@@ -54,6 +55,7 @@ class App:
         self.monitor: HealthMonitor | None = None
         self.failover: Failover | None = None
         self.leadership: Leadership | None = None
+        self.relay: WebhookRelay | None = None
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -105,6 +107,21 @@ class App:
         router.on_passive_success = monitor.passive_success
         router.on_not_found = failover.suspect
         self.store.add_listener(lambda session, assignment: router.changed.fire())
+        relay = self.relay = WebhookRelay(
+            cfg.webhooks,
+            redis_url=cfg.store.url.value if cfg.store.url else None,
+            prefix=cfg.store.prefix,
+            events=self.events,
+            http=self._http,
+        )
+        await relay.start()
+        router.relay = relay
+        if not relay.durable and cfg.webhooks.targets:
+            log.warning(
+                "webhooks: no store.url, so accepted webhooks wait in memory: "
+                "those not yet delivered are lost if the router stops; set store.url (Redis) "
+                "for durable delivery"
+            )
         monitor.start()
         leadership.start()
         self.proxy = ProxyServer(self.router)
@@ -113,7 +130,7 @@ class App:
             self._admin_runner = web.AppRunner(
                 create_admin_app(
                     self.current_router, self.events,
-                    lambda: self.failover, lambda: self.leadership,
+                    lambda: self.failover, lambda: self.leadership, lambda: self.relay,
                 ),
                 access_log=None,
                 handle_signals=False,
@@ -143,6 +160,8 @@ class App:
                 await self.proxy.shutdown(self.config.listen.shutdown_timeout)
             if self._admin_runner is not None:
                 await self._admin_runner.cleanup()
+            if self.relay is not None:
+                await self.relay.stop()
             if self.monitor is not None:
                 await self.monitor.stop()
             if self.failover is not None:

@@ -59,6 +59,11 @@ class NotFound(ClientError):
     code = "not_found"
 
 
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(ClientError):
     status = 409
     code = "conflict"

@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from router.failover import Failover
 from router.leader import Leadership
 from router.routing import Router
+from router.webhooks import WebhookRelay
 
 
 class RouterCollector(Collector):
@@ -22,8 +23,10 @@ class RouterCollector(Collector):
         current_router: Callable[[], Router],
         failover: Callable[[], Failover | None],
         leadership: Callable[[], Leadership | None],
+        relay: Callable[[], WebhookRelay | None] = lambda: None,
     ) -> None:
         self._router = current_router
+        self._relay = relay
         self._failover = failover
         self._leadership = leadership
 
@@ -77,6 +80,19 @@ class RouterCollector(Collector):
         yield failovers
         yield moves
         yield restore_failed
+        relay = self._relay()
+        if relay is not None:
+            for name, value, help_text in (
+                ("router_webhooks_received", relay.received, "Webhooks accepted from instances"),
+                ("router_webhooks_delivered", relay.delivered, "Webhook deliveries a target accepted"),
+                ("router_webhooks_retried", relay.retried, "Webhook delivery attempts retried"),
+                ("router_webhooks_dead", relay.dead_count, "Webhooks moved to the dead list"),
+            ):
+                yield CounterMetricFamily(name, help_text, value=float(value))
+            yield GaugeMetricFamily(
+                "router_webhook_backlog", "Webhooks stored but not yet delivered",
+                value=float(relay.backlog()),
+            )
         lead = self._leadership()
         yield GaugeMetricFamily(
             "router_leader", "1 when this router runs failover (holds the lease)",
@@ -88,7 +104,8 @@ def make_registry(
     current_router: Callable[[], Router],
     failover: Callable[[], Failover | None] = lambda: None,
     leadership: Callable[[], Leadership | None] = lambda: None,
+    relay: Callable[[], WebhookRelay | None] = lambda: None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(current_router, failover, leadership))
+    registry.register(RouterCollector(current_router, failover, leadership, relay))
     return registry

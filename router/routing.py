@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from router.config.model import Config
 from router.errors import (
@@ -27,7 +28,12 @@ from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
 from router.store.base import Assignment, AssignmentStore
 
+if TYPE_CHECKING:
+    from router.webhooks import WebhookRelay
+
 log = logging.getLogger("wa_router.routing")
+
+MAX_STATUSES = 200_000
 
 
 class Pulse:
@@ -78,6 +84,14 @@ class Router:
         self.on_passive_failure: Callable[[Instance, bool], None] | None = None
         self.on_passive_success: Callable[[Instance], None] | None = None
         self.on_not_found: Callable[[str], None] | None = None
+        self.relay: WebhookRelay | None = None  # set by the app: webhooks from instances
+        # Session statuses learned from instances' session.status webhooks (bounded).
+        self.statuses: dict[str, str] = {}
+
+    def record_status(self, session: str, status: str) -> None:
+        if len(self.statuses) >= MAX_STATUSES and session not in self.statuses:
+            self.statuses.pop(next(iter(self.statuses)))  # forget the oldest
+        self.statuses[session] = status
 
     def passive_failure(self, inst: Instance, *, connect_error: bool) -> None:
         if self.on_passive_failure is not None:
@@ -133,11 +147,13 @@ class Router:
                 self.held -= 1
 
     def session_state(self, session: str) -> str:
-        """What the router knows of a session beyond its assignment."""
+        """What the router knows of a session beyond its assignment: ``moving`` while it
+        is being restored elsewhere, else the last status its instance reported
+        (``session.status`` webhooks), else ``assigned``."""
         a = self.store.cached(session)
         if a is not None and a.moving:
             return "moving"
-        return "assigned"
+        return self.statuses.get(session, "assigned")
 
     # -- placement -----------------------------------------------------------------------
 

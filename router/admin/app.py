@@ -20,9 +20,11 @@ from router.proxy.local import readiness
 from router.proxy.responses import error_body
 from router.routing import Router
 from router.store.base import Assignment
+from router.webhooks import WebhookRelay
 
 ROUTER = web.AppKey[Callable[[], Router]]("router")
 EVENTS = web.AppKey("events", EventLog)
+RELAY = web.AppKey[Callable[[], WebhookRelay | None]]("relay")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -153,17 +155,49 @@ async def list_events(request: web.Request) -> web.Response:
     return _json([e.as_dict() for e in events])
 
 
+def _relay(request: web.Request) -> WebhookRelay:
+    relay = request.app[RELAY]()
+    if relay is None:
+        raise NotFound("the webhook relay is not running")
+    return relay
+
+
+async def dead_webhooks(request: web.Request) -> web.Response:
+    try:
+        limit = max(1, min(10000, int(request.query.get("limit", "100"))))
+    except ValueError as e:
+        raise BadRequest("limit must be an integer") from e
+    return _json(await _relay(request).dead(limit))
+
+
+async def replay_webhooks(request: web.Request) -> web.Response:
+    ids: list[str] | None = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest('body must be empty or JSON: {"ids": [...]}') from e
+        raw = body.get("ids") if isinstance(body, dict) else None
+        if raw is not None:
+            if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
+                raise BadRequest('"ids" must be a list of dead-entry ids')
+            ids = raw
+    return _json({"replayed": await _relay(request).replay(ids)})
+
+
 def create_admin_app(
     current_router: Callable[[], Router],
     events: EventLog | None = None,
     failover: Callable[[], Failover | None] = lambda: None,
     leadership: Callable[[], Leadership | None] = lambda: None,
+    relay: Callable[[], WebhookRelay | None] = lambda: None,
 ) -> web.Application:
     """``current_router`` returns the live router (it changes on config reload)."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[ROUTER] = current_router
-    app[REGISTRY] = make_registry(current_router, failover, leadership)
+    app[REGISTRY] = make_registry(current_router, failover, leadership, relay)
+    app[RELAY] = relay
     app[EVENTS] = events if events is not None else EventLog()
     r = app.router
     r.add_get("/healthz", healthz)
@@ -174,4 +208,6 @@ def create_admin_app(
     r.add_get("/admin/sessions/{session}", get_session)
     r.add_post("/admin/sessions/{session}/move", move_session)
     r.add_get("/admin/events", list_events)
+    r.add_get("/admin/webhooks/dead", dead_webhooks)
+    r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
     return app

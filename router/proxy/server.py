@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import secrets
 from collections import deque
@@ -23,6 +24,7 @@ from router.errors import (
     BodyTooLarge,
     HeadersTooLarge,
     InvalidSessionId,
+    MethodNotAllowed,
     NoInstance,
     RequestTimeout,
     RouterError,
@@ -32,6 +34,7 @@ from router.errors import (
 from router.instances import Instance
 from router.proxy import local
 from router.proxy.headers import REQUEST_DROP, RESPONSE_DROP, valid_request_id
+from router.proxy.inbound import parse_webhook, session_status
 from router.proxy.responses import error_response, json_response, reason
 from router.proxy.upstream import UpstreamConnection
 from router.routing import Router
@@ -408,6 +411,7 @@ class Exchange:
         "upstream",
         "url",
         "wait_body",
+        "webhook",
         "xff",
         "xfh",
     )
@@ -438,6 +442,7 @@ class Exchange:
         self.response_done = False
         self.finished = False
         self.wait_body = False
+        self.webhook = False
         self.retries = 0
         self.session: str | None = None
         self.started = conn.loop_time()
@@ -478,6 +483,9 @@ class Exchange:
             self.fail(BadRequest("request target must be a path"), close=True)
             return
         path = self.path
+        if path == config.webhooks.path and self.router.relay is not None:
+            self._start_webhook()
+            return
         if path in local.PATHS:
             status, body = local.answer(path, self.router)
             self._respond_json(status, body)
@@ -588,7 +596,11 @@ class Exchange:
                 up.write(data)
             return
         self.body_parts.append(data)
-        if self.wait_body:
+        if self.webhook:
+            limit = self.router.config.webhooks.max_body
+            if self.body_size > limit:
+                self.fail(BodyTooLarge(f"webhook body exceeds webhooks.max_body ({limit} bytes)"), close=True)
+        elif self.wait_body:
             if self.body_size > self.router.config.sessions.json_body_limit:
                 self.wait_body = False
                 self._route_with_body(b"")
@@ -608,8 +620,40 @@ class Exchange:
         elif self.wait_body:
             self.wait_body = False
             self._route_with_body(b"".join(self.body_parts))
+        elif self.webhook:
+            self._spawn(self._accept_webhook())
         if self.response_done:
             self.conn.exchange_done(self)
+
+    # -- webhooks from instances (answered here, relayed durably) --------------------------
+
+    def _start_webhook(self) -> None:
+        if self.method_str != "POST":
+            self.fail(MethodNotAllowed("webhooks are POSTed"))
+            return
+        limit = self.router.config.webhooks.max_body
+        if self.content_length is not None and self.content_length > limit:
+            self.fail(BodyTooLarge(f"webhook body exceeds webhooks.max_body ({limit} bytes)"), close=True)
+            return
+        self.webhook = True
+        if self.expect_continue:
+            self.expect_continue = False
+            self.conn.write(_CONTINUE)
+        if self.request_done:  # a pipelined request read before its turn
+            self._spawn(self._accept_webhook())
+
+    async def _accept_webhook(self) -> None:
+        router = self.router
+        relay = router.relay
+        assert relay is not None
+        event = parse_webhook(b"".join(self.body_parts), self.header_map, router.config.webhooks)
+        self.body_parts = []
+        await relay.accept((event,))  # returns once stored durably (Redis) or queued (memory)
+        status = session_status(event)
+        if status is not None and event.session is not None:
+            router.record_status(event.session, status)
+        body = b'{"status":"accepted","id":' + json.dumps(event.id).encode() + b"}"
+        self._respond_json(200, body)
 
     def tunnel_data(self, data: bytes) -> None:
         self.tunnel_pending.append(data)

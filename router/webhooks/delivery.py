@@ -1,0 +1,82 @@
+"""One HTTP delivery attempt: POST the original body to the target, classify the answer.
+
+Headers: ``Content-Type: application/json``, ``X-Webhook-Request-Id`` (the event id),
+``X-Webhook-Attempt`` (1-based), ``X-Webhook-Timestamp`` (ms, time of this attempt, as
+WAHA sends it), and with the target's ``hmac_key`` ``X-Webhook-Hmac`` (hex HMAC-SHA512 of
+the body) + ``X-Webhook-Hmac-Algorithm: sha512``. Redirects are not followed (a POST
+redirect is ambiguous): a 3xx counts as a failure to retry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from router.webhooks.model import Entry
+
+_DRAIN_LIMIT = 64 * 1024  # read at most this much of an answer (to reuse the connection)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    ok: bool  # 2xx
+    status: int | None  # None: no HTTP answer (connect error, timeout)
+    error: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        return self.status is not None
+
+
+def sign(key: str, body: bytes) -> str:
+    """Hex HMAC-SHA512 of the raw body (WAHA's ``X-Webhook-Hmac``)."""
+    return hmac.new(key.encode(), body, hashlib.sha512).hexdigest()
+
+
+def headers_for(entry: Entry, attempt: int, hmac_key: str | None) -> dict[str, str]:
+    h = {
+        "Content-Type": "application/json",
+        "User-Agent": "wa-router",
+        "X-Webhook-Request-Id": entry.event_id,
+        "X-Webhook-Attempt": str(attempt),
+        "X-Webhook-Timestamp": str(int(time.time() * 1000)),
+    }
+    if hmac_key:
+        h["X-Webhook-Hmac"] = sign(hmac_key, entry.body)
+        h["X-Webhook-Hmac-Algorithm"] = "sha512"
+    return h
+
+
+async def post(
+    http: aiohttp.ClientSession,
+    url: str,
+    entry: Entry,
+    attempt: int,
+    *,
+    hmac_key: str | None,
+    timeout: float,
+) -> Result:
+    """Never raises (but for cancellation): every failure is a ``Result``."""
+    try:
+        async with http.post(
+            url,
+            data=entry.body,
+            headers=headers_for(entry, attempt, hmac_key),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
+        ) as resp:
+            await resp.content.read(_DRAIN_LIMIT)
+            status = resp.status
+    except TimeoutError:
+        return Result(False, None, f"timeout after {timeout:g}s")
+    except aiohttp.ClientConnectorError as e:
+        return Result(False, None, f"connect error: {e.os_error or e}")
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        return Result(False, None, f"{type(e).__name__}: {e}")
+    if 200 <= status < 300:
+        return Result(True, status)
+    return Result(False, status, f"HTTP {status}")

@@ -1,0 +1,70 @@
+"""Redis clients for the relay, built from ``store.url`` like ``router.store.redis`` does.
+
+Same URL forms (``redis://``, ``rediss://``, ``unix://`` through ``Redis.from_url``;
+``redis+sentinel://`` parsed by ``router.store.redis_url``), same bounded timeouts and one
+retry on a dead pooled connection. Differences, and why a separate builder: replies stay
+bytes (bodies are delivered byte for byte), and the blocking reader gets a socket timeout
+longer than its ``XREADGROUP BLOCK``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from router.store.redis_url import is_sentinel_url, parse_sentinel_url
+
+
+class RedisClients:
+    """Builds clients for one URL; with Sentinel, every client shares one ``Sentinel``."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._sentinel: Sentinel | None = None
+
+    def client(self, *, op_timeout: float, name: str = "wa-router-webhooks") -> Redis:
+        options: dict[str, Any] = {
+            "socket_connect_timeout": self._connect_timeout,
+            "socket_timeout": op_timeout,
+            # One retry: a pooled connection may have died since its last use.
+            "retry": Retry(NoBackoff(), 1),
+            "decode_responses": False,
+            "client_name": name,
+        }
+        if not is_sentinel_url(self._url):
+            return Redis.from_url(self._url, **options)
+        target = parse_sentinel_url(self._url)
+        if self._sentinel is None:
+            sentinel_options: dict[str, Any] = {
+                "socket_connect_timeout": self._connect_timeout,
+                "socket_timeout": self._connect_timeout,
+            }
+            if target.sentinel_password:
+                sentinel_options["password"] = target.sentinel_password
+            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+                list(target.sentinels), sentinel_kwargs=sentinel_options
+            )
+        return cast(
+            Redis,
+            self._sentinel.master_for(
+                target.service,
+                redis_class=Redis,
+                db=target.db,
+                username=target.username,
+                password=target.password,
+                **options,
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._sentinel is not None:
+            for s in self._sentinel.sentinels:
+                with contextlib.suppress(Exception):
+                    await s.aclose()
+            self._sentinel = None
