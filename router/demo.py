@@ -53,6 +53,8 @@ async def _demo(port: int, admin_port: int, sim_base_port: int) -> None:
                 await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "router", "sim", "--host", "127.0.0.1",
                     "--port", str(sp), "--name", name, "--start-delay", "1",
+                    # Instances post their webhooks to the router (it learns statuses).
+                    "--webhook-url", f"http://127.0.0.1:{port}/webhooks",
                     stdout=asyncio.subprocess.DEVNULL,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
