@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,8 +11,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +137,18 @@ def router_config(sims: list[Proc], extra: str = "", instance_extra: str = "") -
     for s in sims:
         lines.append(f"  - {{name: {s.name}, url: '{s.url}'{instance_extra}}}")
     return "\n".join(lines) + "\n" + extra
+
+
+T = TypeVar("T")
+
+
+async def bounded(n: int, coros: Iterable[Awaitable[T]], timeout: float) -> list[T]:
+    """Run ``coros`` with at most ``n`` in flight, all within ``timeout`` seconds."""
+    sem = asyncio.Semaphore(n)
+
+    async def one(c: Awaitable[T]) -> T:
+        async with sem:
+            return await c
+
+    async with asyncio.timeout(timeout):
+        return await asyncio.gather(*(one(c) for c in coros))

@@ -36,15 +36,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.procs import Proc, RouterProc, router_config
+from tests.procs import Proc, RouterProc, bounded, router_config
 from tests.redis_server import RedisServer
 
-T = TypeVar("T")
 RUNNING = frozenset({"STARTING", "WORKING"})
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=30)  # above every hold_timeout used here
 # Fast checks. A killed process refuses connections at once, so detection does not wait for
@@ -72,16 +71,6 @@ def router_yaml(sims: list[Proc], *, failover: str, redis: RedisServer | None = 
     return "\n".join(lines) + "\n"
 
 
-async def bounded(n: int, coros: Iterable[Awaitable[T]], timeout: float) -> list[T]:
-    """Run ``coros`` with at most ``n`` in flight, all within ``timeout`` seconds."""
-    sem = asyncio.Semaphore(n)
-
-    async def one(c: Awaitable[T]) -> T:
-        async with sem:
-            return await c
-
-    async with asyncio.timeout(timeout):
-        return await asyncio.gather(*(one(c) for c in coros))
 
 
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str,

@@ -18,20 +18,19 @@ import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.procs import Proc, RouterProc
+from tests.procs import Proc, RouterProc, bounded
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
-T = TypeVar("T")
 TOKEN = "t0ken"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -53,16 +52,6 @@ def config(
     return "\n".join(lines) + "\n"
 
 
-async def bounded(n: int, coros: Iterable[Awaitable[T]], timeout: float) -> list[T]:
-    """Run ``coros`` with at most ``n`` in flight, all within ``timeout`` seconds."""
-    sem = asyncio.Semaphore(n)
-
-    async def one(c: Awaitable[T]) -> T:
-        async with sem:
-            return await c
-
-    async with asyncio.timeout(timeout):
-        return await asyncio.gather(*(one(c) for c in coros))
 
 
 async def poll(

@@ -12,21 +12,11 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from tests.procs import Proc, RouterProc, free_port, router_config, rss_kib
+from tests.procs import Proc, RouterProc, bounded, free_port, router_config, rss_kib
 
 pytestmark = pytest.mark.timeout(180)
 
 JSON = {"Content-Type": "application/json"}
-
-
-async def _bounded_gather(n: int, coros: list) -> list:  # type: ignore[type-arg]
-    sem = asyncio.Semaphore(n)
-
-    async def run(c):  # type: ignore[no-untyped-def]
-        async with sem:
-            return await c
-
-    return await asyncio.wait_for(asyncio.gather(*(run(c) for c in coros)), 120)
 
 
 async def test_1000_sessions_sticky_in_every_form(
@@ -44,7 +34,7 @@ async def test_1000_sessions_sticky_in_every_form(
                 assert resp.headers["X-Sim-Instance"] == inst
                 placed[s] = inst
 
-        await _bounded_gather(32, [create(s) for s in sessions])
+        await bounded(32, [create(s) for s in sessions], 120)
         counts = Counter(placed.values())
         assert set(counts) == {"node-1", "node-2", "node-3"}
         avg = len(sessions) / 3
@@ -68,7 +58,7 @@ async def test_1000_sessions_sticky_in_every_form(
                     assert resp.status < 500, (resp.status, resp.url)
 
         # The sim needs the session WORKING for sendText; start-delay is 0 here.
-        await _bounded_gather(32, [every_form(s) for s in sessions])
+        await bounded(32, [every_form(s) for s in sessions], 120)
 
 
 async def test_fan_out_is_the_union(
