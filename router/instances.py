@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from router.config.model import InstanceConfig
 from router.health import InstanceHealth
 from router.placement import Member, Ring
+from router.stats import RequestStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class Instance:
         "name",
         "name_bytes",
         "pool",
+        "stats",
     )
 
     def __init__(self, config: InstanceConfig) -> None:
@@ -69,6 +71,7 @@ class Instance:
         self.draining = False
         self.inflight = 0
         self.pool = UpstreamPool(self.address)
+        self.stats = RequestStats()
 
     @property
     def available(self) -> bool:

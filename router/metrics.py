@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.failover import Failover
 from router.leader import Leadership
 from router.routing import Router
+from router.stats import BUCKETS, RequestStats
 from router.webhooks import WebhookRelay
 
 
@@ -47,6 +53,7 @@ class RouterCollector(Collector):
         yield up
         yield sessions
         yield inflight
+        yield from self._requests(router)
         yield GaugeMetricFamily(
             "router_store_up",
             "1 when the assignment store is reachable (always 1 in memory)",
@@ -98,6 +105,45 @@ class RouterCollector(Collector):
             "router_leader", "1 when this router runs failover (holds the lease)",
             value=1.0 if lead is not None and lead.is_leader else 0.0,
         )
+
+
+    @staticmethod
+    def _requests(router: Router) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "router_requests", "Responses by instance and status code (instance \"router\": "
+            "answered by the router itself)", labels=["instance", "code"],
+        )
+        per_instance = HistogramMetricFamily(
+            "router_instance_request_duration_seconds",
+            "Request duration through each instance, first byte in to last byte out",
+            labels=["instance"],
+        )
+        total = [0] * (len(BUCKETS) + 1)
+        total_sum = 0.0
+        sources: list[tuple[str, RequestStats]] = [(i.name, i.stats) for i in router.fleet]
+        sources.append(("router", router.own_stats))
+        for name, stats in sources:
+            for code, n in sorted(stats.codes.items()):
+                requests.add_metric([name, str(code)], float(n))
+            stats.merge_into(total)
+            total_sum += stats.total
+            if name != "router":
+                per_instance.add_metric([name], _cumulative(stats.buckets), stats.total)
+        yield requests
+        yield per_instance
+        yield HistogramMetricFamily(
+            "router_request_duration_seconds", "Request duration, all requests",
+            buckets=_cumulative(total), sum_value=total_sum,
+        )
+
+
+def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    acc = 0
+    for bound, n in zip((*BUCKETS, float("inf")), buckets, strict=True):
+        acc += n
+        out.append(("+Inf" if bound == float("inf") else repr(bound), float(acc)))
+    return out
 
 
 def make_registry(

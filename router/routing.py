@@ -26,6 +26,7 @@ from router.errors import (
 from router.instance_api import InstanceApi, call_path
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
+from router.stats import RequestStats
 from router.store.base import Assignment, AssignmentStore
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class Router:
         self.on_passive_success: Callable[[Instance], None] | None = None
         self.on_not_found: Callable[[str], None] | None = None
         self.relay: WebhookRelay | None = None  # set by the app: webhooks from instances
+        # Answers the router gives itself (errors, health, webhooks, fan-out).
+        self.own_stats = RequestStats()
         # Session statuses learned from instances' session.status webhooks (bounded).
         self.statuses: dict[str, str] = {}
 

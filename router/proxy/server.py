@@ -404,6 +404,7 @@ class Exchange:
         "router",
         "session",
         "started",
+        "status",
         "target",
         "task",
         "tunnel_pending",
@@ -446,6 +447,7 @@ class Exchange:
         self.retries = 0
         self.session: str | None = None
         self.started = conn.loop_time()
+        self.status = 0
         # The body as sent, kept (up to REPLAY_LIMIT) so the request can be sent again
         # after a failover; None once it is too large to keep.
         self.replay: list[bytes] | None = []
@@ -836,6 +838,7 @@ class Exchange:
         if self.finished:
             return
         self.response_started = True
+        self.status = status
         inst = self.instance
         assert inst is not None
         if status in self.router.passive_statuses:
@@ -924,6 +927,8 @@ class Exchange:
             self.conn.write(rest)
         self.finished = True
         self.response_done = True
+        if self.instance is not None:
+            self.instance.stats.observe(101, self.conn.loop_time() - self.started)
         self.conn.start_tunnel(up, self.tunnel_pending)
         self.tunnel_pending = []
 
@@ -967,6 +972,10 @@ class Exchange:
     def _response_finished(self) -> None:
         self.response_done = True
         self.finished = True
+        inst = self.instance
+        (inst.stats if inst is not None else self.router.own_stats).observe(
+            self.status, self.conn.loop_time() - self.started
+        )
         if self.close_after:
             self.conn.close()
         elif self.request_done:
@@ -986,6 +995,7 @@ class Exchange:
         if self._body_pending():
             self.close_after = True
         self.response_started = True
+        self.status = status
         self.conn.write(
             json_response(
                 status,
@@ -1015,6 +1025,7 @@ class Exchange:
         if err.status >= 500:
             log.warning("request %s: %s %s", self.request_id, err.code, err.message)
         self.response_started = True
+        self.status = err.status
         self.conn.write(
             error_response(
                 err,
