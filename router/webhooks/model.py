@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -83,4 +83,3 @@ class Counters:
     dead: int = 0  # entries written to the dead list
     duplicates: int = 0  # deliveries of an event id this process had already delivered
     replayed: int = 0  # dead entries put back for delivery
-    extra: dict[str, int] = field(default_factory=dict)

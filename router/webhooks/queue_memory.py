@@ -116,7 +116,10 @@ class MemoryQueue:
     async def backlog(self, keys: Sequence[str]) -> dict[str, int]:
         return {k: len(self._queues.get(k, ())) + len(self._held.get(k, {})) for k in keys}
 
-    def pending_total(self) -> int:
+    def pending_total(self, key: str | None = None) -> int:
+        """Queued + held entries, of one target or all."""
+        if key is not None:
+            return len(self._queues.get(key, ())) + len(self._held.get(key, {}))
         return sum(len(q) for q in self._queues.values()) + sum(len(h) for h in self._held.values())
 
     async def dead(self, limit: int) -> list[dict[str, Any]]:

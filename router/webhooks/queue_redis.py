@@ -14,8 +14,9 @@ restarts and reloads):
 
 ``add`` batches concurrent callers (``Batcher``) into one Lua call doing every XADD of the
 batch (atomic like ``MULTI``/``EXEC``; measured 25k events/s vs 16k with a pipeline).
-``finish`` writes dead entries, XACKs and XDELs in one ``MULTI`` (XDEL only touches entries
-already read, so the group's ``lag`` stays exact). ``trim``, a safety net for entries
+``finish`` writes dead entries, XACKs and XDELs in one ``MULTI``: a stream then holds exactly
+its undelivered (unread or pending) entries, and ``XLEN`` is the backlog. ``trim``, a
+safety net for entries
 acknowledged without XDEL (by an operator or another tool), is a Lua script:
 ``XTRIM MINID`` to the oldest entry still pending in the group, or, when nothing is
 pending, to just past the group's last-delivered id: an entry that is unread or pending
@@ -49,7 +50,7 @@ Fields = dict[Any, Any]  # redis-py's stream field types, loosely
 GROUP: Final = "wa-router"
 # Released entries get this idle time, so any consumer's next claim takes them.
 _RELEASED_IDLE_MS: Final = 24 * 3600 * 1000
-_CHUNK: Final = 500  # ids per XCLAIM / XACK, entries per replay round trip
+_CHUNK: Final = 500  # ids per XCLAIM, dead entries per replay round trip
 _STALE_CONSUMER_MS: Final = 3600 * 1000
 
 _LOST: Final = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError, TimeoutError)
@@ -176,6 +177,7 @@ class RedisQueue:
         op_timeout: float = 2.0,
         block: float = 1.0,
         max_batch: int = 1024,
+        max_batch_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.prefix = prefix
         self.consumer = consumer
@@ -187,8 +189,9 @@ class RedisQueue:
         self._deadline = 2 * (connect_timeout + op_timeout)
         self._cmd: Redis | None = None
         self._reader: Redis | None = None
-        self._writer = Batcher[tuple[str, InboundEvent]](self._write, max_items=max_batch)
-        self._prepared: set[str] = set()
+        self._writer = Batcher[tuple[str, InboundEvent]](
+            self._write, max_items=max_batch, max_bytes=max_batch_bytes, size=lambda item: len(item[1].body)
+        )
 
     def stream(self, key: str) -> str:
         return f"{self.prefix}wh:{key}"
@@ -258,7 +261,6 @@ class RedisQueue:
         except StoreUnavailable as e:
             if "BUSYGROUP" not in str(e):
                 raise
-        self._prepared.add(key)
 
     async def _regroup(self, key: str, e: BaseException) -> bool:
         """Re-create a vanished group; True when ``e`` was that case."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -30,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from router.config.model import WebhooksConfig
+from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
 from router.webhooks.base import Queue
@@ -38,7 +39,7 @@ from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
 from router.webhooks.queue_memory import MemoryQueue
 from router.webhooks.queue_redis import RedisQueue
-from router.webhooks.worker import TargetWorker, WorkerSettings
+from router.webhooks.worker import TargetWorker, WorkerSettings, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,10 @@ class WebhookRelay:
                                      connect_timeout=connect_timeout, op_timeout=op_timeout)
         else:
             self._queue = MemoryQueue(self.consumer)
-        self._knobs = {
-            "claim_idle": claim_idle, "request_timeout": request_timeout, "concurrency": concurrency,
-            "breaker_threshold": breaker_threshold, "breaker_base": breaker_base,
-            "breaker_max": breaker_max,
-        }  # fmt: skip
+        self._knobs = WorkerSettings(
+            claim_idle=claim_idle, request_timeout=request_timeout, concurrency=concurrency,
+            breaker_threshold=breaker_threshold, breaker_base=breaker_base, breaker_max=breaker_max,
+        )  # fmt: skip
         self._stop_timeout = stop_timeout
         self._backlog_interval = backlog_interval
         self._dead_interval = dead_event_interval
@@ -97,6 +97,7 @@ class WebhookRelay:
         self._routes: list[tuple[str, EventFilter]] = []
         self._workers: dict[str, TargetWorker] = {}
         self._backlog = 0
+        self._backlogs: dict[str, int] = {}
         self._dead_notes: dict[str, tuple[int, float, DeadRecord | None]] = {}  # unreported, last emit, sample
         self._maint: asyncio.Task[None] | None = None
         self._started = False
@@ -130,12 +131,8 @@ class WebhookRelay:
     # -- lifecycle --------------------------------------------------------------------
 
     def _settings(self, config: WebhooksConfig) -> WorkerSettings:
-        return WorkerSettings(
-            retries=config.retries,
-            no_retry_statuses=config.no_retry_statuses,
-            ordering=config.ordering,
-            **self._knobs,  # type: ignore[arg-type]
-        )
+        return dataclasses.replace(self._knobs, retries=config.retries,
+                                   no_retry_statuses=config.no_retry_statuses, ordering=config.ordering)
 
     def _route(self, config: WebhooksConfig) -> list[str]:
         keys = target_keys([t.url for t in config.targets])
@@ -157,9 +154,10 @@ class WebhookRelay:
             self._start_worker(key, target, settings)
         self._maint = asyncio.create_task(self._maintain(), name="webhooks-maintenance")
 
-    def _start_worker(self, key: str, target: Any, settings: WorkerSettings) -> None:
+    def _start_worker(self, key: str, target: WebhookTarget, settings: WorkerSettings) -> None:
         assert self._http is not None
-        w = TargetWorker(key, target, self._queue, settings, self._http, self.counters, self._note_dead)
+        w = TargetWorker(key, target, self._queue, settings, self._http, self.counters,
+                         self._note_dead, on_health=self._note_health)
         self._workers[key] = w
         w.start()
 
@@ -170,9 +168,7 @@ class WebhookRelay:
         if self._closed:
             return
         self._closed = self._stopped = True
-        if self._maint is not None:
-            self._maint.cancel()
-            await asyncio.gather(self._maint, return_exceptions=True)
+        await cancel_and_wait([self._maint])
         if not self._aborted:
             await asyncio.gather(*(w.stop(self._stop_timeout) for w in self._workers.values()),
                                  return_exceptions=True)
@@ -182,9 +178,13 @@ class WebhookRelay:
             if left:
                 log.warning("webhooks: %d undelivered events lost at stop (in-memory queue, "
                             "configure store.url for durable delivery)", left)
-        await self._queue.close()
-        if self._own_http and self._http is not None:
-            await self._http.close()
+        try:
+            async with asyncio.timeout(3.0):
+                await self._queue.close()
+                if self._own_http and self._http is not None:
+                    await self._http.close()
+        except TimeoutError:
+            log.warning("webhooks: closing connections timed out")
 
     def abort(self) -> None:
         """Stop every task at once without any I/O: what a crash leaves behind (tests).
@@ -240,7 +240,8 @@ class WebhookRelay:
         """Put dead entries (all, or these dead-entry ids) back on their target's queue;
         entries of targets no longer configured stay dead. Returns how many moved.
         A replayed event is queued after what its session received meanwhile."""
-        n = await self._queue.replay(None if ids is None else list(ids), set(self._workers) or {k for k, _ in self._routes})
+        keys = {k for k, _ in self._routes}
+        n = await self._queue.replay(None if ids is None else list(ids), keys)
         self.counters.replayed += n
         if n:
             self._events.emit("webhook_replayed", f"{n} dead webhook(s) queued again for delivery",
@@ -254,8 +255,16 @@ class WebhookRelay:
         return self._backlog
 
     def status(self) -> list[dict[str, Any]]:
-        """Per-target worker state (for the admin API / dashboard)."""
-        return [w.status() for w in self._workers.values()]
+        """Per-target worker state (for the admin API / dashboard), with its backlog."""
+        out = []
+        for key, w in self._workers.items():
+            st = w.status()
+            if isinstance(self._queue, MemoryQueue):
+                st["backlog"] = self._queue.pending_total(key)
+            else:
+                st["backlog"] = self._backlogs.get(key, 0)
+            out.append(st)
+        return out
 
     def targets(self) -> dict[str, TargetWorker]:
         return dict(self._workers)
@@ -263,17 +272,30 @@ class WebhookRelay:
     # -- background -------------------------------------------------------------------
 
     async def _maintain(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 keys = list(self._workers)
                 if keys and not isinstance(self._queue, MemoryQueue):
-                    self._backlog = sum((await self._queue.backlog(keys)).values())
+                    self._backlogs = await self._queue.backlog(keys)
+                    self._backlog = sum(self._backlogs.values())
             except StoreUnavailable:
                 pass  # keep the last known value; the workers log the outage
             except Exception:
                 log.exception("webhooks: backlog refresh failed")
             self._flush_dead_notes()
             await asyncio.sleep(self._backlog_interval)
+
+    def _note_health(self, key: str, up: bool, error: str | None) -> None:
+        w = self._workers.get(key)
+        url = w.target.url if w is not None else key
+        with contextlib.suppress(Exception):
+            if up:
+                self._events.emit("webhook_target_up", f"webhook target {url} answers again; "
+                                  "delivery resumed", data={"target": url})
+            else:
+                self._events.emit("webhook_target_down", f"webhook target {url} failing ({error}); "
+                                  "delivery paused, probing with growing delays; events are kept",
+                                  severity="warning", data={"target": url, "error": error})
 
     def _note_dead(self, key: str, records: Sequence[DeadRecord]) -> None:
         unreported, last, _ = self._dead_notes.get(key, (0, float("-inf"), None))

@@ -41,7 +41,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,16 @@ class WorkerSettings:
     breaker_max: float = 30.0
 
 
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None], timeout: float = 1.0) -> None:
+    """Cancel and wait, bounded: a task that swallowed its cancellation cannot hang a stop
+    (the loops also test their stop flags)."""
+    live = [t for t in tasks if t is not None and not t.done()]
+    for t in live:
+        t.cancel()
+    if live:
+        await asyncio.wait(live, timeout=timeout)
+
+
 class Backoff:
     """Sleep after a failure: 50 ms doubling to ``cap``; ``reset`` after a success."""
 
@@ -95,6 +105,8 @@ class Backoff:
 
 
 DeadCallback = Callable[[str, Sequence[DeadRecord]], None]
+# (target key, up, last error): the breaker opened the first time (False) or closed (True)
+HealthCallback = Callable[[str, bool, str | None], None]
 
 
 class TargetWorker:
@@ -108,6 +120,7 @@ class TargetWorker:
         counters: Counters,
         on_dead: DeadCallback,
         *,
+        on_health: HealthCallback | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.key = key
@@ -117,6 +130,7 @@ class TargetWorker:
         self._http = http
         self._counters = counters
         self._on_dead = on_dead
+        self._on_health = on_health
         self._rand = rand
         self.breaker = Breaker(settings.breaker_threshold, settings.breaker_base, settings.breaker_max)
 
@@ -136,9 +150,10 @@ class TargetWorker:
         self._finished.set()
         self._can_read = asyncio.Event()
         self._active = False  # may read (lease held, or no lease needed) and claimed
-        self._claim_cursor: str | None = None  # a claim sweep is unfinished
-        self._stopping = False
-        self._reading = False  # the reader is inside a queue read
+        # An unfinished claim sweep: (cursor, min idle seconds); reading waits for it.
+        self._claim_from: tuple[str, float] | None = None
+        self._stopping = False  # no new reads or deliveries
+        self._halt = False  # dispatcher and finisher exit
         self._trim_due = False
         self._tasks: list[asyncio.Task[None]] = []
         self.attempts = 0  # HTTP attempts made (for tests and status)
@@ -174,27 +189,20 @@ class TargetWorker:
         self._gate()
         self._wake.set()
         keeper, reader, dispatcher, finisher = self._tasks or (None, None, None, None)
-        if keeper is not None:
-            keeper.cancel()
-        waits: set[asyncio.Task[None]] = set(self._inflight)
-        if reader is not None:
-            if self._reading:
-                waits.add(reader)  # a read ends within read_block; its entries are handed back
-            else:
-                reader.cancel()
-        if waits:
-            _, late = await asyncio.wait(waits, timeout=grace)
-            for t in late:
-                t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-        if dispatcher is not None:
-            dispatcher.cancel()
+        # A blocked XREADGROUP is cancelled rather than waited for (up to read_block): in
+        # the rare case its answer was already on the way, those entries sit in our PEL
+        # until a claim takes them (at once for a new lease holder, else after claim_idle).
+        await cancel_and_wait([keeper, reader])
+        if self._inflight:
+            _, late = await asyncio.wait(set(self._inflight), timeout=grace)
+            await cancel_and_wait(late)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await self._finished.wait()
-        if finisher is not None:
-            finisher.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._halt = True
+        self._wake.set()
+        self._finish_wake.set()
+        await cancel_and_wait([dispatcher, finisher])
         undecided = list(self._held)  # not acknowledged (decided or not)
         try:
             async with asyncio.timeout(2.0):
@@ -209,7 +217,7 @@ class TargetWorker:
 
     def abort(self) -> None:
         """Cancel everything at once, no I/O (a crash, as far as Redis can tell)."""
-        self._stopping = True
+        self._stopping = self._halt = True
         for t in [*self._tasks, *self._inflight]:
             t.cancel()
         self._tasks = []
@@ -238,7 +246,7 @@ class TargetWorker:
         return max(0, self.settings.max_held - len(self._held))
 
     def _gate(self) -> None:
-        if self._active and self._claim_cursor is None and not self._stopping and self._room() > 0:
+        if self._active and self._claim_from is None and not self._stopping and self._room() > 0:
             self._can_read.set()
         else:
             self._can_read.clear()
@@ -250,7 +258,9 @@ class TargetWorker:
         prepared = False
         last_touch = last_claim = last_trim = 0.0
         last_cleanup = time.monotonic()
-        while True:
+        # Loops test their flag as well as relying on cancellation: a cancel racing with a
+        # timeout inside redis-py can surface as an ordinary error (seen in tests).
+        while not self._stopping:
             s = self.settings
             tick = min(1.0, s.claim_idle / 3)
             try:
@@ -265,16 +275,17 @@ class TargetWorker:
                             log.warning("webhooks %s: delivery lease lost", self.target.url)
                             self._deactivate()
                     elif got == LEASE_ACQUIRED or not self._active:
-                        # The previous holder is gone: everything it left is ours, now.
-                        self._claim_cursor = "0-0"
+                        # The previous holder is gone: everything it left is ours, now,
+                        # and comes before anything new (reading waits for the sweep).
                         self._active = True
-                        await self._claim(0.0)
-                        last_claim = now
+                        self._claim_from = ("0-0", 0.0)
                 elif not self._active:
                     self._active = True
-                    self._claim_cursor = "0-0"
-                if self._active and (self._claim_cursor is not None or now - last_claim >= s.claim_idle / 2):
-                    await self._claim(s.claim_idle)
+                    self._claim_from = ("0-0", s.claim_idle)
+                if self._active and self._claim_from is None and now - last_claim >= s.claim_idle / 2:
+                    self._claim_from = ("0-0", s.claim_idle)
+                if self._active and self._claim_from is not None:
+                    await self._claim()
                     last_claim = now
                 if self._held and now - last_touch >= s.claim_idle / 3:
                     await self._queue.touch(self.key, list(self._held))
@@ -299,28 +310,24 @@ class TargetWorker:
                 log.exception("webhooks %s: keeper failed", self.target.url)
                 await backoff.sleep()
 
-    async def _claim(self, min_idle: float) -> None:
-        """One sweep (continued from ``_claim_cursor``) over entries others left pending."""
-        cursor = self._claim_cursor or "0-0"
-        self._claim_cursor = cursor
+    async def _claim(self) -> None:
+        """Continue the sweep over entries others left pending (``_claim_from``)."""
         self._gate()
-        while True:
+        while self._claim_from is not None:
+            cursor, min_idle = self._claim_from
             room = self._room()
             if room <= 0:
                 return  # continue at the next tick, reading stays paused until then
             cursor, entries = await self._queue.claim(self.key, min_idle, cursor, min(room, 256))
             for e in entries:
                 self._admit(e)
-            if cursor == "0-0":
-                self._claim_cursor = None
-                self._gate()
-                return
-            self._claim_cursor = cursor
+            self._claim_from = None if cursor == "0-0" else (cursor, min_idle)
+        self._gate()
 
     def _deactivate(self) -> None:
         """Lease lost: forget everything held (the new holder has claimed it)."""
         self._active = False
-        self._claim_cursor = None
+        self._claim_from = None
         self._held.clear()
         self._held_bytes = 0
         self._lanes.clear()
@@ -339,7 +346,6 @@ class TargetWorker:
             if count <= 0 or self._stopping:  # (COUNT 0 would mean "no limit")
                 self._gate()
                 continue
-            self._reading = True
             try:
                 entries = await self._queue.read(self.key, count, s.read_block)
             except StoreUnavailable as err:
@@ -350,8 +356,6 @@ class TargetWorker:
                 log.exception("webhooks %s: read failed", self.target.url)
                 await backoff.sleep()
                 continue
-            finally:
-                self._reading = False
             backoff.reset()
             if not self._active or self._stopping:  # lease lost, or stopping, meanwhile
                 with contextlib.suppress(StoreUnavailable):
@@ -380,7 +384,7 @@ class TargetWorker:
 
     async def _dispatch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._halt:
             now = loop.time()
             timers = self._timers
             while timers and timers[0][0] <= now:
@@ -434,10 +438,17 @@ class TargetWorker:
         now = asyncio.get_running_loop().time()
         e.attempts, e.last_status, e.last_error = attempt, result.status, result.error
         transient = not result.ok and result.status not in s.no_retry_statuses
+        was = self.breaker.state
         if transient:
+            log.debug("webhooks %s: %s attempt %d: %s", self.target.url, e.event_id, attempt, result.error)
             self.breaker.failure(now)
         else:
             self.breaker.success()  # it answered: the target is up
+        if self._on_health is not None and was != self.breaker.state:
+            if self.breaker.state == "open" and self.breaker.opens == 1:
+                self._on_health(self.key, False, result.error)
+            elif self.breaker.state == "closed" and was != "closed":
+                self._on_health(self.key, True, None)
         if e.qid not in self._held:
             return  # dropped meanwhile (lease lost): the new holder decides
         if result.ok:
@@ -475,7 +486,7 @@ class TargetWorker:
 
     async def _finish(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self._halt:
             if not self._finishing:
                 self._finished.set()
                 self._finish_wake.clear()
