@@ -83,6 +83,15 @@ class App:
         return self.router
 
     async def start(self, *, reuse_port: bool = False, admin: bool = True) -> None:
+        """Start every part; if one fails (a port in use, Redis down), stop the parts
+        already running before raising, so the process can exit."""
+        try:
+            await self._start(reuse_port=reuse_port, admin=admin)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, *, reuse_port: bool, admin: bool) -> None:
         cfg = self.config
         await self.store.start()
         if self._http is None:

@@ -111,3 +111,29 @@ def test_demo_runs_routes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     for p in range(sims, sims + 3):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", p)) != 0, f"simulator on {p} still running"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("with_redis", [False, True])
+def test_start_failure_exits_cleanly(tmp_path: Path, with_redis: bool, request: pytest.FixtureRequest) -> None:
+    """The admin port is taken: the router says so and exits 1, and nothing it started
+    first (store, relay, proxy port) keeps it alive."""
+    store = ""
+    if with_redis:
+        redis = request.getfixturevalue("redis_server")
+        store = f"store: {{url: '{redis.url}'}}\n"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        admin = busy.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"listen: {{host: 127.0.0.1, port: {free_port()}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {admin}}}\n" + store
+            + "webhooks: {targets: [{url: 'http://127.0.0.1:9/hook'}]}\n"
+            "instances: [{name: n1, url: 'http://127.0.0.1:9'}]\n"
+        )
+        out = subprocess.run([PY, "-m", "router", "run", "-c", str(cfg)], capture_output=True,
+                             text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "address" in out.stderr.lower() or "in use" in out.stderr.lower(), out.stderr[-2000:]
