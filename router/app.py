@@ -121,7 +121,9 @@ class App:
             redis_url=cfg.store.url.value if cfg.store.url else None,
             prefix=cfg.store.prefix,
             events=self.events,
-            http=self._http,
+            # Its own client session: 64 deliveries in flight per target must not starve
+            # health probes and restores of connections.
+            http=None,
         )
         await relay.start()
         router.relay = relay
