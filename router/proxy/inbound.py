@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from router.config.model import WebhooksConfig
 from router.errors import BadRequest, Unauthorized
 from router.proxy.headers import valid_request_id
-from router.webhooks import InboundEvent
+from router.webhooks.model import InboundEvent
 
 MAX_FIELD = 256  # ids, sessions and event names longer than this are not trusted as such
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from router.errors import UpstreamError
+from router.webhooks.client import LeanHttp
 from router.webhooks.model import Entry
 
 _DRAIN_LIMIT = 64 * 1024  # read at most this much of an answer (to reuse the connection)
@@ -52,7 +54,7 @@ def headers_for(entry: Entry, attempt: int, hmac_key: str | None) -> dict[str, s
 
 
 async def post(
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession | LeanHttp,
     url: str,
     entry: Entry,
     attempt: int,
@@ -61,6 +63,17 @@ async def post(
     timeout: float,
 ) -> Result:
     """Never raises (but for cancellation): every failure is a ``Result``."""
+    if isinstance(http, LeanHttp):
+        try:
+            status = await http.post(url, entry.body, headers_for(entry, attempt, hmac_key), timeout)
+        except TimeoutError:
+            return Result(False, None, f"timeout after {timeout:g}s")
+        except UpstreamError as e:
+            kind = "connect error: " if not e.reached_instance else ""
+            return Result(False, None, kind + e.message)
+        except (OSError, ValueError) as e:
+            return Result(False, None, f"{type(e).__name__}: {e}")
+        return Result(True, status) if 200 <= status < 300 else Result(False, status, f"HTTP {status}")
     try:
         async with http.post(
             url,

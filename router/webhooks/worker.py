@@ -50,6 +50,7 @@ import aiohttp
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
 from router.webhooks.base import LEASE_ACQUIRED, LEASE_OTHER, Queue
+from router.webhooks.client import LeanHttp
 from router.webhooks.delivery import Result, post
 from router.webhooks.model import Counters, DeadRecord, Entry
 from router.webhooks.schedule import Breaker, exhausted, retry_delay
@@ -116,7 +117,7 @@ class TargetWorker:
         target: WebhookTarget,
         queue: Queue,
         settings: WorkerSettings,
-        http: aiohttp.ClientSession,
+        http: aiohttp.ClientSession | LeanHttp,
         counters: Counters,
         on_dead: DeadCallback,
         *,
