@@ -52,6 +52,7 @@ class Failover:
         self._sems: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._restoring: set[tuple[str, int]] = set()
+        self._manual: set[tuple[str, int]] = set()  # operator moves in progress here
         self._suspects: dict[str, float] = {}
         self.moves_total: dict[str, int] = {}
         self.failovers_total: dict[str, int] = {}
@@ -147,23 +148,21 @@ class Failover:
         )
 
     async def move(self, a: Assignment, *, reason: str, target: str | None = None,
-                   stop_old: bool = False) -> bool:
-        """Reassign one session (new epoch, marked moving) and restore it on its target."""
-        if not self.is_leader():
+                   stop_old: bool = False, manual: bool = False) -> bool:
+        """Reassign one session (new epoch, marked moving, so every router holds its
+        requests), stop the old copy if asked, and restore it on its target.
+
+        ``manual``: an operator's move, made by whichever router was asked (the epoch
+        compare-and-set fences it); failover moves are the leader's alone."""
+        if not manual and not self.is_leader():
             return False
-        if stop_old:
-            if target is None and self._choose_target(a.session, a.instance) is None:
-                return self._no_room(a.session)  # nowhere to go: leave it running
-            old = self.router.fleet.get(a.instance)
-            if old is not None:
-                await self._stop_copy(old, a.session, a.epoch)
         # Choosing a target and writing the move are one step, one move at a time: the
         # choice reads the local counts, which include a move only once its write has
         # returned (with Redis, a round trip later). A whole instance's sessions moved
         # concurrently would otherwise all be placed against the same counts, past the
         # balance bound and past max_sessions. Only this short step is serialized.
         async with self.router.placement_lock:
-            if not self.is_leader():
+            if not manual and not self.is_leader():
                 return False
             chosen = target or self._choose_target(a.session, a.instance)
             if chosen is None:
@@ -172,9 +171,19 @@ class Failover:
                 moved = await self.store.move(a.session, chosen, a.epoch, moving=True)
             except StaleEpoch:
                 return False  # someone else moved it meanwhile: their move wins
+        if manual:
+            self._manual.add((moved.session, moved.epoch))
         self.moves_total[reason] = self.moves_total.get(reason, 0) + 1
         self.router.changed.fire()
-        return await self._restore(moved)
+        try:
+            if stop_old:
+                # Requests are held from here on: the old copy can stop without losing any.
+                old = self.router.fleet.get(a.instance)
+                if old is not None:
+                    await self._stop_copy(old, a.session, a.epoch)
+            return await self._restore(moved)
+        finally:
+            self._manual.discard((moved.session, moved.epoch))
 
     def _no_room(self, session: str) -> bool:
         self.events.emit("restore_failed", f"no instance has room for session {session}",
@@ -192,9 +201,11 @@ class Failover:
             self._restoring.discard(key)
 
     def _fenced(self, a: Assignment) -> bool:
-        """Still ours to act on: same epoch in the map, and we still lead."""
+        """Still ours to act on: same epoch in the map, and we still lead (or an operator
+        asked this router for this very move)."""
         current = self.store.cached(a.session)
-        return current is not None and current.epoch == a.epoch and self.is_leader()
+        return (current is not None and current.epoch == a.epoch
+                and (self.is_leader() or (a.session, a.epoch) in self._manual))
 
     async def _restore_attempts(self, a: Assignment) -> bool:
         fo = self.config.failover

@@ -15,15 +15,12 @@ from typing import TYPE_CHECKING
 
 from router.config.model import Config
 from router.errors import (
-    BadRequest,
-    Conflict,
     NoInstance,
-    NotFound,
     RouterError,
     SessionMoving,
     UpstreamError,
 )
-from router.instance_api import InstanceApi, call_path
+from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
 from router.stats import RequestStats
@@ -240,38 +237,3 @@ class Router:
         if not isinstance(data, list):
             raise UpstreamError(f"instance {inst.name} did not answer a JSON list")
         return data
-
-    # -- moves ---------------------------------------------------------------------------
-
-    async def move(self, session: str, target_name: str) -> Assignment:
-        """Move a session: stop it where it runs, reassign (new epoch), start it on the
-        target. The old copy is stopped, never deleted (DELETE drops its stored auth)."""
-        current = await self.store.get(session)
-        if current is None:
-            raise NotFound(f"session {session!r} is not assigned")
-        target = self.fleet.get(target_name)
-        if target is None:
-            raise BadRequest(f"unknown instance {target_name!r}")
-        if not target.available:
-            raise Conflict(f"instance {target_name!r} is not taking sessions (unhealthy or draining)")
-        if current.instance == target_name:
-            return current
-        failover = self.config.failover
-        timeout = self.config.limits.upstream_timeout
-        old = self.fleet.get(current.instance)
-        if old is not None and self.api is not None:
-            try:
-                await self.api.request(
-                    old, failover.stop.method, call_path(failover.stop.path, session), timeout=timeout
-                )
-            except UpstreamError as e:
-                log.warning("move %s: could not stop it on %s: %s", session, old.name, e.message)
-        moved = await self.store.move(session, target_name, expected_epoch=current.epoch)
-        if self.api is not None:
-            resp = await self.api.request(
-                target, failover.restore.method, call_path(failover.restore.path, session),
-                timeout=timeout,
-            )
-            if resp.status >= 300:
-                raise UpstreamError(f"instance {target_name} answered {resp.status} to the restore")
-        return moved

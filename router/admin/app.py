@@ -11,7 +11,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from router.errors import BadRequest, NotFound, RouterError, Unauthorized
+from router.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    RouterError,
+    Unauthorized,
+    Unavailable,
+    UpstreamError,
+)
 from router.events import EventLog
 from router.failover import Failover
 from router.leader import Leadership
@@ -25,6 +33,7 @@ from router.webhooks import WebhookRelay
 ROUTER = web.AppKey[Callable[[], Router]]("router")
 EVENTS = web.AppKey("events", EventLog)
 RELAY = web.AppKey[Callable[[], WebhookRelay | None]]("relay")
+FAILOVER = web.AppKey[Callable[[], Failover | None]]("failover")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -135,14 +144,33 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 async def move_session(request: web.Request) -> web.Response:
+    """Move a session: held, stopped on its instance, reassigned, restored on the target;
+    answers once it is ready there (or why it is not)."""
     router = request.app[ROUTER]()
+    failover = request.app[FAILOVER]()
+    if failover is None:
+        raise Unavailable("the router is starting")
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError) as e:
         raise BadRequest("body must be JSON: {\"instance\": NAME}") from e
     if not isinstance(body, dict) or not isinstance(body.get("instance"), str):
         raise BadRequest("body must be JSON: {\"instance\": NAME}")
-    moved = await router.move(request.match_info["session"], body["instance"])
+    session, target_name = request.match_info["session"], body["instance"]
+    current = await router.store.get(session)
+    if current is None:
+        raise NotFound(f"session {session!r} is not assigned")
+    target = router.fleet.get(target_name)
+    if target is None:
+        raise BadRequest(f"unknown instance {target_name!r}")
+    if not target.available:
+        raise Conflict(f"instance {target_name!r} is not taking sessions (unhealthy or draining)")
+    if current.instance != target_name:
+        ok = await failover.move(current, reason="manual", target=target_name,
+                                 stop_old=True, manual=True)
+        if not ok:
+            raise UpstreamError(f"session {session!r} could not be restored on {target_name}")
+    moved = router.store.cached(session) or current
     return _json(_assignment(moved, router))
 
 
@@ -198,6 +226,7 @@ def create_admin_app(
     app[ROUTER] = current_router
     app[REGISTRY] = make_registry(current_router, failover, leadership, relay)
     app[RELAY] = relay
+    app[FAILOVER] = failover
     app[EVENTS] = events if events is not None else EventLog()
     r = app.router
     r.add_get("/healthz", healthz)
