@@ -61,14 +61,13 @@ import redis.exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 
 from router.errors import StoreUnavailable
 from router.store import redis_scripts
 from router.store.base import Assignment, AssignmentStore, Listener, StaleEpoch
-from router.store.redis_url import is_sentinel_url, parse_sentinel_url
+from router.store.redis_client import RedisClients
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class RedisStore:
 
         self._cmd: Redis | None = None
         self._sub: Redis | None = None
-        self._sentinel: Sentinel | None = None
+        self._clients = RedisClients(url, connect_timeout=connect_timeout)
         self._scripts: dict[str, AsyncScript] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -248,53 +247,19 @@ class RedisStore:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()
-        if self._sentinel is not None:
-            for s in self._sentinel.sentinels:
-                with contextlib.suppress(Exception):
-                    await s.aclose()
-        self._cmd = self._sub = self._sentinel = None
+        await self._clients.close()
+        self._cmd = self._sub = None
         await self._set_reachable(False, None, log_it=False)
 
     def _make_clients(self) -> tuple[Redis, Redis]:
         if self._factory is not None:
             cmd, sub = self._factory(), self._factory()
         else:
-            cmd, sub = self._client(), self._client()
+            cmd = self._clients.client(op_timeout=self._op_timeout, name="wa-router",
+                                       decode_responses=True)
+            sub = self._clients.client(op_timeout=self._op_timeout, name="wa-router",
+                                       decode_responses=True)
         return cmd, sub
-
-    def _client(self) -> Redis:
-        options: dict[str, Any] = {
-            "socket_connect_timeout": self._connect_timeout,
-            "socket_timeout": self._op_timeout,
-            # One retry: a pooled connection may have died since its last use.
-            "retry": Retry(NoBackoff(), 1),
-            "decode_responses": True,
-            "client_name": "wa-router",
-        }
-        if not is_sentinel_url(self._url):
-            return Redis.from_url(self._url, **options)
-        target = parse_sentinel_url(self._url)
-        if self._sentinel is None:
-            sentinel_options: dict[str, Any] = {
-                "socket_connect_timeout": self._connect_timeout,
-                "socket_timeout": self._op_timeout,
-            }
-            if target.sentinel_password:
-                sentinel_options["password"] = target.sentinel_password
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                list(target.sentinels), sentinel_kwargs=sentinel_options
-            )
-        return cast(
-            Redis,
-            self._sentinel.master_for(
-                target.service,
-                redis_class=Redis,
-                db=target.db,
-                username=target.username,
-                password=target.password,
-                **options,
-            ),
-        )
 
     # -- reads and writes -----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ per session, with retries, a circuit breaker per target, a dead list and replay.
 Modules: ``relay`` (the facade the proxy and admin use), ``worker`` (delivery per target),
 ``queue_redis`` / ``queue_memory`` (storage), ``delivery`` (one HTTP attempt),
 ``schedule`` (retry delays, breaker; pure), ``filters`` (event patterns, queue keys; pure),
-``batcher`` (coalesced writes), ``redis_client`` (clients from ``store.url``).
+``batcher`` (coalesced writes); Redis clients come from ``router.store.redis_client``.
 """
 
 from router.webhooks.delivery import sign

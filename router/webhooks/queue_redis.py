@@ -38,10 +38,10 @@ import redis.exceptions as rexc
 from redis.asyncio import Redis
 
 from router.errors import StoreUnavailable
+from router.store.redis_client import RedisClients
 from router.webhooks.base import LEASE_OTHER
 from router.webhooks.batcher import Batcher
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
-from router.webhooks.redis_client import RedisClients
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
-"""Redis clients for the relay, built from ``store.url`` like ``router.store.redis`` does.
+"""Redis clients built from ``store.url``, for the assignment store and the webhook relay.
 
-Same URL forms (``redis://``, ``rediss://``, ``unix://`` through ``Redis.from_url``;
-``redis+sentinel://`` parsed by ``router.store.redis_url``), same bounded timeouts and one
-retry on a dead pooled connection. Differences, and why a separate builder: replies stay
-bytes (bodies are delivered byte for byte), and the blocking reader gets a socket timeout
-longer than its ``XREADGROUP BLOCK``.
+URL forms: ``redis://``, ``rediss://``, ``unix://`` through ``Redis.from_url``, and
+``redis+sentinel://`` parsed by ``router.store.redis_url``. Every client has bounded
+timeouts and one retry on a dead pooled connection. Callers choose the reply type (the
+store decodes strings; the relay keeps bytes so bodies are delivered byte for byte) and
+the operation timeout (a blocking reader needs one longer than its ``BLOCK``).
 """
 
 from __future__ import annotations
@@ -28,13 +28,14 @@ class RedisClients:
         self._connect_timeout = connect_timeout
         self._sentinel: Sentinel | None = None
 
-    def client(self, *, op_timeout: float, name: str = "wa-router-webhooks") -> Redis:
+    def client(self, *, op_timeout: float, name: str = "wa-router-webhooks",
+               decode_responses: bool = False) -> Redis:
         options: dict[str, Any] = {
             "socket_connect_timeout": self._connect_timeout,
             "socket_timeout": op_timeout,
             # One retry: a pooled connection may have died since its last use.
             "retry": Retry(NoBackoff(), 1),
-            "decode_responses": False,
+            "decode_responses": decode_responses,
             "client_name": name,
         }
         if not is_sentinel_url(self._url):
