@@ -259,3 +259,38 @@ async def test_bad_webhooks_are_refused_and_nothing_is_stored(
     await asyncio.sleep(0.3)
     assert target.deliveries == 1 and target.first == {"g1": ["evt_g1_00001"]}
     assert INBOUND_KEY not in r.output() and TARGET_KEY not in r.output()
+
+
+@pytest.mark.timeout(150)
+async def test_redis_down_answers_503_and_recovers(
+    sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc],
+    redis_server: RedisServer, target: Target,
+) -> None:
+    """Redis gone: the instance gets 503 store_unavailable (it retries; nothing was
+    stored, so nothing is claimed to be); Redis back: accepted and delivered again."""
+    r = router_factory(relay_config(sim_factory("n1"), target, redis_server))
+    url = r.url + "/webhooks"
+    async with aiohttp.ClientSession() as http:
+        before = event_body("r1", 1)
+        async with http.post(url, data=before, headers=signed(before)) as resp:
+            assert resp.status == 200
+        await wait_until(lambda: target.delivered() == 1, 20, "the first event")
+        redis_server.kill()
+        lost = event_body("r1", 2)
+        async with http.post(url, data=lost, headers=signed(lost)) as resp:
+            assert resp.status == 503
+            assert (await resp.json())["error"] == "store_unavailable"
+        redis_server.start()
+        after = event_body("r1", 3)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while True:  # the router reconnects on its own; until then the answer stays 503
+            async with http.post(url, data=after, headers=signed(after)) as resp:
+                if resp.status == 200:
+                    break
+                assert resp.status == 503 and loop.time() < deadline
+            await asyncio.sleep(0.1)
+        async with http.get(r.url + "/healthz") as resp:
+            assert resp.status == 200
+    await wait_until(lambda: target.delivered() == 2, 30, "the event accepted after the restart")
+    assert target.first == {"r1": ["evt_r1_00001", "evt_r1_00003"]}

@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 
 from router.errors import StoreUnavailable
 from router.webhooks import WebhookRelay
+from router.webhooks.batcher import settle
 from router.webhooks.filters import target_key
+from router.webhooks.model import InboundEvent
 from router.webhooks.queue_redis import GROUP, RedisQueue
 from tests.redis_server import RedisServer
 from tests.test_webhooks_support import (
@@ -293,6 +295,12 @@ async def test_graceful_stop_hands_back_at_once(redis_server: RedisServer, targe
     assert all(order[f"s{i}"] == list(range(10)) for i in range(5))
 
 
+async def add(q: RedisQueue, items: list[tuple[str, InboundEvent]]) -> None:
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    q.add(items, lambda e: settle(fut, e))
+    await fut
+
+
 async def test_trim_never_removes_undelivered(redis_server: RedisServer, rdb: Redis) -> None:
     q = RedisQueue(redis_server.url, "t:", "c1")
     await q.open()
@@ -304,7 +312,7 @@ async def test_trim_never_removes_undelivered(redis_server: RedisServer, rdb: Re
     try:
         assert await q.trim("k") == 0  # no stream, no group: nothing to do
         await q.prepare("k")
-        await q.add([("k", event("s", i)) for i in range(10)])
+        await add(q, [("k", event("s", i)) for i in range(10)])
         all_ids = await ids()
         first = await q.read("k", 4, 0.1)  # 4 pending, 6 unread
         # acknowledged without XDEL (what trim is the safety net for): 0 and 2
@@ -321,7 +329,7 @@ async def test_trim_never_removes_undelivered(redis_server: RedisServer, rdb: Re
         assert await ids() == all_ids[7:]
         await q.finish("k", [e.qid for e in rest[3:]], [])
         assert await ids() == [] and await q.trim("k") == 0
-        await q.add([("k", event("s", 99))])
+        await add(q, [("k", event("s", 99))])
         assert await q.trim("k") == 0 and len(await ids()) == 1  # unread
     finally:
         await q.close()

@@ -6,7 +6,7 @@ workers back off and try again, ``accept`` passes it to the receiver (503).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Protocol
 
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
@@ -15,6 +15,9 @@ from router.webhooks.model import DeadRecord, Entry, InboundEvent
 LEASE_OTHER = 0  # another consumer holds it
 LEASE_RENEWED = 1  # we held it and still do
 LEASE_ACQUIRED = 2  # we just took it: claim what the previous holder left first
+
+# Called once when an add is stored (None) or failed (the error, usually StoreUnavailable).
+Done = Callable[[BaseException | None], None]
 
 
 class Queue(Protocol):
@@ -26,8 +29,9 @@ class Queue(Protocol):
 
     async def close(self) -> None: ...
 
-    async def add(self, items: Sequence[tuple[str, InboundEvent]]) -> None:
-        """Store each (target key, event); returns when durably stored."""
+    def add(self, items: Sequence[tuple[str, InboundEvent]], done: Done) -> None:
+        """Store each (target key, event); ``done`` is called once they are durably stored
+        (or could not be), possibly before ``add`` returns."""
 
     async def prepare(self, key: str) -> None:
         """Create the target's queue (stream + consumer group) if missing."""

@@ -1,7 +1,8 @@
 """Coalesce concurrent writes into one round trip.
 
-``submit(items)`` returns once a flush containing ``items`` succeeded (or raises what the
-flush raised). One flush runs at a time: callers that arrive while it is in flight join the
+``put(items, done)`` calls ``done(None)`` once a flush containing ``items`` succeeded, or
+``done(error)`` with what the flush raised; ``submit(items)`` is the awaitable form. The
+receiver uses ``put``: no task or future per request on the accept path. One flush runs at a time: callers that arrive while it is in flight join the
 next one, so under load a batch is whatever accumulated during one round trip (no timer,
 no added latency when idle). A flush takes whole callers (at least one) while it stays
 within ``max_items`` items and ``max_bytes`` (by ``size``; bounds one Redis command).
@@ -10,11 +11,15 @@ within ``max_items`` items and ``max_bytes`` (by ``size``; bounds one Redis comm
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+log = logging.getLogger(__name__)
+
 T = TypeVar("T")
+Done = Callable[[BaseException | None], None]
 
 
 class Batcher(Generic[T]):
@@ -30,16 +35,21 @@ class Batcher(Generic[T]):
         self._max = max_items
         self._max_bytes = max_bytes
         self._size = size
-        self._queue: deque[tuple[Sequence[T], int, asyncio.Future[None]]] = deque()
+        self._queue: deque[tuple[Sequence[T], int, Done]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.flushes = 0  # round trips made (for tests and benchmarks)
 
+    def put(self, items: Sequence[T], done: Done) -> None:
+        """Queue ``items`` for the next flush; ``done`` is called exactly once, from the
+        flush task (never from inside ``put``)."""
+        nbytes = sum(map(self._size, items)) if self._size is not None else 0
+        self._queue.append((items, nbytes, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook-batcher")
+
     async def submit(self, items: Sequence[T]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        nbytes = sum(map(self._size, items)) if self._size is not None else 0
-        self._queue.append((items, nbytes, fut))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="webhook-batcher")
+        self.put(items, lambda e: settle(fut, e))
         # A caller that gives up (cancelled) does not cancel the shared flush.
         await asyncio.shield(fut)
 
@@ -48,32 +58,30 @@ class Batcher(Generic[T]):
             # Let callers already scheduled in this loop iteration join the batch.
             await asyncio.sleep(0)
             batch: list[T] = []
-            waiters: list[asyncio.Future[None]] = []
+            waiters: list[Done] = []
             total = 0
             while self._queue and (not batch or self._fits(len(batch), total, self._queue[0])):
-                items, nbytes, fut = self._queue.popleft()
+                items, nbytes, done = self._queue.popleft()
                 batch.extend(items)
                 total += nbytes
-                waiters.append(fut)
+                waiters.append(done)
             self.flushes += 1
+            error: BaseException | None = None
             try:
                 await self._flush(batch)
-            except asyncio.CancelledError:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.cancel()
+            except asyncio.CancelledError as e:
+                error = e
                 raise
             except Exception as e:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_exception(e)
-                        fut.exception()  # retrieved: no "never retrieved" warning if the caller left
-            else:
-                for fut in waiters:
-                    if not fut.done():
-                        fut.set_result(None)
+                error = e
+            finally:
+                for done in waiters:
+                    try:
+                        done(error)
+                    except Exception:  # one caller's bug must not strand the others
+                        log.exception("webhook batcher: completion callback failed")
 
-    def _fits(self, count: int, nbytes: int, nxt: tuple[Sequence[T], int, asyncio.Future[None]]) -> bool:
+    def _fits(self, count: int, nbytes: int, nxt: tuple[Sequence[T], int, Done]) -> bool:
         if count + len(nxt[0]) > self._max:
             return False
         return self._max_bytes is None or nbytes + nxt[1] <= self._max_bytes
@@ -82,3 +90,16 @@ class Batcher(Generic[T]):
         """Wait for the flush in flight and those queued (callers get their answers)."""
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+def settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    """A ``Done`` that completes ``fut`` (the awaitable forms of ``put``-style calls)."""
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    elif isinstance(error, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(error)
+        fut.exception()  # retrieved: no "never retrieved" warning if the caller left

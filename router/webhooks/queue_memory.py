@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from router.webhooks.base import LEASE_ACQUIRED, LEASE_RENEWED
+from router.webhooks.base import LEASE_ACQUIRED, LEASE_RENEWED, Done
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ class MemoryQueue:
         self._q(key).append(entry)
         self._wake[key].set()
 
-    async def add(self, items: Sequence[tuple[str, InboundEvent]]) -> None:
+    def add(self, items: Sequence[tuple[str, InboundEvent]], done: Done) -> None:
         for key, ev in items:
             self._push(key, Entry(str(next(self._seq)), ev.id, ev.session, ev.event, ev.body, ev.received_at))
+        done(None)
 
     async def prepare(self, key: str) -> None:
         self._q(key)

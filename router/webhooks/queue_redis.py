@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 
 from router.errors import StoreUnavailable
 from router.store.redis_client import RedisClients
-from router.webhooks.base import LEASE_OTHER
+from router.webhooks.base import LEASE_OTHER, Done
 from router.webhooks.batcher import Batcher
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
 
@@ -241,8 +241,8 @@ class RedisQueue:
 
     # -- writes -----------------------------------------------------------------------
 
-    async def add(self, items: Sequence[tuple[str, InboundEvent]]) -> None:
-        await self._writer.submit(items)
+    def add(self, items: Sequence[tuple[str, InboundEvent]], done: Done) -> None:
+        self._writer.put(items, done)
 
     async def _write(self, items: list[tuple[str, InboundEvent]]) -> None:
         self._client()

@@ -1,7 +1,7 @@
 """``WebhookRelay``: accept inbound webhooks durably, deliver them to every target.
 
-The receiver (proxy) validates a request, then ``await relay.accept([event])`` and answers
-200 only after it returns: in Redis mode the event is then in Redis (in every matching
+The receiver (proxy) validates a request, then ``relay.accept_nowait([event], done)`` and
+answers 200 only once ``done(None)`` is called: in Redis mode the event is then in Redis (in every matching
 target's stream; how durable that is depends on Redis' ``appendonly``/``appendfsync``); in
 memory mode it is queued in this process only (``durable`` is False). Concurrent accepts
 share one round trip (``batcher``), which is what makes >10k events/s.
@@ -34,7 +34,8 @@ import aiohttp
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
-from router.webhooks.base import Queue
+from router.webhooks.base import Done, Queue
+from router.webhooks.batcher import settle
 from router.webhooks.client import LeanHttp
 from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
@@ -222,16 +223,32 @@ class WebhookRelay:
 
     # -- the receiver's call ----------------------------------------------------------
 
-    async def accept(self, events: Sequence[InboundEvent]) -> None:
-        """Store ``events`` for every target whose ``events`` filter matches; returns once
-        stored (Redis) / queued (memory). ``StoreUnavailable`` when Redis is down (answer
-        503: the instance retries), ``ShuttingDown`` after ``stop``."""
+    def accept_nowait(self, events: Sequence[InboundEvent], done: Done) -> None:
+        """Store ``events`` for every target whose ``events`` filter matches; ``done(None)``
+        once stored (Redis) / queued (memory), possibly before this returns;
+        ``done(StoreUnavailable)`` when Redis is down (answer 503: the instance retries).
+        Raises ``ShuttingDown`` after ``stop``."""
         if self._stopped:
             raise ShuttingDown("webhook relay is stopping")
         items = [(key, ev) for ev in events for key, match in self._routes if match(ev.event)]
+        n = len(events)
+        counters = self.counters
+
+        def stored(error: BaseException | None) -> None:
+            if error is None:
+                counters.received += n
+            done(error)
+
         if items:
-            await self._queue.add(items)
-        self.counters.received += len(events)
+            self._queue.add(items, stored)
+        else:
+            stored(None)
+
+    async def accept(self, events: Sequence[InboundEvent]) -> None:
+        """``accept_nowait``, awaited."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.accept_nowait(events, lambda e: settle(fut, e))
+        await fut
 
     # -- admin ------------------------------------------------------------------------
 
