@@ -48,7 +48,7 @@ class App:
         self.store = store if store is not None else make_store(config)
         self._http = http
         self._own_http = http is None
-        self.fleet = Fleet(config.instances)
+        self.fleet = Fleet(config.instances, metrics=config.metrics.enabled)
         self.events = EventLog()
         self.router: Router | None = None
         self.proxy: ProxyServer | None = None

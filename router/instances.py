@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from router.config.model import InstanceConfig
 from router.health import InstanceHealth
 from router.placement import Member, Ring
-from router.stats import RequestStats
+from router.stats import new_stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +55,7 @@ class Instance:
         "stats",
     )
 
-    def __init__(self, config: InstanceConfig) -> None:
+    def __init__(self, config: InstanceConfig, *, metrics: bool = True) -> None:
         from router.proxy.upstream import UpstreamPool  # the pool needs the loop at use only
 
         self.config = config
@@ -71,7 +71,7 @@ class Instance:
         self.draining = False
         self.inflight = 0
         self.pool = UpstreamPool(self.address)
-        self.stats = RequestStats()
+        self.stats = new_stats(metrics)
 
     @property
     def available(self) -> bool:
@@ -97,10 +97,10 @@ class Instance:
 class Fleet:
     """The instances by name, with the placement ring built once per membership change."""
 
-    def __init__(self, configs: Iterable[InstanceConfig]) -> None:
+    def __init__(self, configs: Iterable[InstanceConfig], *, metrics: bool = True) -> None:
         self.by_name: dict[str, Instance] = {}
         for c in configs:
-            self.by_name[c.name] = Instance(c)
+            self.by_name[c.name] = Instance(c, metrics=metrics)
         self.ring = Ring([_member(i.config) for i in self.by_name.values()])
 
     def __iter__(self) -> Iterator[Instance]:

@@ -23,7 +23,7 @@ from router.errors import (
 from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
-from router.stats import RequestStats
+from router.stats import new_stats
 from router.store.base import Assignment, AssignmentStore
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Router:
         self.on_not_found: Callable[[str], None] | None = None
         self.relay: WebhookRelay | None = None  # set by the app: webhooks from instances
         # Answers the router gives itself (errors, health, webhooks, fan-out).
-        self.own_stats = RequestStats()
+        self.own_stats = new_stats(config.metrics.enabled)
         # Session statuses learned from instances' session.status webhooks (bounded).
         self.statuses: dict[str, str] = {}
 

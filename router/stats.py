@@ -32,3 +32,16 @@ class RequestStats:
     def merge_into(self, buckets: list[int]) -> None:
         for i, n in enumerate(self.buckets):
             buckets[i] += n
+
+
+class NullStats(RequestStats):
+    """``metrics.enabled: false``: counts nothing (measures what accounting costs)."""
+
+    __slots__ = ()
+
+    def observe(self, status: int, seconds: float) -> None:
+        pass
+
+
+def new_stats(enabled: bool) -> RequestStats:
+    return RequestStats() if enabled else NullStats()

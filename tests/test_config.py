@@ -422,6 +422,8 @@ INVALID = [
     ("sessions: {rules: {query: s}}", "sessions.rules: must be a list (got dict)"),
     # types: bool is not an int, strings are not numbers
     ("listen: {port: true}", "listen.port: must be an integer (got bool)"),
+    ("metrics: {enabled: 1}", "metrics.enabled: must be true or false (got 1)"),
+    ("metrics: {enabled: 'yes'}", "metrics.enabled: must be true or false (got 'yes')"),
     ("listen: {workers: 1.5}", "listen.workers: must be an integer (got float)"),
     ("placement: {balance_factor: yes}", "placement.balance_factor: must be a number (got bool)"),
     ("listen: {host: 5}", "listen.host: must be a string (got int)"),
@@ -770,3 +772,9 @@ def test_any_valid_instance_name_is_accepted(name: str) -> None:
 def test_env_values_are_taken_verbatim(value: str) -> None:
     config = parse_config("store: {prefix: '${P}'}\n" + ONE_INSTANCE, env={"P": value})
     assert config.store.prefix == value
+
+
+def test_metrics_switch_parses_from_yaml_and_env() -> None:
+    assert parse(BASE).metrics.enabled is True
+    assert parse(BASE + "metrics: {enabled: false}").metrics.enabled is False
+    assert parse(BASE + "metrics: {enabled: '${M}'}", M="False").metrics.enabled is False

@@ -110,6 +110,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not request.app[ROUTER]().config.metrics.enabled:
+        raise NotFound("metrics are disabled (metrics.enabled: false)")
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

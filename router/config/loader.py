@@ -32,6 +32,7 @@ from router.config.model import (
     LimitsConfig,
     ListenConfig,
     LogConfig,
+    MetricsConfig,
     PassiveConfig,
     PlacementConfig,
     RetryConfig,
@@ -274,6 +275,14 @@ def _choice(*options: str, upper: bool = False) -> Converter:
         return text
 
     return conv
+
+
+def _boolean(value: Any, at: _At) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, _Expanded) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise _Invalid(f"must be true or false (got {value!r})")
 
 
 def _regex(value: Any, at: _At) -> re.Pattern[str]:
@@ -703,6 +712,7 @@ _TABLE: Final[Mapping[str, Converter]] = {
             "webhook_backlog_threshold": _integer(1),
         },
     ),
+    "metrics": _section(MetricsConfig, {"enabled": _boolean}),
     "log": _section(
         LogConfig,
         {

@@ -188,6 +188,13 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # false: no request accounting on the data path and no /metrics (for measuring what
+    # metrics cost; the admin API then shows no per-instance request figures)
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: LogFormat = "text"
     level: str = "INFO"
@@ -208,5 +215,6 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     source: str | None = None  # the file it was read from, for reloads
