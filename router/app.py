@@ -18,6 +18,7 @@ from router.instances import Fleet
 from router.leader import Leadership
 from router.monitor import HealthMonitor
 from router.proxy import ProxyServer
+from router.reload import Reloads
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
 from router.webhooks import WebhookRelay
@@ -50,6 +51,7 @@ class App:
         self._own_http = http is None
         self.fleet = Fleet(config.instances, metrics=config.metrics.enabled)
         self.events = EventLog()
+        self.reloads = Reloads()
         self.router: Router | None = None
         self.proxy: ProxyServer | None = None
         self.monitor: HealthMonitor | None = None
@@ -142,6 +144,7 @@ class App:
                 create_admin_app(
                     self.current_router, self.events,
                     lambda: self.failover, lambda: self.leadership, lambda: self.relay,
+                    self.reloads,
                 ),
                 access_log=None,
                 handle_signals=False,

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from router.failover import Failover
 from router.leader import Leadership
+from router.reload import Reloads
 from router.routing import Router
 from router.stats import BUCKETS, RequestStats
 from router.webhooks import WebhookRelay
@@ -30,8 +31,10 @@ class RouterCollector(Collector):
         failover: Callable[[], Failover | None],
         leadership: Callable[[], Leadership | None],
         relay: Callable[[], WebhookRelay | None] = lambda: None,
+        reloads: Reloads | None = None,
     ) -> None:
         self._router = current_router
+        self._reloads = reloads if reloads is not None else Reloads()
         self._relay = relay
         self._failover = failover
         self._leadership = leadership
@@ -105,6 +108,13 @@ class RouterCollector(Collector):
             "router_leader", "1 when this router runs failover (holds the lease)",
             value=1.0 if lead is not None and lead.is_leader else 0.0,
         )
+        reloads = CounterMetricFamily(
+            "router_config_reloads", "Config reloads by result (error: refused, old config kept)",
+            labels=["result"],
+        )
+        reloads.add_metric(["success"], float(self._reloads.success))
+        reloads.add_metric(["error"], float(self._reloads.error))
+        yield reloads
 
 
     @staticmethod
@@ -151,7 +161,8 @@ def make_registry(
     failover: Callable[[], Failover | None] = lambda: None,
     leadership: Callable[[], Leadership | None] = lambda: None,
     relay: Callable[[], WebhookRelay | None] = lambda: None,
+    reloads: Reloads | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(current_router, failover, leadership, relay))
+    registry.register(RouterCollector(current_router, failover, leadership, relay, reloads))
     return registry

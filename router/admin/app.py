@@ -26,6 +26,7 @@ from router.leader import Leadership
 from router.metrics import make_registry
 from router.proxy.local import readiness
 from router.proxy.responses import error_body
+from router.reload import Reloads
 from router.routing import Router
 from router.store.base import Assignment
 from router.webhooks import WebhookRelay
@@ -221,12 +222,13 @@ def create_admin_app(
     failover: Callable[[], Failover | None] = lambda: None,
     leadership: Callable[[], Leadership | None] = lambda: None,
     relay: Callable[[], WebhookRelay | None] = lambda: None,
+    reloads: Reloads | None = None,
 ) -> web.Application:
-    """``current_router`` returns the live router (it changes on config reload)."""
+    """``current_router`` returns the live router."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[ROUTER] = current_router
-    app[REGISTRY] = make_registry(current_router, failover, leadership, relay)
+    app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads)
     app[RELAY] = relay
     app[FAILOVER] = failover
     app[EVENTS] = events if events is not None else EventLog()
