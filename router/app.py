@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 import aiohttp
 from aiohttp import web
 
+from router import logs
 from router.admin import create_admin_app
+from router.config import load_config
 from router.config.model import Config
+from router.drain import Drainer
+from router.errors import ConfigError
 from router.events import EventLog
 from router.failover import Failover
 from router.instance_api import InstanceApi
-from router.instances import Fleet
+from router.instances import Fleet, Instance
 from router.leader import Leadership
 from router.monitor import HealthMonitor
 from router.proxy import ProxyServer
-from router.reload import Reloads
+from router.reload import Reloads, plan_reload
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
 from router.webhooks import WebhookRelay
@@ -58,9 +63,12 @@ class App:
         self.failover: Failover | None = None
         self.leadership: Leadership | None = None
         self.relay: WebhookRelay | None = None
+        self.drainer: Drainer | None = None
+        self._reload_lock = asyncio.Lock()
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._sighup_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def proxy_port(self) -> int:
@@ -74,7 +82,88 @@ class App:
         return port
 
     def _on_sighup(self) -> None:
-        log.warning("SIGHUP received: hot config reload is not implemented yet; config unchanged")
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._sighup_tasks.add(task)
+        task.add_done_callback(self._sighup_tasks.discard)
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError:
+            pass  # already logged and counted
+        except Exception:
+            log.exception("config reload failed")
+
+    async def reload(self, config: Config | None = None) -> list[str]:
+        """Re-read the config file (or take ``config``), validate it whole and apply it in
+        one step; returns what changed. ``ConfigError`` with every problem when it is
+        invalid or changes what needs a restart: the running config stays."""
+        async with self._reload_lock:
+            try:
+                if config is None:
+                    if self.config.source is None:
+                        raise ConfigError(["the config was not read from a file: nothing to reload"])
+                    config = load_config(self.config.source)
+                plan = plan_reload(self.config, config)
+                if plan.problems:
+                    raise ConfigError(list(plan.problems))
+            except ConfigError as e:
+                self.reloads.record(False, tuple(e.problems))
+                log.error("config reload refused, old config kept: %s", "; ".join(e.problems))
+                self.events.emit("config_reload_failed", "config reload refused: "
+                                 + "; ".join(e.problems), severity="warning",
+                                 data={"problems": e.problems})
+                raise
+            changes = plan.summary()
+            if not plan.unchanged:
+                await self._apply(config, plan.removed)
+            self.reloads.record(True)
+            log.info("config reloaded: %s", ", ".join(changes) or "no change")
+            self.events.emit("config_reloaded", "config reloaded: " + (", ".join(changes) or "no change"),
+                             data={"changes": changes})
+            return changes
+
+    async def _apply(self, config: Config, removed: tuple[str, ...]) -> None:
+        """Swap in ``config``. No await before the last assignment, so requests never see
+        half of it; the webhook relay's update (which may wait for a removed target's
+        deliveries) comes after."""
+        old = self.config
+        self.config = config
+        added = self.fleet.reconfigure(config.instances, metrics=config.metrics.enabled)
+        if self.router is not None:
+            self.router.reconfigure(config)
+        if self.failover is not None:
+            self.failover.reconfigure(config)
+        if self.monitor is not None:
+            self.monitor.config = config
+            for inst in added:
+                self.monitor.add(inst)
+        if self.leadership is not None:
+            self.leadership.ttl = config.failover.leader_ttl
+        if old.log != config.log:
+            logs.setup(config.log.format, config.log.level)
+        for name in removed:
+            log.info("instance %s removed by reload: draining it before it is dropped", name)
+        if self.router is not None:
+            self.router.changed.fire()
+        if self.drainer is not None:
+            self.drainer.kick()
+        if self.relay is not None and old.webhooks != config.webhooks:
+            await self.relay.update(config.webhooks)
+
+    async def _admin_reload(self) -> list[str]:
+        changes = await self.reload()
+        # Worker processes: this one answers; the master passes SIGHUP on to every worker
+        # (this one included: the same file again is "no change").
+        from router.workers import worker_index
+
+        if worker_index() is not None:
+            os.kill(os.getppid(), signal.SIGHUP)
+        return changes
+
+    def _instance_dropped(self, inst: Instance) -> None:
+        if self.monitor is not None:
+            self.monitor.remove(inst.name)
 
     def _became_leader(self) -> None:
         if self.failover is not None:
@@ -135,8 +224,11 @@ class App:
                 "those not yet delivered are lost if the router stops; set store.url (Redis) "
                 "for durable delivery"
             )
+        self.drainer = Drainer(router, failover, self.events, lambda: leadership.is_leader,
+                               on_dropped=self._instance_dropped)
         monitor.start()
         leadership.start()
+        self.drainer.start()
         self.proxy = ProxyServer(self.router)
         await self.proxy.start(cfg.listen.host, cfg.listen.port, reuse_port=reuse_port)
         if admin:
@@ -144,7 +236,7 @@ class App:
                 create_admin_app(
                     self.current_router, self.events,
                     lambda: self.failover, lambda: self.leadership, lambda: self.relay,
-                    self.reloads,
+                    self.reloads, lambda: self.drainer, self._admin_reload,
                 ),
                 access_log=None,
                 handle_signals=False,
@@ -174,6 +266,8 @@ class App:
                 await self.proxy.shutdown(self.config.listen.shutdown_timeout)
             if self._admin_runner is not None:
                 await self._admin_runner.cleanup()
+            if self.drainer is not None:
+                await self.drainer.stop()
             if self.relay is not None:
                 await self.relay.stop()
             if self.monitor is not None:

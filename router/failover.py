@@ -82,6 +82,11 @@ class Failover:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
 
+    def reconfigure(self, config: Config) -> None:
+        if config.failover.restore_concurrency != self.config.failover.restore_concurrency:
+            self._sems = {}  # new limits for new restores; running ones finish under the old
+        self.config = config
+
     def _sem(self, instance: str) -> asyncio.Semaphore:
         sem = self._sems.get(instance)
         if sem is None:

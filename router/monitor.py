@@ -40,27 +40,38 @@ class HealthMonitor:
         self._on_failover_due = on_failover_due
         self._on_up = on_up
         self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._tick: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         for inst in self.fleet:
-            self._start_probe(inst)
-        self._tasks.append(self._loop.create_task(self._tick_loop()))
+            self.add(inst)
+        self._tick = self._loop.create_task(self._tick_loop())
 
-    def _start_probe(self, inst: Instance) -> None:
+    def add(self, inst: Instance) -> None:
+        """Start checking an instance (at start, or added by a reload)."""
         assert self._loop is not None
         self._wake[inst.name] = asyncio.Event()
-        self._tasks.append(self._loop.create_task(self._probe_loop(inst)))
+        self._probes[inst.name] = self._loop.create_task(self._probe_loop(inst))
+
+    def remove(self, name: str) -> None:
+        """Stop checking an instance a reload removed (and the fleet dropped)."""
+        task = self._probes.pop(name, None)
+        self._wake.pop(name, None)
+        if task is not None:
+            task.cancel()
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._probes.values(), *([self._tick] if self._tick else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        self._tasks.clear()
+        self._probes.clear()
+        self._tick = None
 
     def now(self) -> float:
         assert self._loop is not None
@@ -84,10 +95,10 @@ class HealthMonitor:
     # -- active --------------------------------------------------------------------------
 
     async def _probe_loop(self, inst: Instance) -> None:
-        cfg = self.config.health
         wake = self._wake[inst.name]
         while True:
             ok = await self._probe(inst)
+            cfg = self.config.health  # each round: a reload may change it
             new, actions = health.on_probe(inst.health, ok, self.now(), cfg)
             self._apply(inst, new, actions)
             wake.clear()
@@ -106,9 +117,9 @@ class HealthMonitor:
         return 200 <= resp.status < 300
 
     async def _tick_loop(self) -> None:
-        grace = self.config.failover.grace
         while True:
             await asyncio.sleep(TICK)
+            grace = self.config.failover.grace  # read each time: a reload may change it
             now = self.now()
             for inst in self.fleet:
                 if inst.health.status is not health.Status.HEALTHY:

@@ -63,12 +63,10 @@ class Router:
     def __init__(
         self, config: Config, store: AssignmentStore, fleet: Fleet, api: InstanceApi | None
     ) -> None:
-        self.config = config
         self.store = store
         self.fleet = fleet
         self.api = api
-        self.extractor = SessionExtractor(config.sessions, config.profile)
-        self.fan_out_routes = frozenset(config.sessions.fan_out)
+        self.reconfigure(config)
         self._placing: dict[str, asyncio.Future[Assignment]] = {}
         # Choosing an instance and writing the assignment are one step: the choice reads the
         # local counts, which see a write only once it returns (with Redis, a round trip
@@ -76,17 +74,25 @@ class Router:
         self.placement_lock = asyncio.Lock()
         self.changed = Pulse()
         self.held = 0  # requests waiting for their session to become routable
-        self.max_held = config.failover.max_held_requests
-        self.passive_statuses = config.passive.statuses
         # Set by the app once the health monitor and failover exist (None in bare tests).
         self.on_passive_failure: Callable[[Instance, bool], None] | None = None
         self.on_passive_success: Callable[[Instance], None] | None = None
         self.on_not_found: Callable[[str], None] | None = None
         self.relay: WebhookRelay | None = None  # set by the app: webhooks from instances
-        # Answers the router gives itself (errors, health, webhooks, fan-out).
-        self.own_stats = new_stats(config.metrics.enabled)
         # Session statuses learned from instances' session.status webhooks (bounded).
         self.statuses: dict[str, str] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a (re)loaded config: requests that start after this see it whole."""
+        self.extractor = SessionExtractor(config.sessions, config.profile)
+        self.fan_out_routes = frozenset(config.sessions.fan_out)
+        self.max_held = config.failover.max_held_requests
+        self.passive_statuses = config.passive.statuses
+        old: Config | None = getattr(self, "config", None)
+        if old is None or old.metrics.enabled != config.metrics.enabled:
+            # Answers the router gives itself (errors, health, webhooks, fan-out).
+            self.own_stats = new_stats(config.metrics.enabled)
+        self.config = config
 
     def record_status(self, session: str, status: str) -> None:
         if len(self.statuses) >= MAX_STATUSES and session not in self.statuses:

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from router.drain import Drainer
 from router.errors import (
     BadRequest,
     Conflict,
@@ -35,6 +36,9 @@ ROUTER = web.AppKey[Callable[[], Router]]("router")
 EVENTS = web.AppKey("events", EventLog)
 RELAY = web.AppKey[Callable[[], WebhookRelay | None]]("relay")
 FAILOVER = web.AppKey[Callable[[], Failover | None]]("failover")
+DRAINER = web.AppKey[Callable[[], Drainer | None]]("drainer")
+RELOAD = web.AppKey[Callable[[], Awaitable[list[str]]] | None]("reload")
+RELOADS = web.AppKey("reloads", Reloads)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -177,6 +181,78 @@ async def move_session(request: web.Request) -> web.Response:
     return _json(_assignment(moved, router))
 
 
+def _drainer(request: web.Request) -> Drainer:
+    drainer = request.app[DRAINER]()
+    if drainer is None:
+        raise Unavailable("the router is starting")
+    return drainer
+
+
+def _seconds(request: web.Request, key: str, default: float, cap: float) -> float:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise BadRequest(f"{key} must be a number of seconds") from e
+    if not 0 <= value <= cap:
+        raise BadRequest(f"{key} must be between 0 and {cap:g} seconds")
+    return value
+
+
+def _instance_view(router: Router, name: str) -> dict[str, object]:
+    inst = router.fleet.get(name)
+    sessions = router.store.counts().get(name, 0)
+    return {"instance": name, "state": inst.state if inst is not None else "removed",
+            "sessions": sessions, "drained": sessions == 0}
+
+
+async def drain_instance(request: web.Request) -> web.Response:
+    """Drain: no new sessions, its sessions move away (throttled). ``?wait=SECONDS``
+    answers once it holds none (or the wait is over: ``"drained": false``)."""
+    drainer = _drainer(request)
+    name = request.match_info["name"]
+    await drainer.drain(name)
+    wait = _seconds(request, "wait", 0.0, 3600.0)
+    if wait:
+        await drainer.wait_empty(name, wait)
+    return _json(_instance_view(request.app[ROUTER](), name))
+
+
+async def undrain_instance(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await _drainer(request).undrain(name)
+    return _json(_instance_view(request.app[ROUTER](), name))
+
+
+def _flag(request: web.Request, key: str) -> bool:
+    return request.query.get(key, "").lower() in ("1", "true", "yes")
+
+
+async def rebalance(request: web.Request) -> web.Response:
+    """``dry_run=1``: the moves that would bring every instance within the balance bound
+    (fewest moves); otherwise the same moves, started in the background (throttled)."""
+    drainer = _drainer(request)
+    dry_run = _flag(request, "dry_run")
+    moves = await (drainer.plan() if dry_run else drainer.rebalance())
+    return _json({
+        "dry_run": dry_run,
+        "moves": [{"session": s, "from": a, "to": b} for s, a, b in moves],
+        "count": len(moves),
+    })
+
+
+async def reload_config(request: web.Request) -> web.Response:
+    """Re-read the config file: 200 with the changes, or 400 with every problem (the
+    running config stays)."""
+    reload = request.app[RELOAD]
+    if reload is None:
+        raise Unavailable("reload is not available in this process")
+    changes = await reload()  # ConfigError: 400 with every problem (errors_middleware)
+    return _json({"result": "success", "changes": changes})
+
+
 async def list_events(request: web.Request) -> web.Response:
     try:
         limit = max(1, min(1000, int(request.query.get("limit", "100"))))
@@ -223,6 +299,8 @@ def create_admin_app(
     leadership: Callable[[], Leadership | None] = lambda: None,
     relay: Callable[[], WebhookRelay | None] = lambda: None,
     reloads: Reloads | None = None,
+    drainer: Callable[[], Drainer | None] = lambda: None,
+    reload: Callable[[], Awaitable[list[str]]] | None = None,
 ) -> web.Application:
     """``current_router`` returns the live router."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
@@ -231,6 +309,8 @@ def create_admin_app(
     app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads)
     app[RELAY] = relay
     app[FAILOVER] = failover
+    app[DRAINER] = drainer
+    app[RELOAD] = reload
     app[EVENTS] = events if events is not None else EventLog()
     r = app.router
     r.add_get("/healthz", healthz)
@@ -240,6 +320,10 @@ def create_admin_app(
     r.add_get("/admin/sessions", list_sessions)
     r.add_get("/admin/sessions/{session}", get_session)
     r.add_post("/admin/sessions/{session}/move", move_session)
+    r.add_post("/admin/instances/{name}/drain", drain_instance)
+    r.add_post("/admin/instances/{name}/undrain", undrain_instance)
+    r.add_post("/admin/rebalance", rebalance)
+    r.add_post("/admin/reload", reload_config)
     r.add_get("/admin/events", list_events)
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-from router.errors import RouterError
+from router.errors import ConfigError, RouterError
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -18,10 +18,10 @@ def reason(status: int) -> bytes:
 
 
 def error_body(err: RouterError, request_id: str) -> bytes:
-    return json.dumps(
-        {"error": err.code, "message": err.message, "request_id": request_id},
-        separators=(",", ":"),
-    ).encode()
+    body: dict[str, object] = {"error": err.code, "message": err.message, "request_id": request_id}
+    if isinstance(err, ConfigError):
+        body["problems"] = err.problems  # every one, as check-config lists them
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def json_response(

@@ -243,7 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one instance (LIFO: the warmest first)."""
 
-    __slots__ = ("address", "idle", "max_idle")
+    __slots__ = ("address", "closed", "idle", "max_idle")
 
     def __init__(self, address: object, max_idle: int = 512) -> None:
         from router.instances import Address
@@ -252,6 +252,7 @@ class UpstreamPool:
         self.address: Address = address
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
+        self.closed = False  # replaced (instance removed or its URL changed): keep nothing
 
     def acquire_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -281,12 +282,13 @@ class UpstreamPool:
         return proto
 
     def release(self, conn: UpstreamConnection) -> None:
-        if len(self.idle) < self.max_idle:
+        if not self.closed and len(self.idle) < self.max_idle:
             self.idle.append(conn)
         else:
             conn.close()
 
     def close(self) -> None:
+        self.closed = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()

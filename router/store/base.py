@@ -128,6 +128,12 @@ class AssignmentStore(Protocol):
     async def leader(self) -> str | None:
         """The current lease holder, or None."""
 
+    async def set_drained(self, instance: str, drained: bool) -> None:
+        """Mark an instance drained by an operator (shared by every router), or not."""
+
+    async def drained(self) -> frozenset[str]:
+        """The instances operators drained."""
+
     @property
     def healthy(self) -> bool:
         """False while the backing service is unreachable."""

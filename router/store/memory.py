@@ -28,6 +28,7 @@ class MemoryStore:
         self._listeners: dict[Listener, None] = {}  # ordered set
         self._leader: str | None = None
         self._leader_token = 0  # the last token handed out
+        self._drained: set[str] = set()
         self._leader_until = 0.0  # time.monotonic() deadline of the lease
 
     def cached(self, session: str) -> Assignment | None:
@@ -153,6 +154,17 @@ class MemoryStore:
         if self._leader is not None and time.monotonic() >= self._leader_until:
             self._leader = None
         return self._leader
+
+    # -- drain flags ------------------------------------------------------------------
+
+    async def set_drained(self, instance: str, drained: bool) -> None:
+        if drained:
+            self._drained.add(instance)
+        else:
+            self._drained.discard(instance)
+
+    async def drained(self) -> frozenset[str]:
+        return frozenset(self._drained)
 
     # -- the map ----------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ Data model in Redis (``P`` is ``store.prefix``, default ``wa-router:``):
   therefore increasing but not consecutive (a new session does not start at 1).
 - ``P + "changes"`` (pub/sub channel): every write PUBLISHes what it changed, in the same
   Lua script as the change (see ``router.store.redis_scripts``).
+- ``P + "drained"`` (set): instances an operator drained (``/admin/instances/N/drain``),
+  read by every router's drainer every second.
 - ``P + "leader"`` (string with a PX expiry): the leadership lease, ``"<token>:<holder>"``;
   ``P + "leader_token"`` (counter): INCRed on every takeover, so fencing tokens only grow.
   Both exist only once leadership has been used.
@@ -148,6 +150,7 @@ class RedisStore:
         self.channel = prefix + "changes"
         self.key_leader = prefix + "leader"
         self.key_leader_token = prefix + "leader_token"
+        self.key_drained = prefix + "drained"
         self._keys = [self.key_assignments, self.key_counts, self.key_epoch]
         self._lease_keys = [self.key_leader, self.key_leader_token]
         self._listeners: dict[Listener, None] = {}  # ordered set
@@ -366,6 +369,20 @@ class RedisStore:
         if value is None:
             return None
         return value.partition(":")[2]
+
+    # -- drain flags ----------------------------------------------------------------------
+
+    async def set_drained(self, instance: str, drained: bool) -> None:
+        cmd = self._client_or_raise()
+        if drained:
+            await self._call(lambda: cmd.sadd(self.key_drained, instance))
+        else:
+            await self._call(lambda: cmd.srem(self.key_drained, instance))
+
+    async def drained(self) -> frozenset[str]:
+        cmd = self._client_or_raise()
+        members = await self._call(lambda: cast("Awaitable[set[str]]", cmd.smembers(self.key_drained)))
+        return frozenset(members)
 
     def _client_or_raise(self) -> Redis:
         if self._cmd is None or not self._reachable:

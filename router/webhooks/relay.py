@@ -34,6 +34,7 @@ import aiohttp
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
+from router.tasks import cancel_and_wait
 from router.webhooks.base import Done, Queue
 from router.webhooks.batcher import settle
 from router.webhooks.client import LeanHttp
@@ -41,7 +42,7 @@ from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
 from router.webhooks.queue_memory import MemoryQueue
 from router.webhooks.queue_redis import RedisQueue
-from router.webhooks.worker import TargetWorker, WorkerSettings, cancel_and_wait
+from router.webhooks.worker import TargetWorker, WorkerSettings
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ import aiohttp
 
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
+from router.tasks import cancel_and_wait
 from router.webhooks.base import LEASE_ACQUIRED, LEASE_OTHER, Queue
 from router.webhooks.client import LeanHttp
 from router.webhooks.delivery import Result, post
@@ -78,16 +79,6 @@ class WorkerSettings:
     breaker_threshold: int = 10
     breaker_base: float = 1.0
     breaker_max: float = 30.0
-
-
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None], timeout: float = 1.0) -> None:
-    """Cancel and wait, bounded: a task that swallowed its cancellation cannot hang a stop
-    (the loops also test their stop flags)."""
-    live = [t for t in tasks if t is not None and not t.done()]
-    for t in live:
-        t.cancel()
-    if live:
-        await asyncio.wait(live, timeout=timeout)
 
 
 class Backoff:
