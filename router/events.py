@@ -47,7 +47,8 @@ class EventLog:
         ev = Event(kind, message, **kw)
         self._events.append(ev)
         level = {"critical": logging.ERROR, "warning": logging.WARNING}.get(ev.severity, logging.INFO)
-        log.log(level, "%s: %s", kind, message)
+        log.log(level, "%s: %s", kind, message,
+                extra={"event": kind, "session": ev.session, "instance": ev.instance})
         for listener in self._listeners:
             try:
                 listener(ev)

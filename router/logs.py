@@ -8,6 +8,9 @@ import sys
 import time
 
 
+CONTEXT_FIELDS = ("request_id", "session", "instance", "event")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -17,6 +20,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for key in CONTEXT_FIELDS:  # given as ``extra=`` by the code that logs
+            value = getattr(record, key, None)
+            if value is not None:
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"))

@@ -5,6 +5,7 @@ instances, rebalance. Real router and simulator processes on loopback, steady cl
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import Callable
@@ -305,3 +306,28 @@ async def test_a_drain_through_one_router_holds_on_every_router(
 
 async def _state(http: aiohttp.ClientSession, r: RouterProc, name: str, state: str) -> bool:
     return (await instances(http, r))[name]["state"] == state
+
+
+async def test_json_logs_carry_the_request_id_and_no_secret(
+    router_factory: Callable[..., RouterProc], tmp_path: Path
+) -> None:
+    """``log.format: json``: one JSON object per line; a request's lines carry its id."""
+    from tests.procs import free_port
+
+    dead = free_port()  # nothing listens there
+    r = router_factory(
+        "listen: {host: 127.0.0.1, port: {port}}\n"
+        "admin: {host: 127.0.0.1, port: {admin_port}, token: " + TOKEN + "}\n"
+        "log: {format: json}\nfailover: {hold_timeout: 1s}\n"
+        f"instances: [{{name: gone, url: 'http://127.0.0.1:{dead}', api_key: inst-k3y-secret}}]\n"
+    )
+    async with aiohttp.ClientSession() as http, \
+            http.get(r.url + "/api/sessions/j1", headers={"X-Request-Id": "req-json-1"}) as resp:
+        assert resp.status >= 500
+        assert resp.headers["X-Request-Id"] == "req-json-1"
+    await wait_for(lambda: "req-json-1" in r.output(), 10, "the request's log line")
+    lines = [ln for ln in r.output().splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # every line is JSON
+    mine = [x for x in records if x.get("request_id") == "req-json-1"]
+    assert mine and all({"ts", "level", "logger", "msg"} <= set(x) for x in mine)
+    assert TOKEN not in r.output() and "inst-k3y-secret" not in r.output()

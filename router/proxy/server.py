@@ -659,7 +659,7 @@ class Exchange:
         except RouterError as e:
             self.fail(e)
         except Exception:
-            log.exception("request %s failed", self.request_id)
+            log.exception("request %s failed", self.request_id, extra={"request_id": self.request_id})
             self.fail(RouterError("internal error"))
 
     def _webhook_stored(self, event: InboundEvent, error: BaseException | None) -> None:
@@ -670,7 +670,8 @@ class Exchange:
             elif isinstance(error, asyncio.CancelledError):
                 self.fail(ShuttingDown("the router is stopping"))
             else:
-                log.error("request %s: storing a webhook failed: %r", self.request_id, error)
+                log.error("request %s: storing a webhook failed: %r", self.request_id, error,
+                          extra={"request_id": self.request_id})
                 self.fail(RouterError("internal error"))
             return
         status = session_status(event)
@@ -836,7 +837,7 @@ class Exchange:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("request %s failed", self.request_id)
+            log.exception("request %s failed", self.request_id, extra={"request_id": self.request_id})
             self.fail(RouterError("internal error"))
 
     async def _fan_out(self) -> None:
@@ -1045,7 +1046,8 @@ class Exchange:
         if close or self._body_pending():
             self.close_after = True
         if err.status >= 500:
-            log.warning("request %s: %s %s", self.request_id, err.code, err.message)
+            log.warning("request %s: %s %s", self.request_id, err.code, err.message,
+                        extra={"request_id": self.request_id})
         self.response_started = True
         self.status = err.status
         self.conn.write(
