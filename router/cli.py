@@ -1,4 +1,5 @@
-"""Command line: ``wa-router run | check-config | demo | sim``."""
+"""Command line: ``wa-router run | check-config | demo | sim``, and admin API commands
+(``instances``, ``sessions``, ``drain``, ... in ``router.admin.client``)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, admin_port=args.admin_port, sim_base_port=args.sim_port)
 
 
+def _admin(args: argparse.Namespace) -> int:
+    from router.admin.client import run
+
+    return run(args)
+
+
 def _sim(argv: list[str]) -> int:
     from router.sim import main as sim_main
 
@@ -92,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sim-port", type=int, default=3001, help="first simulator port (default 3001)")
     demo.set_defaults(func=_demo)
     sub.add_parser("sim", help="one simulated WhatsApp API instance (see: wa-router sim --help)", add_help=False)
+    from router.admin.client import add_commands
+
+    add_commands(sub, _admin)
     return p
 
 

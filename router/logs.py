@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 
-
 CONTEXT_FIELDS = ("request_id", "session", "instance", "event")
 
 
