@@ -644,3 +644,56 @@ async def test_move_seen_by_other_router_within_100ms(
         f"{statistics.median(ms_sent):.1f} ms, max {ms_sent[-1]:.1f} ms"
     )
     assert ms[-1] < 100, ms
+
+
+async def test_admin_reload_reaches_every_worker(
+    three_sims: list[Proc],
+    redis_server: RedisServer,
+    router_factory: Callable[..., RouterProc],
+) -> None:
+    """``POST /admin/reload`` is answered by worker 0; the master passes SIGHUP on, so the
+    other worker applies the new config too (seen on connections each worker holds)."""
+    r = router_factory(config(three_sims, redis_server, "t9:", workers=2, token=True))
+    master = r.proc.pid
+
+    async def two_listening() -> bool:
+        ws = children(master)
+        return len(ws) == 2 and listeners(ws, r.port) == set(ws)
+
+    await poll(two_listening, 10, "both workers listening")
+    workers = children(master)
+    padded = {"pad": "x" * 2048}  # over the 1 KiB limit the reload sets
+    conns: list[RawConn] = []
+    try:
+        by_worker: dict[int, list[RawConn]] = {w: [] for w in workers}
+        async with asyncio.timeout(15):
+            while len(conns) < 256 and min(len(v) for v in by_worker.values()) < 3:
+                c = await RawConn.open(r.port)
+                status, _, _ = await c.request("POST", "/echo", padded)
+                assert status == 200  # unscoped, to an instance's echo: within the old limits
+                conns.append(c)
+                owner = socket_owners(workers, r.port)[c.local_port]
+                by_worker[owner].append(c)
+        text = r.config_path.read_text().replace("instances:", "limits: {max_body: 1KiB}\ninstances:")
+        r.config_path.write_text(text)
+        async with aiohttp.ClientSession() as http, http.post(
+            r.admin_url + "/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["changes"] == ["limits changed"]
+        # The other worker reloads when the master's SIGHUP reaches it: poll with batches of
+        # fresh connections until one batch, spread over both workers, is refused whole.
+        async def batch_refused() -> bool:
+            batch = [await RawConn.open(r.port) for _ in range(16)]
+            conns.extend(batch)
+            for c in batch:  # answered, so accepted: the owner shows in /proc
+                assert (await c.request("GET", "/ping"))[0] == 200
+            owners = socket_owners(workers, r.port)  # before the 413s close them
+            statuses = [(await c.request("POST", "/echo", padded))[0] for c in batch]
+            assert set(statuses) <= {200, 413}
+            return set(statuses) == {413} and {owners.get(c.local_port) for c in batch} == set(workers)
+
+        await poll(batch_refused, 10, "both workers to apply the reload", interval=0.05)
+    finally:
+        for c in conns:
+            await c.close()
