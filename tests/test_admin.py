@@ -90,3 +90,39 @@ async def test_sessions_and_move(
             async with http.post(r.admin_url + "/admin/sessions/m2/move", headers=AUTH, **kw) as resp:
                 assert resp.status == 400
                 assert (await resp.json())["error"] == "bad_request"
+
+
+async def test_overview_paging_and_the_dashboard_page(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    r = router_factory(_with_token(three_sims))
+    async with aiohttp.ClientSession() as http:
+        for i in range(25):
+            async with http.post(r.url + "/api/sessions", json={"name": f"p{i:02d}"}) as resp:
+                assert resp.status == 201
+        async with http.get(r.admin_url + "/admin/sessions", params={"limit": "10", "offset": "20"},
+                            headers=AUTH) as resp:
+            page = await resp.json()
+            assert resp.headers["X-Total-Count"] == "25"
+        assert [x["session"] for x in page] == ["p20", "p21", "p22", "p23", "p24"]
+        async with http.get(r.admin_url + "/admin/sessions", params={"q": "p1"}, headers=AUTH) as resp:
+            assert [x["session"] for x in await resp.json()] == [f"p1{i}" for i in range(10)]
+        for bad in ({"limit": "0"}, {"offset": "-1"}, {"limit": "x"}):
+            async with http.get(r.admin_url + "/admin/sessions", params=bad, headers=AUTH) as resp:
+                assert resp.status == 400 and (await resp.json())["error"] == "bad_request"
+        async with http.get(r.admin_url + "/admin/overview") as resp:
+            assert resp.status == 401
+        async with http.get(r.admin_url + "/admin/overview", headers=AUTH) as resp:
+            o = await resp.json()
+        assert o["router"]["sessions"] == 25 and o["router"]["leader"] is True
+        assert [i["name"] for i in o["instances"]] == ["node-1", "node-2", "node-3"]
+        assert sum(i["sessions"] for i in o["instances"]) == 25
+        # Capacity: the bounded-loads cap, ceil(1.25 x 25 / 3) = 11.
+        assert all(i["capacity"] == 11 for i in o["instances"])
+        assert set(o["instances"][0]) >= {"state", "up", "rps", "error_rate", "p99_ms", "inflight"}
+        # The page itself needs no token (a browser cannot send one for a page load) and
+        # holds no data; it asks for the token and sends it on its API calls.
+        async with http.get(r.admin_url + "/dashboard") as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page_text = await resp.text()
+        assert "/admin/overview" in page_text and TOKEN not in page_text

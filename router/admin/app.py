@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from router.admin.rates import Sampler
 from router.drain import Drainer
 from router.errors import (
     BadRequest,
@@ -25,10 +30,12 @@ from router.events import EventLog
 from router.failover import Failover
 from router.leader import Leadership
 from router.metrics import make_registry
+from router.placement import capacity
 from router.proxy.local import readiness
 from router.proxy.responses import error_body
 from router.reload import Reloads
 from router.routing import Router
+from router.stats import RequestStats
 from router.store.base import Assignment
 from router.webhooks import WebhookRelay
 
@@ -39,9 +46,16 @@ FAILOVER = web.AppKey[Callable[[], Failover | None]]("failover")
 DRAINER = web.AppKey[Callable[[], Drainer | None]]("drainer")
 RELOAD = web.AppKey[Callable[[], Awaitable[list[str]]] | None]("reload")
 RELOADS = web.AppKey("reloads", Reloads)
+LEADERSHIP = web.AppKey[Callable[[], Leadership | None]]("leadership")
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SAMPLER = web.AppKey("sampler", Sampler)
+STARTED = web.AppKey("started", float)
+
+# /dashboard is a static page with no data in it: a browser cannot send a bearer token for
+# a page load, so the page asks for the token and sends it on every API call it makes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_bytes()
 READ_METHODS = frozenset({"GET", "HEAD"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -132,14 +146,90 @@ async def list_instances(request: web.Request) -> web.Response:
     ])
 
 
+def _int(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    try:
+        value = int(request.query.get(key, str(default)))
+    except ValueError as e:
+        raise BadRequest(f"{key} must be an integer") from e
+    if not lo <= value <= hi:
+        raise BadRequest(f"{key} must be between {lo} and {hi}")
+    return value
+
+
 async def list_sessions(request: web.Request) -> web.Response:
+    """All assignments (or one instance's), sorted by session. Optional ``q`` (substring
+    of the session name), ``offset`` and ``limit`` page through large maps; the total
+    before paging is in ``X-Total-Count``."""
     router = request.app[ROUTER]()
     instance = request.query.get("instance")
     if instance is not None and router.fleet.get(instance) is None:
         raise NotFound(f"unknown instance {instance!r}")
     items = await router.store.list(instance)
+    q = request.query.get("q", "").strip()
+    if q:
+        items = [a for a in items if q in a.session]
     items.sort(key=lambda a: a.session)
-    return _json([_assignment(a, router) for a in items])
+    total = len(items)
+    offset = _int(request, "offset", 0, 0, 10**9)
+    limit = _int(request, "limit", total or 1, 1, 10**9)
+    resp = _json([_assignment(a, router) for a in items[offset:offset + limit]])
+    resp.headers["X-Total-Count"] = str(total)
+    return resp
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(body=DASHBOARD, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-cache",
+                                 "Content-Security-Policy": "default-src 'self'; "
+                                 "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+
+
+async def overview(request: web.Request) -> web.Response:
+    """Everything the dashboard shows at a glance, in one answer."""
+    router = request.app[ROUTER]()
+    sampler = request.app[SAMPLER]
+    counts = router.store.counts()
+    fleet = list(router.fleet)
+    available = [i for i in fleet if i.available]
+    total_load = sum(counts.get(i.name, 0) for i in available)
+    total_weight = sum(i.config.weight for i in available)
+    bf = router.config.placement.balance_factor
+    instances = []
+    for i in fleet:
+        r = sampler.rates(i.name)
+        member = router.fleet.ring.members.get(i.name)
+        cap = (capacity(member, max(total_load, 1), total_weight, bf)
+               if member is not None and i.available and total_weight > 0 else i.config.max_sessions)
+        instances.append({
+            "name": i.name, "url": i.address.origin + i.address.base_path, "state": i.state,
+            "up": i.healthy, "sessions": counts.get(i.name, 0), "capacity": cap,
+            "max_sessions": i.config.max_sessions, "weight": i.config.weight,
+            "inflight": i.inflight, "rps": round(r.rps, 2), "error_rate": round(r.error_rate, 4),
+            "p99_ms": None if r.p99 is None else round(r.p99 * 1000, 2),
+        })  # fmt: skip
+    own = sampler.rates("router")
+    relay = request.app[RELAY]()
+    failover = request.app[FAILOVER]()
+    leadership = request.app[LEADERSHIP]()
+    reloads = request.app[RELOADS]
+    body: dict[str, object] = {
+        "router": {
+            "uptime": round(time.monotonic() - request.app[STARTED], 1),
+            "leader": bool(leadership is not None and leadership.is_leader),
+            "store_up": router.store.healthy, "sessions": len(router.store),
+            "held_requests": router.held, "own_rps": round(own.rps, 2),
+            "failovers": sum(failover.failovers_total.values()) if failover else 0,
+            "reloads": {"success": reloads.success, "error": reloads.error,
+                        "last": reloads.last_result},
+        },
+        "instances": instances,
+        "webhooks": None if relay is None else {
+            "backlog": relay.backlog(), "received": relay.received, "delivered": relay.delivered,
+            "retried": relay.retried, "dead": relay.dead_count,
+            "targets": [{k: t[k] for k in ("url", "breaker", "backlog", "inflight")} for t in relay.status()],
+        },
+    }  # fmt: skip
+    return _json(body)
 
 
 async def get_session(request: web.Request) -> web.Response:
@@ -306,9 +396,13 @@ def create_admin_app(
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[ROUTER] = current_router
+    reloads = reloads if reloads is not None else Reloads()
     app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads)
     app[RELAY] = relay
     app[FAILOVER] = failover
+    app[LEADERSHIP] = leadership
+    app[RELOADS] = reloads
+    app[STARTED] = time.monotonic()
     app[DRAINER] = drainer
     app[RELOAD] = reload
     app[EVENTS] = events if events is not None else EventLog()
@@ -316,6 +410,8 @@ def create_admin_app(
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
+    r.add_get("/dashboard", dashboard)
+    r.add_get("/admin/overview", overview)
     r.add_get("/admin/instances", list_instances)
     r.add_get("/admin/sessions", list_sessions)
     r.add_get("/admin/sessions/{session}", get_session)
@@ -327,4 +423,18 @@ def create_admin_app(
     r.add_get("/admin/events", list_events)
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
+    app[SAMPLER] = Sampler(lambda: _stats_sources(current_router()), time.monotonic)
+    app.cleanup_ctx.append(_sampling)
     return app
+
+
+def _stats_sources(router: Router) -> list[tuple[str, RequestStats]]:
+    return [*((i.name, i.stats) for i in router.fleet), ("router", router.own_stats)]
+
+
+async def _sampling(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.get_running_loop().create_task(app[SAMPLER].run(), name="dashboard-sampler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -120,7 +120,7 @@ def _show(args: argparse.Namespace, answer: Any, out: TextIO) -> None:
         print("reloaded: " + (", ".join(answer["changes"]) or "no change"), file=out)
     elif cmd == "events":
         for ev in answer:
-            print(f"{ev.get('time', '')}  {ev.get('severity', ''):8}  {ev.get('kind', ''):20}  "
+            print(f"{ev.get('ts', '')}  {ev.get('severity', ''):8}  {ev.get('kind', ''):20}  "
                   f"{ev.get('message', '')}", file=out)
     else:
         print(json.dumps(answer), file=out)
