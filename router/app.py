@@ -12,6 +12,7 @@ from aiohttp import web
 
 from router import logs
 from router.admin import create_admin_app
+from router.alerts import Alerter
 from router.config import load_config
 from router.config.model import Config
 from router.drain import Drainer
@@ -64,6 +65,7 @@ class App:
         self.leadership: Leadership | None = None
         self.relay: WebhookRelay | None = None
         self.drainer: Drainer | None = None
+        self.alerter: Alerter | None = None
         self._reload_lock = asyncio.Lock()
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
@@ -148,6 +150,8 @@ class App:
             self.router.changed.fire()
         if self.drainer is not None:
             self.drainer.kick()
+        if self.alerter is not None:
+            self.alerter.update(config.alerts)
         if self.relay is not None and old.webhooks != config.webhooks:
             await self.relay.update(config.webhooks)
 
@@ -226,6 +230,8 @@ class App:
             )
         self.drainer = Drainer(router, failover, self.events, lambda: leadership.is_leader,
                                on_dropped=self._instance_dropped)
+        self.alerter = Alerter(cfg.alerts, self.events, relay.backlog)
+        self.alerter.start()
         monitor.start()
         leadership.start()
         self.drainer.start()
@@ -268,6 +274,8 @@ class App:
                 await self._admin_runner.cleanup()
             if self.drainer is not None:
                 await self.drainer.stop()
+            if self.alerter is not None:
+                await self.alerter.stop()
             if self.relay is not None:
                 await self.relay.stop()
             if self.monitor is not None:

@@ -6,6 +6,7 @@ called synchronously and must not block.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -58,6 +59,10 @@ class EventLog:
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[Event], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def recent(self, limit: int = 100, kind: str | None = None) -> list[Event]:
         out: list[Event] = []
