@@ -95,6 +95,7 @@ def test_demo_runs_routes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             time.sleep(0.1)
         text = log.read_text()
         assert f"http://127.0.0.1:{port}" in text and "curl" in text
+        assert f"http://127.0.0.1:{admin}/dashboard#token=" in text
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions") as r:
             names = {s["name"] for s in json.load(r)}
             assert {"alice", "bob"} <= names
