@@ -1,7 +1,8 @@
 """End-to-end proxy benchmark: wa-router against nginx (and HAProxy) on the same backends.
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
-        [--sessions 1000] [--repeats 2] [--targets direct,nginx,haproxy,router,router-redis]
+        [--sessions 1000] [--repeats 2] [--scrapes 1]
+        [--targets direct,nginx,haproxy,router,router-nometrics,router-redis]
 
 One run does everything, on 127.0.0.1 only:
 
@@ -9,16 +10,24 @@ One run does everything, on 127.0.0.1 only:
 2. starts each proxy under test on its own free port, in front of those same backends:
    nginx (``hash $http_x_session_id consistent`` + upstream keepalive), HAProxy
    (``balance hdr(X-Session-Id)`` + ``hash-type consistent``, 1 thread) when installed,
-   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) twice: with
-   the in-memory store (``router``) and with the Redis store (``router-redis``) against a
-   redis-server the script starts itself (free port, temp dir, appendonly, no other client);
+   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) three times:
+   with the in-memory store (``router``), the same with ``metrics: {enabled: false}``
+   (``router-nometrics``: no per-request accounting, /metrics answers 404) and with the
+   Redis store (``router-redis``) against a redis-server the script starts itself (free
+   port, temp dir, appendonly, no other client);
 3. checks every target answers 200 and is sticky (one session, one backend), then runs wrk
    (``bench/wrk/sessions.lua``: X-Session-Id drawn from N ids) against each target in turn,
    each measured run preceded by a short warmup, and repeats the whole sequence R times
    (interleaved, so that noise hits every target alike), reporting medians;
    For ``router-redis`` it also reads ``INFO commandstats`` before and after each warmup
    and measured run: the Redis commands the router sent while serving cached sessions
-   (issue 3: none), besides this script's own INFO calls;
+   (issue 3: none), besides this script's own INFO calls.
+   For the routers with metrics on it scrapes the admin /metrics before, during (under
+   load, ``--scrapes`` times) and after each measured run: scraping works under load, its
+   latency, and the responses counted must cover every response wrk received;
+   ``router`` and ``router-nometrics`` swap places every other round, and the report
+   gives router / router-nometrics per round, its median and a bootstrap interval of that
+   median: what metrics cost (issue 6: at most 5%);
 4. prints a markdown table and writes it, with the raw numbers as JSON, to bench/out/;
 5. stops every process it started (also on Ctrl-C / SIGTERM) and checks none is left.
 
@@ -36,6 +45,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shlex
@@ -60,8 +70,10 @@ LUA_SCRIPT = BENCH_DIR / "wrk" / "sessions.lua"
 HOST = "127.0.0.1"
 BACKENDS = ("b1", "b2", "b3")
 REQUEST_PATH = "/v1/bench"  # any path: the generic profile reads only X-Session-Id
-ALL_TARGETS = ("direct", "nginx", "haproxy", "router", "router-redis")
-ROUTERS = ("router", "router-redis")  # targets that are a wa-router process
+ALL_TARGETS = ("direct", "nginx", "haproxy", "router", "router-nometrics", "router-redis")
+ROUTERS = ("router", "router-nometrics", "router-redis")  # targets that are a wa-router process
+METRICS_PAIR = ("router", "router-nometrics")  # metrics on / off, same config otherwise
+METRICS_TARGET = 0.95  # issue 6: router / router-nometrics >= 0.95 (cost <= 5%)
 REDIS_PREFIX = "bench:"
 NOISY = 0.10  # other processes using more than this share of a core make a run noisy
 LUA_SEED = 1  # same request sequence for every target
@@ -442,9 +454,14 @@ backend be
 
 
 def router_conf(
-    port: int, admin_port: int, backend_ports: list[int], redis_port: int | None = None
+    port: int,
+    admin_port: int,
+    backend_ports: list[int],
+    redis_port: int | None = None,
+    metrics: bool = True,
 ) -> str:
-    """The router's config; with ``redis_port``, the same plus the Redis store."""
+    """The router's config; with ``redis_port``, the same plus the Redis store; with
+    ``metrics`` false, the same plus ``metrics: {enabled: false}``."""
     instances = "\n".join(
         f"  - {{name: {name}, url: 'http://{HOST}:{p}'}}"
         for name, p in zip(BACKENDS, backend_ports, strict=True)
@@ -454,6 +471,8 @@ def router_conf(
         if redis_port is not None
         else ""
     )
+    if not metrics:
+        store += "metrics: {enabled: false}\n"
     return f"""listen: {{host: {HOST}, port: {port}}}
 admin: {{host: {HOST}, port: {admin_port}}}
 profile: generic
@@ -709,6 +728,66 @@ def fmt_commands(commands: dict[str, int]) -> str:
     return ", ".join(f"{k} {v:,}" for k, v in sorted(commands.items())) or "none"
 
 
+# --------------------------------------------------------------------------- /metrics
+
+
+_REQUESTS_SAMPLE = re.compile(r"^router_requests_total\{[^}]*\} (\S+)$", re.M)
+
+
+@dataclass
+class Scrape:
+    """One GET of a router's admin /metrics."""
+
+    at: float  # seconds since the measured run started (negative: before it)
+    seconds: float  # until the whole body was read
+    status: int
+    size: int  # body bytes
+    responses: int | None  # sum of every router_requests_total sample
+
+
+def scrape_metrics(admin_port: int, t0: float, timeout: float = 5.0) -> Scrape:
+    start = time.monotonic()
+    status, _, body = http_get(admin_port, "/metrics", timeout=timeout)
+    seconds = time.monotonic() - start
+    samples = _REQUESTS_SAMPLE.findall(body.decode(errors="replace")) if status == 200 else []
+    return Scrape(
+        at=start - t0,
+        seconds=seconds,
+        status=status,
+        size=len(body),
+        responses=round(sum(float(v) for v in samples)) if status == 200 else None,
+    )
+
+
+class LoadScraper:
+    """Scrapes /metrics ``n`` times, evenly spread over a measured run, from a thread
+    (what Prometheus does, at a much higher rate than its usual 15 s interval)."""
+
+    def __init__(self, admin_port: int, duration: float, n: int) -> None:
+        self.admin_port, self.duration, self.n = admin_port, duration, n
+        self.scrapes: list[Scrape] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="metrics-scraper", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for k in range(1, self.n + 1):
+            due = self.t0 + self.duration * k / (self.n + 1)
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            try:
+                self.scrapes.append(scrape_metrics(self.admin_port, self.t0))
+            except (OSError, http.client.HTTPException) as e:
+                self.errors.append(f"GET /metrics at {time.monotonic() - self.t0:.1f}s: {e}")
+
+    def join(self) -> tuple[list[Scrape], list[str]]:
+        self._stop.set()
+        self.thread.join(10)
+        return self.scrapes, self.errors
+
+
 # --------------------------------------------------------------------------- wrk
 
 
@@ -752,6 +831,12 @@ class WrkResult:
     # keepalive, other), and the first few "other" lines.
     redis_monitor: dict[str, dict[str, int]] | None = None
     redis_monitor_samples: list[str] | None = None
+    # Routers with metrics on: /metrics scraped right before the measured run, during it
+    # (under load) and right after it; the responses router_requests_total counted in
+    # between (at least every response wrk received; the warmup's last in-flight requests
+    # and the health checks' are not in it, they do not go through the proxy).
+    scrapes: list[Scrape] | None = None
+    metrics_counted: int | None = None
 
     @property
     def errors(self) -> int:
@@ -833,6 +918,9 @@ class Target:
     redis_port: int | None = None
     redis_first_warmup: dict[str, int] | None = None  # the one that placed the sessions
     redis_client_names: list[str] = field(default_factory=list)  # CLIENT LIST at the end
+    admin_port: int | None = None  # routers: the admin API (/metrics)
+    metrics: bool = False  # a router with metrics on: /metrics is scraped around each run
+    idle_scrapes: dict[str, float] | None = None  # /metrics cost on the idle router
 
     @property
     def url(self) -> str:
@@ -971,7 +1059,13 @@ def render(
         f"- command: `{cmd}`",
         f"- load: `{wrk_cmd}` against each target, each run after a {args.warmup:g} s warmup "
         f"(same command, `-d{args.warmup:g}s`); {args.repeats} interleaved rounds of "
-        f"{', '.join(t.name for t in targets)}; medians shown",
+        f"{', '.join(t.name for t in targets)}"
+        + (
+            " (router and router-nometrics swap places every other round)"
+            if {t.name for t in targets} >= set(METRICS_PAIR)
+            else ""
+        )
+        + "; medians shown",
         "- backends: one nginx, 1 worker, 3 servers b1..b3 returning "
         '`{"ok":true,"node":"bN"}` (application/json); every target on 127.0.0.1',
         "- machine: "
@@ -1032,18 +1126,195 @@ def render(
         )
     for name in ROUTERS:
         if name in rss:
-            r = rss[name]
+            mem = rss[name]
             lines.append(
-                f"Router RSS ({name}): {r.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
-                f"{r.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
-                f"(peak {r.get('end_VmHWM', 0) / 1024:.1f} MiB), having routed "
+                f"Router RSS ({name}): {mem.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
+                f"{mem.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
+                f"(peak {mem.get('end_VmHWM', 0) / 1024:.1f} MiB), having routed "
                 f"{args.sessions} distinct session ids."
             )
+    lines += render_metrics(args, targets, nginx)
     lines += render_redis(targets, base)
     if failures:
         lines.append(f"**FAILED**: {len(failures)} problem(s):")
         lines += [f"- {f.splitlines()[0]}" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def metrics_cost(targets: list[Target]) -> dict[str, object] | None:
+    """router / router-nometrics, per round (both ran in the same round, back to back)
+    and as medians: what per-request accounting costs (issue 6: ratio >= 0.95)."""
+    on = next((t for t in targets if t.name == METRICS_PAIR[0] and t.runs), None)
+    off = next((t for t in targets if t.name == METRICS_PAIR[1] and t.runs), None)
+    if on is None or off is None:
+        return None
+    pairs = list(zip(on.runs, off.runs, strict=False))
+    ratios = [a.rps / b.rps for a, b in pairs]
+    median_ratio = statistics.median(ratios)
+    # Rounds in which neither run was noisy (others <= 10% of a core in both).
+    quiet = [a.rps / b.rps for a, b in pairs if max(_others(a), _others(b)) <= NOISY]
+    # Router CPU per response (us), on / off: less sensitive than req/s to how much of the
+    # machine the router got, not to how fast the machine ran at the time.
+    cpu = [
+        (a.proxy_cpu / a.rps * 1e6, b.proxy_cpu / b.rps * 1e6)
+        for a, b in pairs
+        if a.proxy_cpu and b.proxy_cpu and a.rps and b.rps
+    ]
+    return {
+        "per_round_on": [r.rps for r in on.runs],
+        "per_round_off": [r.rps for r in off.runs],
+        "per_round_ratio": ratios,
+        "median_ratio": median_ratio,
+        "median_ratio_ci95": bootstrap_median_ci(ratios),
+        "ratio_of_medians": on.median("rps") / off.median("rps"),
+        "quiet_rounds": len(quiet),
+        "quiet_median_ratio": statistics.median(quiet) if quiet else None,
+        "per_round_cpu_us": cpu,
+        "median_cpu_ratio": statistics.median(b / a for a, b in cpu) if cpu else None,
+        "cost": 1 - median_ratio,
+        "target": METRICS_TARGET,
+        "ok": median_ratio >= METRICS_TARGET,
+    }
+
+
+MIN_ROUNDS_CI = 6  # fewer rounds: a bootstrap interval of their median means nothing
+
+
+def bootstrap_median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median (fixed seed: the same run gives the same
+    interval): how far the median of so few noisy rounds can be trusted."""
+    rng = random.Random(0)
+    n = 4000
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(n))
+    cut = round(n * (1 - level) / 2)
+    return medians[cut], medians[n - 1 - cut]
+
+
+def _others(r: WrkResult) -> float:
+    return r.others_cpu or 0.0
+
+
+def render_metrics(
+    args: argparse.Namespace, targets: list[Target], nginx: Target | None
+) -> list[str]:
+    """The metrics section: router (metrics on) against router-nometrics, round by round,
+    and what scraping /metrics under load showed."""
+    cost = metrics_cost(targets)
+    on = next((t for t in targets if t.name == METRICS_PAIR[0] and t.runs), None)
+    off = next((t for t in targets if t.name == METRICS_PAIR[1] and t.runs), None)
+    if cost is None or on is None or off is None:
+        return []
+    lines = [
+        "",
+        "### Metrics cost (issue 6)",
+        "",
+        "| round | order | router (metrics on) req/s | router-nometrics req/s "
+        "| on / off | router CPU per response, on / off | others CPU, on / off "
+        "| nginx req/s (reference) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    ratios = cost["per_round_ratio"]
+    assert isinstance(ratios, list)
+    for i, (a, b, ratio) in enumerate(zip(on.runs, off.runs, ratios, strict=False), 1):
+        order = "on, off" if i % 2 else "off, on"
+        ref = f"{nginx.runs[i - 1].rps:,.0f}" if nginx is not None and i <= len(nginx.runs) else "-"
+        lines.append(
+            f"| {i} | {order} | {a.rps:,.0f} | {b.rps:,.0f} | {ratio:.3f} "
+            f"| {_cpu_per_response(a)} / {_cpu_per_response(b)} "
+            f"| {fmt_pct(a.others_cpu)} / {fmt_pct(b.others_cpu)} | {ref} |"
+        )
+    ref = f"{nginx.median('rps'):,.0f}" if nginx is not None else "-"
+    cpu_ratio = cost["median_cpu_ratio"]
+    lines.append(
+        f"| median | | {on.median('rps'):,.0f} | {off.median('rps'):,.0f} "
+        f"| **{cost['median_ratio']:.3f}** | "
+        + (f"off / on: {cpu_ratio:.3f}" if isinstance(cpu_ratio, float) else "-")
+        + f" | | {ref} |"
+    )
+    median_ratio = cost["median_ratio"]
+    low, high = bootstrap_median_ci(ratios)  # the same interval as in the JSON
+    assert isinstance(median_ratio, float)
+    enough = len(ratios) >= MIN_ROUNDS_CI
+    if median_ratio < METRICS_TARGET:
+        verdict = "MISSED"
+    elif not enough or low < METRICS_TARGET:
+        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
+    else:
+        verdict = "ok"
+    interval = (
+        f"95% bootstrap interval of that median {low:.3f}-{high:.3f}"
+        if enough
+        else f"no interval with fewer than {MIN_ROUNDS_CI} rounds"
+    )
+    lines += [
+        "",
+        f"- router / router-nometrics: **{median_ratio:.3f}** (median of the per-round "
+        f"ratios; {interval}; ratio of the "
+        f"medians {cost['ratio_of_medians']:.3f}, per-round range "
+        f"{min(ratios):.3f}-{max(ratios):.3f}): metrics cost **{cost['cost']:.1%}** of "
+        f"throughput; target <= {1 - METRICS_TARGET:.0%} (ratio >= {METRICS_TARGET}): "
+        f"{verdict}",
+        f"- rounds where neither run was noisy (others <= {NOISY:.0%} of a core): "
+        f"{cost['quiet_rounds']} of {len(ratios)}"
+        + (
+            f", median on / off **{cost['quiet_median_ratio']:.3f}**"
+            if isinstance(cost["quiet_median_ratio"], float)
+            else ""
+        ),
+        "- router CPU per response (CPU time of the router over the run / responses): "
+        + (
+            f"median of the per-round off / on ratios **{cpu_ratio:.3f}**, i.e. accounting "
+            f"takes {1 - cpu_ratio:.1%} of the router's CPU per response"
+            if isinstance(cpu_ratio, float)
+            else "-"
+        )
+        + "; steadier than req/s when the router did not get a whole core, but it still "
+        "moves with the machine's speed (another VM on the host)",
+        f"- latency, metrics on / off: p50 {fmt_us(on.median('50'))} / "
+        f"{fmt_us(off.median('50'))}, p99 {fmt_us(on.median('99'))} / "
+        f"{fmt_us(off.median('99'))}; router CPU {fmt_pct(on.median_cpu('proxy_cpu'))} / "
+        f"{fmt_pct(off.median_cpu('proxy_cpu'))}",
+    ]
+    if nginx is not None:
+        base = nginx.median("rps")
+        lines.append(
+            f"- ratio to nginx: router {on.median('rps') / base:.2f}, router-nometrics "
+            f"{off.median('rps') / base:.2f}"
+        )
+    scrapes = [s for r in on.runs for s in (r.scrapes or []) if 0 <= s.at <= args.duration]
+    if scrapes:
+        ms = sorted(s.seconds * 1e3 for s in scrapes)
+        counted = [(r.metrics_counted, r.requests) for r in on.runs if r.scrapes]
+        lines.append(
+            f"- GET /metrics under load (router, {args.scrapes} per measured run): "
+            f"{len(scrapes)} scrapes, all {', '.join(sorted({str(s.status) for s in scrapes}))}"
+            f", {statistics.median(s.size for s in scrapes):,.0f} bytes, answered in "
+            f"{statistics.median(ms):.1f} ms (median; max {ms[-1]:.1f} ms) while wrk kept "
+            f"{args.connections} connections busy. router_requests_total grew by "
+            + ", ".join(f"{c:,}" if c is not None else "?" for c, _ in counted)
+            + " over the measured runs (wrk received "
+            + ", ".join(f"{n:,}" for _, n in counted)
+            + "): every response counted."
+        )
+    idle = on.idle_scrapes
+    if idle:
+        cpu_ms = idle["cpu_ms_per_scrape"]
+        lines.append(
+            f"- one scrape of the idle router: {cpu_ms:.2f} ms of router CPU "
+            f"({idle['scrapes']:.0f} in a row; answered in {idle['median_ms']:.1f} ms), "
+            f"i.e. {cpu_ms / 15e3:.3%} of a core at Prometheus' default 15 s interval"
+        )
+    lines.append(
+        "- router-nometrics: `metrics: {enabled: false}` (per-request accounting is a no-op, "
+        "GET /metrics answered 404, checked before the runs); otherwise the same config and "
+        "load as router. The two swap places every other round; the per-round ratio compares "
+        "runs a few seconds apart, so its median is the figure to read on a noisy machine."
+    )
+    return lines
+
+
+def _cpu_per_response(r: WrkResult) -> str:
+    return f"{r.proxy_cpu / r.rps * 1e6:.1f} us" if r.proxy_cpu and r.rps else "-"
 
 
 def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:
@@ -1143,8 +1414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default=",".join(ALL_TARGETS),
         help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, "
-        "router (memory store), router-redis (Redis store; starts its own redis-server); "
-        "default: all",
+        "router (memory store), router-nometrics (the same, metrics: {enabled: false}), "
+        "router-redis (Redis store; starts its own redis-server); default: all",
     )
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
     p.add_argument(
@@ -1161,6 +1432,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run a measurement again (up to this many times) when other processes used "
         "more than 10%% of a core during it (2)",
     )
+    p.add_argument(
+        "--scrapes",
+        type=int,
+        default=1,
+        help="GET /metrics this many times during each measured run of a router with "
+        "metrics on (besides once before and once after it); 0: none under load (1)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
@@ -1170,6 +1448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.target_names = [n for n in ALL_TARGETS if n in names]  # fixed order
     if args.duration <= 0 or args.warmup < 0 or args.repeats < 1 or args.sessions < 1:
         p.error("--duration and --repeats must be positive, --sessions >= 1, --warmup >= 0")
+    if args.scrapes < 0:
+        p.error("--scrapes must be >= 0")
     return args
 
 
@@ -1202,6 +1482,7 @@ def start_everything(
     *backend_ports, status_port = free_ports(len(BACKENDS) + 1)
     nginx_port, haproxy_port, router_port, admin_port = free_ports(4)
     redis_router_port, redis_admin_port, redis_port = free_ports(3)
+    nometrics_port, nometrics_admin_port = free_ports(2)
 
     conf = tmp / "backend.conf"
     conf.write_text(backend_nginx_conf(tmp, backend_ports, status_port))
@@ -1248,7 +1529,28 @@ def start_everything(
     if "router" in want:
         proc = start_router(procs, tmp, "router", router_port, admin_port, backend_ports)
         targets.append(
-            Target("router", "wa-router (generic profile, memory store)", router_port, proc)
+            Target(
+                "router",
+                "wa-router (generic profile, memory store)",
+                router_port,
+                proc,
+                admin_port=admin_port,
+                metrics=True,
+            )
+        )
+    if "router-nometrics" in want:
+        proc = start_router(
+            procs, tmp, "router-nometrics", nometrics_port, nometrics_admin_port, backend_ports,
+            metrics=False,
+        )  # fmt: skip
+        targets.append(
+            Target(
+                "router-nometrics",
+                "wa-router (generic profile, memory store), metrics off",
+                nometrics_port,
+                proc,
+                admin_port=nometrics_admin_port,
+            )
         )
     if "router-redis" in want:
         # Its own redis-server: fresh (no assignment yet: the first warmup places every
@@ -1269,6 +1571,8 @@ def start_everything(
                 redis=probe,
                 redis_proc=redis,
                 redis_port=redis_port,
+                admin_port=redis_admin_port,
+                metrics=True,
             )
         )
     return targets, status_port
@@ -1282,9 +1586,10 @@ def start_router(
     admin_port: int,
     backend_ports: list[int],
     redis_port: int | None = None,
+    metrics: bool = True,
 ) -> Proc:
     conf = tmp / f"{name}.yaml"
-    conf.write_text(router_conf(port, admin_port, backend_ports, redis_port))
+    conf.write_text(router_conf(port, admin_port, backend_ports, redis_port, metrics))
     proc = procs.start(
         name,
         [sys.executable, "-m", "router", "run", "-c", str(conf)],
@@ -1322,14 +1627,44 @@ def run_once(
     if probe is not None:
         assignments = probe.command("HLEN", REDIS_PREFIX + "assignments")
     accepts0, served0 = backend_counters(status_port)
+    scrape_port = t.admin_port if t.metrics else None
+    pre_t0 = time.monotonic()
+    pre = scrape_metrics(scrape_port, pre_t0) if scrape_port is not None else None
     monitor = None
     if probe is not None and t.redis_port:
         monitor = RedisMonitor(t.redis_port)
         probe.sent.update(["client|setname", "monitor"])  # the monitor's: ours too
     redis0 = probe.snapshot() if probe is not None else None
     before = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid)
-    res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
+    scraper = (
+        LoadScraper(scrape_port, args.duration, args.scrapes)
+        if scrape_port is not None and args.scrapes > 0
+        else None
+    )
+    try:
+        res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
+    finally:
+        under_load, scrape_errors = scraper.join() if scraper is not None else ([], [])
     used = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid).usage_since(before)
+    if scrape_port is not None and pre is not None:
+        t0 = scraper.t0 if scraper is not None else before.wall
+        post = scrape_metrics(scrape_port, t0)
+        pre.at += pre_t0 - t0  # relative to the run's start, like the others
+        res.scrapes = [pre, *under_load, post]
+        if pre.responses is not None and post.responses is not None:
+            res.metrics_counted = post.responses - pre.responses
+        failures += [f"{t.name}: round {rnd}: {e}" for e in scrape_errors]
+        bad = [s for s in res.scrapes if s.status != 200 or s.responses is None]
+        if bad:
+            failures.append(
+                f"{t.name}: round {rnd}: GET /metrics answered {bad[0].status} "
+                f"({bad[0].size} bytes, router_requests_total: {bad[0].responses})"
+            )
+        elif res.metrics_counted is not None and res.metrics_counted < res.requests:
+            failures.append(
+                f"{t.name}: round {rnd}: router_requests_total grew by {res.metrics_counted:,} "
+                f"during the measured run, but wrk received {res.requests:,} responses"
+            )
     redis1 = probe.snapshot() if probe is not None else None
     if probe is not None and monitor is not None:
         clients = client_list(probe)
@@ -1376,6 +1711,17 @@ def run_once(
         file=sys.stderr,
         flush=True,
     )
+    if res.scrapes is not None:
+        during = [s for s in res.scrapes if 0 <= s.at <= args.duration]
+        print(
+            f"  round {rnd}/{args.repeats} {t.name}: /metrics scraped {len(during)} time(s) "
+            f"under load ({', '.join(f'{s.seconds * 1e3:.1f} ms' for s in during) or '-'}; "
+            f"{res.scrapes[-1].size:,} bytes); router_requests_total grew by "
+            f"{'?' if res.metrics_counted is None else f'{res.metrics_counted:,}'} "
+            f"(wrk received {res.requests:,}, the backends served {res.backend_requests:,})",
+            file=sys.stderr,
+            flush=True,
+        )
     procs.check_alive()
     return res, out
 
@@ -1390,8 +1736,10 @@ def measure(
     failures: list[str] = []
     for t in targets:
         failures += sticky_check(t, args.sessions)
+    for t in targets:
+        failures += metrics_check(t)
     for rnd in range(1, args.repeats + 1):
-        for t in targets:
+        for t in round_order(targets, rnd):
             for attempt in range(1 + args.noisy_retries):
                 res, out = run_once(args, t, procs, backend, status_port, failures, rnd)
                 if res.errors:
@@ -1411,6 +1759,54 @@ def measure(
             if strangers:
                 failures.append(f"{t.name}: unexpected Redis clients: {strangers}")
     return failures
+
+
+def round_order(targets: list[Target], rnd: int) -> list[Target]:
+    """The targets in round ``rnd``'s order: ``router`` and ``router-nometrics`` swap
+    places every other round (ABBA), so that neither always runs first: the difference
+    measured is a few percent, of the order of the drift between two runs."""
+    order = list(targets)
+    names = [t.name for t in order]
+    if rnd % 2 == 0 and all(n in names for n in METRICS_PAIR):
+        i, j = (names.index(n) for n in METRICS_PAIR)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+IDLE_SCRAPES = 100  # CPU time is counted in ticks (10 ms): enough to resolve 0.1 ms
+
+
+def metrics_check(t: Target) -> list[str]:
+    """A router with metrics on must serve /metrics with router_requests_total (the sticky
+    check's requests are in it); with metrics off, /metrics must answer 404 (the switch
+    took effect). For the former, also the cost of a scrape on the idle router: its CPU
+    time over ``IDLE_SCRAPES`` scrapes in a row."""
+    if t.name not in ROUTERS or t.admin_port is None or t.proc is None:
+        return []
+    try:
+        if not t.metrics:
+            status, _, _ = http_get(t.admin_port, "/metrics")
+            if status != 404:
+                return [f"{t.name}: metrics are off, but GET /metrics answered {status}"]
+            return []
+        cpu0, t0 = cpu_seconds(t.proc.pid), time.monotonic()
+        scrapes = [scrape_metrics(t.admin_port, t0) for _ in range(IDLE_SCRAPES)]
+        cpu = cpu_seconds(t.proc.pid) - cpu0
+    except (OSError, http.client.HTTPException) as e:
+        return [f"{t.name}: GET /metrics: {e}"]
+    bad = [s for s in scrapes if s.status != 200 or not s.responses]
+    if bad:
+        return [
+            f"{t.name}: GET /metrics answered {bad[0].status} with router_requests_total "
+            f"{bad[0].responses} after the sticky check's requests"
+        ]
+    t.idle_scrapes = {
+        "scrapes": IDLE_SCRAPES,
+        "cpu_ms_per_scrape": cpu / IDLE_SCRAPES * 1e3,
+        "median_ms": statistics.median(s.seconds for s in scrapes) * 1e3,
+        "bytes": statistics.median(s.size for s in scrapes),
+    }
+    return []
 
 
 def _errors_text(r: WrkResult) -> str:
@@ -1470,9 +1866,11 @@ def main(argv: list[str] | None = None) -> int:
                         "placement_sample": t.placement,
                         "redis_client_names": t.redis_client_names,
                         "redis_first_warmup_commands": t.redis_first_warmup,
+                        "idle_scrapes": t.idle_scrapes,
                     }
                     for t in targets
                 },
+                "metrics_cost": metrics_cost(targets),
                 "failures": failures,
             }
             (args.out_dir / f"proxy-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
