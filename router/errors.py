@@ -74,6 +74,11 @@ class BodyTooLarge(ClientError):
     code = "body_too_large"
 
 
+class UriTooLong(ClientError):
+    status = 414
+    code = "uri_too_long"
+
+
 class HeadersTooLarge(ClientError):
     status = 431
     code = "headers_too_large"
@@ -136,3 +141,7 @@ class StoreUnavailable(Unavailable):
 
 class ShuttingDown(Unavailable):
     code = "shutting_down"
+
+
+class TooManyConnections(Unavailable):
+    code = "too_many_connections"

@@ -77,7 +77,11 @@ class Instance:
         # Pre-encoded header lines: the hot path only joins bytes.
         self.host_line = b"Host: " + self.address.netloc.encode("idna") + b"\r\n"
         key = config.api_key.value if config.api_key else ""
-        self.api_key_line = b"X-Api-Key: " + key.encode("latin-1") + b"\r\n" if key else b""
+        # Both spellings: WAHA reads X-Api-Key, Evolution API reads apikey.
+        self.api_key_line = (
+            b"X-Api-Key: " + key.encode("latin-1") + b"\r\napikey: " + key.encode("latin-1") + b"\r\n"
+            if key else b""
+        )
         self.pool = UpstreamPool(self.address)
 
     def reconfigure(self, config: InstanceConfig) -> None:

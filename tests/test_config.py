@@ -519,7 +519,10 @@ INVALID = [
     ("log: {format: xml}", "log.format: must be one of text, json (got 'xml')"),
     ("log: {level: verbose}", "log.level: must be one of DEBUG, INFO, WARNING, ERROR (got 'verbose')"),
     # admin and listen
-    ("admin: {host: 0.0.0.0, port: 8080}", "admin.port: admin and listen can't share the same address (0.0.0.0:8080 and 0.0.0.0:8080)"),
+    ("admin: {host: 0.0.0.0, port: 8080, token: t}", "admin.port: admin and listen can't share the same address (0.0.0.0:8080 and 0.0.0.0:8080)"),
+    ("admin: {host: 0.0.0.0}", "admin.token: required when the admin port listens beyond loopback (admin.host '0.0.0.0'): without a token anyone who reaches it could read the fleet"),
+    ("admin: {host: 10.0.0.5, token: ''}", "admin.token: required when the admin port listens beyond loopback (admin.host '10.0.0.5'): without a token anyone who reaches it could read the fleet"),
+    ("listen: {max_connections: 0}", "listen.max_connections: must be >= 1 (got 0)"),
     ("listen: {host: 127.0.0.1, port: 8081}", "admin.port: admin and listen can't share the same address (127.0.0.1:8081 and 127.0.0.1:8081)"),
     ("listen: {host: '::', port: 8081}", "admin.port: admin and listen can't share the same address (127.0.0.1:8081 and [::]:8081)"),
 ]
@@ -778,3 +781,11 @@ def test_metrics_switch_parses_from_yaml_and_env() -> None:
     assert parse(BASE).metrics.enabled is True
     assert parse(BASE + "metrics: {enabled: false}").metrics.enabled is False
     assert parse(BASE + "metrics: {enabled: '${M}'}", M="False").metrics.enabled is False
+
+
+def test_loopback_admin_needs_no_token_and_api_keys_skip_empty() -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert parse(BASE + f"admin: {{host: '{host}'}}").admin.token is None
+    c = parse(BASE + "listen: {api_keys: ['${K1}', '', '${K2:-}', k3-s3cret]}", K1="k1-s3cret")
+    assert [k.value for k in c.listen.api_keys] == ["k1-s3cret", "k3-s3cret"]
+    assert "s3cret" not in repr(c)

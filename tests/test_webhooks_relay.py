@@ -216,7 +216,7 @@ async def test_target_down_then_up_no_spin(redis_server: RedisServer, target: Ta
     during = worker.attempts - before
     # Without the breaker: 20 session heads retried every 20 ms = ~2000 attempts in 2 s.
     assert during <= 8, during
-    assert worker.status()["breaker"] == "open"
+    assert worker.status()["breaker"] in ("open", "half_open")  # probing now and then, never closed
     assert r.status()[0]["backlog"] == 200
     [down] = r._events.recent(kind="webhook_target_down")  # once, not per probe
     assert down.severity == "warning" and "connect error" in down.message

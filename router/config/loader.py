@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -530,6 +531,15 @@ def _check_passive(passive: PassiveConfig, at: _At) -> None:
 _ANY_HOST: Final = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_config(config: Config, at: _At) -> None:
     workers = config.listen.workers
     if at.clean("listen.workers", "store.url") and workers > 1 and config.store.url is None:
@@ -540,6 +550,11 @@ def _check_config(config: Config, at: _At) -> None:
     listen, admin = config.listen, config.admin
     overlap = listen.host == admin.host or bool({listen.host, admin.host} & _ANY_HOST)
     clean = at.clean("listen.host", "listen.port", "admin.host", "admin.port")
+    if at.clean("admin.host", "admin.token") and config.admin.token is None and not _loopback(admin.host):
+        at.key("admin.token").add(
+            f"required when the admin port listens beyond loopback (admin.host {admin.host!r}): "
+            "without a token anyone who reaches it could read the fleet"
+        )
     if clean and overlap and listen.port == admin.port:
         at.key("admin.port").add(
             f"admin and listen can't share the same address "
@@ -612,6 +627,8 @@ _TABLE: Final[Mapping[str, Converter]] = {
             "workers": _integer(1),
             "shutdown_timeout": _POSITIVE,
             "keepalive_timeout": _POSITIVE,
+            "api_keys": _list(_secret, skip_empty=True),
+            "max_connections": _integer(1),
         },
     ),
     "admin": _section(AdminConfig, {"host": _text(), "port": _integer(1, 65535), "token": _secret}),
@@ -680,6 +697,7 @@ _TABLE: Final[Mapping[str, Converter]] = {
             "upstream_connect_timeout": _POSITIVE,
             "upstream_timeout": _POSITIVE,
             "client_header_timeout": _POSITIVE,
+            "client_body_timeout": _POSITIVE,
         },
     ),
     "webhooks": _section(

@@ -42,6 +42,10 @@ class ListenConfig:
     shutdown_timeout: float = 10.0
     # Idle keep-alive client connections are closed after this long.
     keepalive_timeout: float = 75.0
+    # Client keys for the proxy port (X-Api-Key, ?x-api-key=, apikey); empty: open.
+    api_keys: tuple[Secret, ...] = ()
+    # Open client connections at most; beyond, a new one gets 503 and is closed.
+    max_connections: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,8 @@ class LimitsConfig:
     upstream_connect_timeout: float = 2.0
     upstream_timeout: float = 60.0
     client_header_timeout: float = 10.0
+    # A request body that stalls this long between reads is cut off (408).
+    client_body_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,11 +29,14 @@ from router.errors import (
     RequestTimeout,
     RouterError,
     ShuttingDown,
+    TooManyConnections,
+    Unauthorized,
     UpstreamError,
     UpstreamTimeout,
+    UriTooLong,
 )
 from router.instances import Instance
-from router.proxy import local
+from router.proxy import access, local
 from router.proxy.headers import REQUEST_DROP, RESPONSE_DROP, valid_request_id
 from router.proxy.inbound import parse_webhook, session_status
 from router.proxy.responses import error_response, json_response, reason
@@ -61,6 +64,7 @@ DL_NONE = 0
 DL_HEADERS = 1
 DL_IDLE = 2
 DL_ACTIVE = 3
+DL_BODY = 4  # reading a request body: the client must keep sending
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
 _INF = float("inf")
@@ -164,9 +168,18 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = (peer[0] if peer else "").encode()
-        self.server.connections.add(self)
+        server = self.server
+        if len(server.connections) >= server.router.config.listen.max_connections:
+            self.closed = True
+            self.transport.write(error_response(
+                TooManyConnections("too many open connections (listen.max_connections); retry later"),
+                request_id=server.next_request_id(), keep_alive=False,
+            ))
+            self.transport.close()
+            return
+        server.connections.add(self)
         self.set_deadline(DL_HEADERS)
-        if self.server.closing:
+        if server.closing:
             transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -208,6 +221,8 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.loop_time() + limits.listen.keepalive_timeout
         elif kind == DL_ACTIVE:
             self.deadline = self.loop_time() + limits.limits.upstream_timeout
+        elif kind == DL_BODY:
+            self.deadline = self.loop_time() + limits.limits.client_body_timeout
         else:
             self.deadline = _INF
         self.deadline_kind = kind
@@ -220,6 +235,16 @@ class ClientConnection(asyncio.Protocol):
             if ex.instance is not None and ex.upstream is not None:
                 self.server.router.passive_failure(ex.instance, connect_error=False)
             ex.fail(UpstreamTimeout("the instance did not answer within limits.upstream_timeout"))
+        elif kind == DL_BODY:
+            stalled = self.parsing or self.exchange
+            if self.paused:  # we stopped reading (held, or the instance is slow): not the client
+                self.set_deadline(DL_BODY)
+            elif stalled is not None:
+                stalled.fail(RequestTimeout("request body stalled longer than limits.client_body_timeout"),
+                        close=True)
+                self.close()
+            else:
+                self.close()
         elif kind == DL_HEADERS and self.exchange is None and self.head_size:
             self.write(
                 error_response(
@@ -302,7 +327,7 @@ class ClientConnection(asyncio.Protocol):
         self.url += url
         self.head_size += len(url)
         if self.head_size > MAX_HEAD_BYTES:
-            raise HeadersTooLarge("request line too long")
+            raise UriTooLong("request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -337,6 +362,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.parsing
         self.parsing = None
+        if self.deadline_kind == DL_BODY:
+            self.set_deadline(DL_ACTIVE if self.exchange is not None else DL_IDLE)
         if ex is not None:
             ex.request_complete()
 
@@ -487,6 +514,14 @@ class Exchange:
             self.fail(BadRequest("request target must be a path"), close=True)
             return
         path = self.path
+        keys = config.listen.api_keys
+        if keys and path != config.webhooks.path and path not in access.OPEN_PATHS:
+            # Webhooks from instances are checked by inbound_hmac_key, not client keys.
+            if not access.allowed(access.client_key(self.header_map, self.query), keys):
+                self.fail(Unauthorized("missing or wrong API key (X-Api-Key)"))
+                return
+            self.client_key_line = b""  # the router's key: never forwarded
+            self.target = access.strip_query_key(self.target)
         if path == config.webhooks.path and self.router.relay is not None:
             self._start_webhook()
             return
@@ -569,8 +604,10 @@ class Exchange:
                     lines += [b"Connection: Upgrade\r\nUpgrade: ", value, _CRLF]
                 continue
             hmap[low.decode("latin-1")] = value.decode("latin-1")
-            if low == b"x-api-key":
-                self.client_key_line = b"X-Api-Key: " + value + _CRLF
+            if low == b"x-api-key" or low == b"apikey":
+                # Instance credentials: replaced by the instance's own api_key when it has
+                # one, dropped when they are the router's own key (listen.api_keys).
+                self.client_key_line += name + b": " + value + _CRLF
                 continue
             lines += [name, b": ", value, _CRLF]
         self.request_id = rid.decode() if rid else conn.server.next_request_id()
@@ -586,9 +623,9 @@ class Exchange:
         if self.body_size > limit:
             self.fail(BodyTooLarge(f"request body exceeds limits.max_body ({limit} bytes)"), close=True)
             return
+        self.conn.set_deadline(DL_BODY)
         up = self.upstream
         if up is not None:
-            self.conn.deadline = self.conn.loop_time() + self.router.config.limits.upstream_timeout
             if self.replay is not None:
                 if self.body_size <= REPLAY_LIMIT:
                     self.replay.append(data)
