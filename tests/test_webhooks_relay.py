@@ -438,3 +438,24 @@ async def test_update_adds_and_removes_targets(redis_server: RedisServer, target
         assert len(r.status()) == 1
     finally:
         await other.stop()
+
+
+async def test_a_hanging_target_times_out_and_nothing_is_lost(
+    redis_server: RedisServer, target: Target, relays: list[WebhookRelay]
+) -> None:
+    """A target that accepts and never answers: each attempt ends at request_timeout and is
+    retried; accepting is not held up; nothing is lost once it answers again."""
+    cfg = config(target_cfg(target.url), delay=0.05, attempts=1000)
+    r = await started(relays, relay(cfg, redis_server.url, request_timeout=0.3))
+    hold = target.hold = asyncio.Event()
+    await r.accept([event(f"h{i}", 0) for i in range(5)])
+    worker = next(iter(r.targets().values()))
+    await wait_until(lambda: worker.attempts >= 10, 15, "timed-out attempts to be retried")
+    t0 = time.monotonic()
+    await r.accept([event(f"h{i}", 1) for i in range(5)])
+    assert time.monotonic() - t0 < 1.0  # accepting never waits for delivery
+    target.hold = None
+    hold.set()
+    await wait_until(lambda: len(target.delivered_ids()) == 10, 20, "everything delivered")
+    order = per_session_first_deliveries(target.hits)
+    assert all(order[f"h{i}"] == [0, 1] for i in range(5))

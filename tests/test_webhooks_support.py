@@ -49,6 +49,7 @@ class Target:
         self.status = 200
         self.rule: Callable[[Hit], int | None] | None = None
         self.delay = 0.0
+        self.hold: asyncio.Event | None = None  # set: every request waits for it (a hang)
         self.is_down = False
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -87,6 +88,9 @@ class Target:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.hold is not None:
+            await self.hold.wait()
+            return web.Response(status=503)  # released: too late, the router gave up
         if self.is_down:
             request.protocol.force_close()
             return web.Response(status=503)
