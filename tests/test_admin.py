@@ -126,3 +126,25 @@ async def test_overview_paging_and_the_dashboard_page(
             assert resp.status == 200 and resp.content_type == "text/html"
             page_text = await resp.text()
         assert "/admin/overview" in page_text and TOKEN not in page_text
+
+
+async def test_bad_admin_parameters_are_400_not_clamped(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    """Found by the schemathesis run: these used to be clamped or ignored silently."""
+    r = router_factory(_with_token(three_sims) + "webhooks: {targets: [{url: 'http://127.0.0.1:9/h'}]}\n")
+    async with aiohttp.ClientSession(base_url=r.admin_url, headers=AUTH) as http:
+        for method, path, kw in (
+            ("GET", "/admin/events?limit=1001", {}),
+            ("GET", "/admin/events?limit=0", {}),
+            ("GET", "/admin/webhooks/dead?limit=0", {}),
+            ("POST", "/admin/rebalance?dry_run=AAA", {}),
+            ("POST", "/admin/webhooks/dead/replay", {"json": {"ids": None}}),
+            ("POST", "/admin/webhooks/dead/replay", {"json": [1, 2]}),
+        ):
+            async with http.request(method, path, **kw) as resp:
+                assert resp.status == 400, (path, resp.status)
+                assert (await resp.json())["error"] == "bad_request"
+        async with http.request("TRACE", "/admin/instances") as resp:
+            assert resp.status == 405 and "GET" in resp.headers["Allow"]
+            assert (await resp.json())["error"] == "method_not_allowed"

@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from router.admin import openapi
 from router.admin.rates import Sampler
 from router.drain import Drainer
 from router.errors import (
@@ -54,7 +55,7 @@ STARTED = web.AppKey("started", float)
 
 # /dashboard is a static page with no data in it: a browser cannot send a bearer token for
 # a page load, so the page asks for the token and sends it on every API call it makes.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/dashboard", "/admin/openapi.json"})
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_bytes()
 READ_METHODS = frozenset({"GET", "HEAD"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -91,8 +92,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return _json({"error": "not_found" if e.status == 404 else "bad_request",
-                      "message": e.reason, "request_id": ""}, e.status)
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(e.status, "bad_request")
+        resp = _json({"error": code, "message": e.reason, "request_id": ""}, e.status)
+        if "Allow" in e.headers:  # RFC 9110: a 405 lists what is allowed
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
 
 
 @web.middleware
@@ -175,6 +179,10 @@ async def list_sessions(request: web.Request) -> web.Response:
     resp = _json([_assignment(a, router) for a in items[offset:offset + limit]])
     resp.headers["X-Total-Count"] = str(total)
     return resp
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return _json(openapi.spec())
 
 
 async def dashboard(request: web.Request) -> web.Response:
@@ -316,8 +324,14 @@ async def undrain_instance(request: web.Request) -> web.Response:
     return _json(_instance_view(request.app[ROUTER](), name))
 
 
+_TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
+
+
 def _flag(request: web.Request, key: str) -> bool:
-    return request.query.get(key, "").lower() in ("1", "true", "yes")
+    value = request.query.get(key, "").lower()
+    if value not in _TRUE | _FALSE:
+        raise BadRequest(f"{key} must be 1 or 0 (true/false)")
+    return value in _TRUE
 
 
 async def rebalance(request: web.Request) -> web.Response:
@@ -344,10 +358,7 @@ async def reload_config(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    try:
-        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-    except ValueError as e:
-        raise BadRequest("limit must be an integer") from e
+    limit = _int(request, "limit", 100, 1, 1000)
     events = request.app[EVENTS].recent(limit, request.query.get("kind"))
     return _json([e.as_dict() for e in events])
 
@@ -360,10 +371,7 @@ def _relay(request: web.Request) -> WebhookRelay:
 
 
 async def dead_webhooks(request: web.Request) -> web.Response:
-    try:
-        limit = max(1, min(10000, int(request.query.get("limit", "100"))))
-    except ValueError as e:
-        raise BadRequest("limit must be an integer") from e
+    limit = _int(request, "limit", 100, 1, 10000)
     return _json(await _relay(request).dead(limit))
 
 
@@ -374,8 +382,10 @@ async def replay_webhooks(request: web.Request) -> web.Response:
             body = await request.json()
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest('body must be empty or JSON: {"ids": [...]}') from e
-        raw = body.get("ids") if isinstance(body, dict) else None
-        if raw is not None:
+        if not isinstance(body, dict):
+            raise BadRequest('body must be empty or JSON: {"ids": [...]}')
+        if "ids" in body:
+            raw = body["ids"]
             if not isinstance(raw, list) or not all(isinstance(i, str) for i in raw):
                 raise BadRequest('"ids" must be a list of dead-entry ids')
             ids = raw
@@ -411,6 +421,7 @@ def create_admin_app(
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics)
     r.add_get("/dashboard", dashboard)
+    r.add_get("/admin/openapi.json", openapi_document)
     r.add_get("/admin/overview", overview)
     r.add_get("/admin/instances", list_instances)
     r.add_get("/admin/sessions", list_sessions)
