@@ -3,6 +3,7 @@ fuzzes a live router with it (bounded examples, loopback only): no 5xx, answers 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import aiohttp
@@ -49,8 +50,14 @@ async def test_every_admin_route_is_described(live: RouterProc, three_sims: list
         assert resp.status == 200 and (await resp.json())["paths"].keys() == spec()["paths"].keys()
 
 
+# The same examples on every run (CI stays deterministic); WA_ROUTER_FUZZ_EXAMPLES=200 explores
+# further, with fresh randomness.
+EXAMPLES = int(os.environ.get("WA_ROUTER_FUZZ_EXAMPLES", "0"))
+
+
 @SCHEMA.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES or 15, deadline=None, derandomize=not EXAMPLES,
+          suppress_health_check=list(HealthCheck))
 def test_admin_api_fuzzed(case: schemathesis.Case, live: RouterProc) -> None:
     case.call_and_validate(
         base_url=live.admin_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30,

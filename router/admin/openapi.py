@@ -95,8 +95,8 @@ def spec() -> dict[str, Any]:
                 parameters=[
                     {"name": "instance", "in": "query", "schema": {"type": "string"}},
                     {"name": "q", "in": "query", "schema": {"type": "string"}},
-                    {"name": "offset", "in": "query", "schema": {**_INT, "minimum": 0}},
-                    {"name": "limit", "in": "query", "schema": {**_INT, "minimum": 1}},
+                    {"name": "offset", "in": "query", "schema": {**_INT, "minimum": 0, "maximum": 10**9}},
+                    {"name": "limit", "in": "query", "schema": {**_INT, "minimum": 1, "maximum": 10**9}},
                 ])},
             "/admin/sessions/{session}": {"get": _op("one assignment", _json(_ASSIGNMENT), 404,
                                                      parameters=[_SESSION])},
