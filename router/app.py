@@ -28,6 +28,7 @@ from router.reload import Reloads, plan_reload
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
 from router.webhooks import WebhookRelay
+from router.workerstats import WorkerStats
 
 log = logging.getLogger("wa_router")
 
@@ -66,6 +67,7 @@ class App:
         self.relay: WebhookRelay | None = None
         self.drainer: Drainer | None = None
         self.alerter: Alerter | None = None
+        self.worker_stats: WorkerStats | None = None
         self._reload_lock = asyncio.Lock()
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
@@ -177,16 +179,17 @@ class App:
         assert self.router is not None
         return self.router
 
-    async def start(self, *, reuse_port: bool = False, admin: bool = True) -> None:
+    async def start(self, *, reuse_port: bool = False, admin: bool = True, worker: int | None = None) -> None:
         """Start every part; if one fails (a port in use, Redis down), stop the parts
-        already running before raising, so the process can exit."""
+        already running before raising, so the process can exit. ``worker``: this process's
+        index under ``listen.workers: N``."""
         try:
-            await self._start(reuse_port=reuse_port, admin=admin)
+            await self._start(reuse_port=reuse_port, admin=admin, worker=worker)
         except BaseException:
             await self.stop()
             raise
 
-    async def _start(self, *, reuse_port: bool, admin: bool) -> None:
+    async def _start(self, *, reuse_port: bool, admin: bool, worker: int | None) -> None:
         cfg = self.config
         await self.store.start()
         if self._http is None:
@@ -232,6 +235,10 @@ class App:
                                on_dropped=self._instance_dropped)
         self.alerter = Alerter(cfg.alerts, self.events, relay.backlog)
         self.alerter.start()
+        if worker is not None and cfg.listen.workers > 1:
+            self.worker_stats = WorkerStats(self.store, worker, cfg.listen.workers,
+                                            router.stats_sources, lambda: router.held)
+            self.worker_stats.start()
         monitor.start()
         leadership.start()
         self.drainer.start()
@@ -243,6 +250,7 @@ class App:
                     self.current_router, self.events,
                     lambda: self.failover, lambda: self.leadership, lambda: self.relay,
                     self.reloads, lambda: self.drainer, self._admin_reload,
+                    lambda: self.worker_stats.peers if self.worker_stats is not None else [],
                 ),
                 access_log=None,
                 handle_signals=False,
@@ -276,6 +284,8 @@ class App:
                 await self.drainer.stop()
             if self.alerter is not None:
                 await self.alerter.stop()
+            if self.worker_stats is not None:
+                await self.worker_stats.stop()
             if self.relay is not None:
                 await self.relay.stop()
             if self.monitor is not None:

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> None:
         app = create_app(config)
         # Worker 0 serves the admin port; every worker shares the proxy port.
-        await app.start(reuse_port=index is not None, admin=not index)
+        await app.start(reuse_port=index is not None, admin=not index, worker=index)
         await app.run_until_signalled()
 
     try:

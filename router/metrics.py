@@ -6,7 +6,7 @@ own them, and this collector turns them into metric families when Prometheus scr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -22,6 +22,7 @@ from router.reload import Reloads
 from router.routing import Router
 from router.stats import BUCKETS, RequestStats
 from router.webhooks import WebhookRelay
+from router.workerstats import PeerStats, merged
 
 
 class RouterCollector(Collector):
@@ -32,8 +33,10 @@ class RouterCollector(Collector):
         leadership: Callable[[], Leadership | None],
         relay: Callable[[], WebhookRelay | None] = lambda: None,
         reloads: Reloads | None = None,
+        peers: Callable[[], list[PeerStats]] = list,
     ) -> None:
         self._router = current_router
+        self._peers = peers
         self._reloads = reloads if reloads is not None else Reloads()
         self._relay = relay
         self._failover = failover
@@ -56,7 +59,7 @@ class RouterCollector(Collector):
         yield up
         yield sessions
         yield inflight
-        yield from self._requests(router)
+        yield from self._requests(merged(router.stats_sources(), self._peers()))
         yield GaugeMetricFamily(
             "router_store_up",
             "1 when the assignment store is reachable (always 1 in memory)",
@@ -67,7 +70,7 @@ class RouterCollector(Collector):
         )
         yield GaugeMetricFamily(
             "router_held_requests", "Requests waiting for their session to become routable",
-            value=float(router.held),
+            value=float(router.held + sum(p.held for p in self._peers())),
         )
         ejected = GaugeMetricFamily(
             "router_instance_ejected", "1 while passive checks keep the instance out", labels=["instance"]
@@ -118,7 +121,7 @@ class RouterCollector(Collector):
 
 
     @staticmethod
-    def _requests(router: Router) -> Iterator[Metric]:
+    def _requests(sources: Iterable[tuple[str, RequestStats]]) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "router_requests", "Responses by instance and status code (instance \"router\": "
             "answered by the router itself)", labels=["instance", "code"],
@@ -130,8 +133,6 @@ class RouterCollector(Collector):
         )
         total = [0] * (len(BUCKETS) + 1)
         total_sum = 0.0
-        sources: list[tuple[str, RequestStats]] = [(i.name, i.stats) for i in router.fleet]
-        sources.append(("router", router.own_stats))
         for name, stats in sources:
             for code, n in sorted(stats.codes.items()):
                 requests.add_metric([name, str(code)], float(n))
@@ -162,7 +163,8 @@ def make_registry(
     leadership: Callable[[], Leadership | None] = lambda: None,
     relay: Callable[[], WebhookRelay | None] = lambda: None,
     reloads: Reloads | None = None,
+    peers: Callable[[], list[PeerStats]] = list,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(current_router, failover, leadership, relay, reloads))
+    registry.register(RouterCollector(current_router, failover, leadership, relay, reloads, peers))
     return registry

@@ -23,7 +23,7 @@ from router.errors import (
 from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
 from router.sessions import SessionExtractor
-from router.stats import new_stats
+from router.stats import RequestStats, new_stats
 from router.store.base import Assignment, AssignmentStore
 
 if TYPE_CHECKING:
@@ -93,6 +93,10 @@ class Router:
             # Answers the router gives itself (errors, health, webhooks, fan-out).
             self.own_stats = new_stats(config.metrics.enabled)
         self.config = config
+
+    def stats_sources(self) -> list[tuple[str, RequestStats]]:
+        """Request counters by instance name, plus "router" for the router's own answers."""
+        return [*((i.name, i.stats) for i in self.fleet), ("router", self.own_stats)]
 
     def record_status(self, session: str, status: str) -> None:
         if len(self.statuses) >= MAX_STATUSES and session not in self.statuses:

@@ -697,3 +697,49 @@ async def test_admin_reload_reaches_every_worker(
     finally:
         for c in conns:
             await c.close()
+
+
+async def test_metrics_count_every_workers_requests(
+    three_sims: list[Proc],
+    redis_server: RedisServer,
+    router_factory: Callable[..., RouterProc],
+) -> None:
+    """Worker 0 serves /metrics; the other worker's requests are in it too (published through
+    Redis every second)."""
+    r = router_factory(config(three_sims, redis_server, "t10:", workers=2))
+    master = r.proc.pid
+
+    async def two_listening() -> bool:
+        ws = children(master)
+        return len(ws) == 2 and listeners(ws, r.port) == set(ws)
+
+    await poll(two_listening, 10, "both workers listening")
+    workers = children(master)
+    conns: list[RawConn] = []
+    served: Counter[int] = Counter()
+    try:
+        async with asyncio.timeout(20):
+            while len(conns) < 256 and min(served[w] for w in workers) < 20:
+                batch = [await RawConn.open(r.port) for _ in range(16)]
+                conns += batch
+                for c in batch:
+                    assert (await c.request("GET", "/api/sessions/m1"))[0] in (200, 404)
+                owners = socket_owners(workers, r.port)
+                for c in batch:
+                    for _ in range(4):
+                        assert (await c.request("GET", "/api/sessions/m1"))[0] in (200, 404)
+                    served[owners[c.local_port]] += 5
+    finally:
+        for c in conns:
+            await c.close()
+    total = sum(served.values())
+
+    async def all_counted() -> bool:
+        async with aiohttp.ClientSession() as http, http.get(r.admin_url + "/metrics") as resp:
+            text = await resp.text()
+        n = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("router_requests_total{") and 'instance="router"' not in line)
+        return n >= total
+
+    await poll(all_counted, 10, f"/metrics to count all {total} requests of both workers "
+               f"(per worker: {dict(served)})", interval=0.2)

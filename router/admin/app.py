@@ -36,9 +36,9 @@ from router.proxy.local import readiness
 from router.proxy.responses import error_body
 from router.reload import Reloads
 from router.routing import Router
-from router.stats import RequestStats
 from router.store.base import Assignment
 from router.webhooks import WebhookRelay
+from router.workerstats import PeerStats
 
 ROUTER = web.AppKey[Callable[[], Router]]("router")
 EVENTS = web.AppKey("events", EventLog)
@@ -401,13 +401,14 @@ def create_admin_app(
     reloads: Reloads | None = None,
     drainer: Callable[[], Drainer | None] = lambda: None,
     reload: Callable[[], Awaitable[list[str]]] | None = None,
+    peers: Callable[[], list[PeerStats]] = list,
 ) -> web.Application:
     """``current_router`` returns the live router."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
     app[ROUTER] = current_router
     reloads = reloads if reloads is not None else Reloads()
-    app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads)
+    app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads, peers)
     app[RELAY] = relay
     app[FAILOVER] = failover
     app[LEADERSHIP] = leadership
@@ -434,13 +435,9 @@ def create_admin_app(
     r.add_get("/admin/events", list_events)
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
-    app[SAMPLER] = Sampler(lambda: _stats_sources(current_router()), time.monotonic)
+    app[SAMPLER] = Sampler(lambda: current_router().stats_sources(), time.monotonic)
     app.cleanup_ctx.append(_sampling)
     return app
-
-
-def _stats_sources(router: Router) -> list[tuple[str, RequestStats]]:
-    return [*((i.name, i.stats) for i in router.fleet), ("router", router.own_stats)]
 
 
 async def _sampling(app: web.Application) -> AsyncIterator[None]:

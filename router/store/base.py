@@ -18,7 +18,7 @@ Two things serve failover:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -133,6 +133,12 @@ class AssignmentStore(Protocol):
 
     async def drained(self) -> frozenset[str]:
         """The instances operators drained."""
+
+    async def put_worker_stats(self, worker: int, payload: str, ttl: float) -> None:
+        """Publish one worker process's counters (``router.workerstats``), expiring."""
+
+    async def worker_stats(self, workers: Iterable[int]) -> dict[int, str | None]:
+        """The latest published counters of these workers (None: none, or expired)."""
 
     @property
     def healthy(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from router.store.base import Assignment, Listener, StaleEpoch
 
@@ -29,6 +29,7 @@ class MemoryStore:
         self._leader: str | None = None
         self._leader_token = 0  # the last token handed out
         self._drained: set[str] = set()
+        self._worker_stats: dict[int, str] = {}
         self._leader_until = 0.0  # time.monotonic() deadline of the lease
 
     def cached(self, session: str) -> Assignment | None:
@@ -165,6 +166,14 @@ class MemoryStore:
 
     async def drained(self) -> frozenset[str]:
         return frozenset(self._drained)
+
+    # -- worker stats (one process: only for the interface) ---------------------------
+
+    async def put_worker_stats(self, worker: int, payload: str, ttl: float) -> None:
+        self._worker_stats[worker] = payload
+
+    async def worker_stats(self, workers: Iterable[int]) -> dict[int, str | None]:
+        return {w: self._worker_stats.get(w) for w in workers}
 
     # -- the map ----------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import redis.exceptions as rexc
@@ -383,6 +383,20 @@ class RedisStore:
         cmd = self._client_or_raise()
         members = await self._call(lambda: cast("Awaitable[set[str]]", cmd.smembers(self.key_drained)))
         return frozenset(members)
+
+    # -- worker stats (router.workerstats) ------------------------------------------------
+
+    async def put_worker_stats(self, worker: int, payload: str, ttl: float) -> None:
+        cmd = self._client_or_raise()
+        await self._call(lambda: cmd.set(f"{self.prefix}workers:{worker}", payload, px=int(ttl * 1000)))
+
+    async def worker_stats(self, workers: Iterable[int]) -> dict[int, str | None]:
+        indices = list(workers)
+        if not indices:
+            return {}
+        cmd = self._client_or_raise()
+        values = await self._call(lambda: cmd.mget([f"{self.prefix}workers:{w}" for w in indices]))
+        return {w: (v.decode() if isinstance(v, bytes) else v) for w, v in zip(indices, values, strict=True)}
 
     def _client_or_raise(self) -> Redis:
         if self._cmd is None or not self._reachable:
