@@ -9,6 +9,7 @@ import argparse
 import json
 import re
 import sys
+import time
 import timeit
 from pathlib import Path
 
@@ -55,8 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--number", type=int, default=200_000, help="calls per repeat")
     parser.add_argument("--repeat", type=int, default=5, help="best of this many repeats")
+    parser.add_argument("--out-dir", type=Path, default=None, help="also write extract-<time>.md/.json here")
     args = parser.parse_args()
-    print(f"python {sys.version.split()[0]}, best of {args.repeat} x {args.number} calls")
+    head = f"python {sys.version.split()[0]}, best of {args.repeat} x {args.number} calls"
+    print(head)
+    rows: list[tuple[str, float, str]] = []
     for label, profile, rules, method, path, query, headers, body in CASES:
         ex = SessionExtractor(SessionsConfig(rules=rules), profile)
         result = ex.extract(method, path, query, headers, body)
@@ -65,6 +69,28 @@ def main() -> None:
         timer = timeit.Timer("f(*a)", globals=env)
         ns = min(timer.repeat(repeat=args.repeat, number=args.number)) / args.number * 1e9
         print(f"{ns:8.0f} ns  {label:48} -> {result}")
+        rows.append((label.strip(), ns, str(result)))
+    if args.out_dir is not None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        lines = [
+            f"## SessionExtractor.extract, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+            "",
+            f"- command: `{' '.join([sys.executable, *sys.argv])}`",
+            f"- {head} (timeit)",
+            "",
+            "| case | ns per call | result |",
+            "| --- | ---: | --- |",
+            *(f"| {case} | {ns:,.0f} | `{result}` |" for case, ns, result in rows),
+        ]
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        (args.out_dir / f"extract-{stamp}.md").write_text("\n".join(lines) + "\n")
+        raw = {
+            "number": args.number,
+            "repeat": args.repeat,
+            "python": sys.version,
+            "cases": [{"case": c, "ns": ns, "result": r} for c, ns, r in rows],
+        }
+        (args.out_dir / f"extract-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
 
 
 if __name__ == "__main__":

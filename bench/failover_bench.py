@@ -195,6 +195,44 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+def render(args: argparse.Namespace, out: dict[str, object]) -> str:
+    """The run as markdown: the command, the settings and one table row."""
+
+    def sec(key: str) -> str:
+        value = out.get(key)
+        return "-" if value is None else f"{value} s"
+
+    errors = out["errors"]
+    lines = [
+        f"## Failover timeline, {args.sessions} sessions, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        "",
+        f"- command: `{' '.join([sys.executable, *sys.argv])}`",
+        f"- 3 simulators (`python -m router sim --start-delay {args.start_delay:g}`: a restore "
+        f"takes {args.start_delay:g} s), one router with default health and failover settings"
+        f" (hold_timeout {out['hold_timeout']}), {args.clients} clients looping GET "
+        f"/api/sessions/{{s}} over every session ({args.pause:g} s pause); the instance "
+        "holding the most sessions is killed with SIGKILL",
+        "",
+        "| sessions | moved | detection | first held request released | all moved sessions "
+        "WORKING | requests after the kill | requests held (> 1 s) | longest hold | p50 "
+        "latency, other sessions | errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {out['sessions']} | {out['moved']} | {sec('detection_s')} "
+        f"| {sec('first_held_released_s')} | {sec('all_moved_working_s')} "
+        f"| {out['requests_after_kill']} | {out['requests_held']} | {sec('max_hold_s')} "
+        f"| {out['p50_latency_survivors_ms']} ms | {errors} |",
+        "",
+        f"- errors (non-2xx or failed requests after the kill): {errors}"
+        + (f" (statuses {out['error_statuses']})" if errors else "")
+        + f"; target 0: {'ok' if errors == 0 else 'MISSED'}",
+        f"- failover_started event seen: {out['failover_started_event']}",
+    ]
+    if out.get("all_moved_working_s") is None:
+        lines.append(f"- **not every moved session was WORKING within {args.max_wait:g} s**")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=50)
@@ -203,11 +241,16 @@ def main() -> int:
     p.add_argument("--pause", type=float, default=0.05, help="pause between a client's requests (s)")
     p.add_argument("--hold-timeout", default="", help="failover.hold_timeout (default: the router's)")
     p.add_argument("--max-wait", type=float, default=180.0)
+    p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="bench/out")
     args = p.parse_args()
     out = asyncio.run(run(args))
     print(json.dumps(out, indent=2))
-    os.makedirs(ROOT / "bench" / "out", exist_ok=True)
-    (ROOT / "bench" / "out" / f"failover-{args.sessions}-{int(time.time())}.json").write_text(json.dumps(out))
+    report = render(args, out)
+    print(report)
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = args.out_dir / f"failover-{args.sessions}-{int(time.time())}"
+    stem.with_suffix(".json").write_text(json.dumps(out))
+    stem.with_suffix(".md").write_text(report)
     return 0
 
 

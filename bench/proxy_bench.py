@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
         [--sessions 1000] [--repeats 2] [--scrapes 1]
-        [--targets direct,nginx,haproxy,router,router-nometrics,router-redis]
+        [--targets direct,nginx,haproxy,router,router-nometrics,router-redis,router-workers2]
 
 One run does everything, on 127.0.0.1 only:
 
@@ -14,7 +14,9 @@ One run does everything, on 127.0.0.1 only:
    with the in-memory store (``router``), the same with ``metrics: {enabled: false}``
    (``router-nometrics``: no per-request accounting, /metrics answers 404) and with the
    Redis store (``router-redis``) against a redis-server the script starts itself (free
-   port, temp dir, appendonly, no other client);
+   port, temp dir, appendonly, no other client); and ``router-workers2``: the Redis config
+   plus ``listen.workers: 2`` (two worker processes sharing the port with SO_REUSEPORT),
+   against a redis-server of its own;
 3. checks every target answers 200 and is sticky (one session, one backend), then runs wrk
    (``bench/wrk/sessions.lua``: X-Session-Id drawn from N ids) against each target in turn,
    each measured run preceded by a short warmup, and repeats the whole sequence R times
@@ -70,8 +72,12 @@ LUA_SCRIPT = BENCH_DIR / "wrk" / "sessions.lua"
 HOST = "127.0.0.1"
 BACKENDS = ("b1", "b2", "b3")
 REQUEST_PATH = "/v1/bench"  # any path: the generic profile reads only X-Session-Id
-ALL_TARGETS = ("direct", "nginx", "haproxy", "router", "router-nometrics", "router-redis")
-ROUTERS = ("router", "router-nometrics", "router-redis")  # targets that are a wa-router process
+ALL_TARGETS = (
+    "direct", "nginx", "haproxy", "router", "router-nometrics", "router-redis", "router-workers2",
+)  # fmt: skip
+# targets that are a wa-router process (router-workers2: a master and two workers)
+ROUTERS = ("router", "router-nometrics", "router-redis", "router-workers2")
+WORKERS2 = "router-workers2"  # listen.workers: 2, Redis store (its own redis-server)
 METRICS_PAIR = ("router", "router-nometrics")  # metrics on / off, same config otherwise
 METRICS_TARGET = 0.95  # issue 6: router / router-nometrics >= 0.95 (cost <= 5%)
 REDIS_PREFIX = "bench:"
@@ -210,6 +216,16 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_seconds_own(pid: int) -> float:
+    """User + system CPU time of ``pid`` alone (not its children), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def machine_cpu_seconds() -> float:
     """CPU time the whole machine spent in user, nice and system mode, in seconds.
     irq/softirq are left out: they are not charged to processes, so they cannot be split
@@ -301,6 +317,19 @@ def memory_kib(pid: int) -> dict[str, int]:
     return out
 
 
+def tree_memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM summed over ``pid`` and its descendants (a router master and its
+    workers), in KiB; ``processes``: how many there were."""
+    out = {"VmRSS": 0, "VmHWM": 0, "processes": 0}
+    for p in tree_pids(pid):
+        mem = memory_kib(p)
+        if mem:
+            out["processes"] += 1
+            for key in ("VmRSS", "VmHWM"):
+                out[key] += mem.get(key, 0)
+    return out
+
+
 # --------------------------------------------------------------------------- ports, HTTP
 
 
@@ -329,6 +358,33 @@ def http_get(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
     finally:
         conn.close()
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:``port`` (/proc/net/tcp): with SO_REUSEPORT,
+    every worker of a ``listen.workers: N`` router has its own."""
+    want = f"0100007F:{port:04X}"
+    n = 0
+    with contextlib.suppress(OSError), open("/proc/net/tcp") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 3 and fields[1] == want and fields[3] == "0A":  # TCP_LISTEN
+                n += 1
+    return n
+
+
+def wait_listeners(procs: Processes, port: int, n: int, what: str, timeout: float = 30.0) -> None:
+    """Wait until ``n`` sockets listen on ``port`` (every worker bound it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        if listening_sockets(port) >= n:
+            return
+        time.sleep(0.1)
+    raise BenchError(
+        f"{what}: {listening_sockets(port)} socket(s) listen on port {port} after "
+        f"{timeout:.0f}s, expected {n} (one per worker)"
+    )
 
 
 def wait_http(procs: Processes, port: int, path: str, what: str, timeout: float = 20.0) -> None:
@@ -459,9 +515,11 @@ def router_conf(
     backend_ports: list[int],
     redis_port: int | None = None,
     metrics: bool = True,
+    workers: int = 1,
 ) -> str:
     """The router's config; with ``redis_port``, the same plus the Redis store; with
-    ``metrics`` false, the same plus ``metrics: {enabled: false}``."""
+    ``metrics`` false, the same plus ``metrics: {enabled: false}``; with ``workers`` > 1,
+    ``listen.workers`` (which needs the Redis store)."""
     instances = "\n".join(
         f"  - {{name: {name}, url: 'http://{HOST}:{p}'}}"
         for name, p in zip(BACKENDS, backend_ports, strict=True)
@@ -473,7 +531,8 @@ def router_conf(
     )
     if not metrics:
         store += "metrics: {enabled: false}\n"
-    return f"""listen: {{host: {HOST}, port: {port}}}
+    listen = f"host: {HOST}, port: {port}" + (f", workers: {workers}" if workers > 1 else "")
+    return f"""listen: {{{listen}}}
 admin: {{host: {HOST}, port: {admin_port}}}
 profile: generic
 log: {{level: WARNING}}
@@ -632,6 +691,8 @@ _MONITOR_LINE = re.compile(r"^\+?\S+ \[\d+ ([^\]]+)\] (.*)$")
 _MONITOR_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
 LEASE = "leader lease (timer)"
 KEEPALIVE = "pub/sub keepalive (timer)"
+DRAIN_SYNC = "drain sync (timer)"  # SMEMBERS P drained, every router, once a second
+WORKER_STATS = "worker stats (timer)"  # workers: N: SET P workers:<i> once a second
 OTHER = "other"
 
 
@@ -688,8 +749,16 @@ def classify_monitor(
 ) -> tuple[dict[str, dict[str, int]], list[str]]:
     """Commands seen by MONITOR, minus those of ``own`` addresses, by cause: the leader
     lease (its scripts and their commands touch only ``P leader*`` keys), the pub/sub
-    keepalive (PING on a subscribed connection), other. Also the first "other" lines."""
-    out: dict[str, Counter[str]] = {LEASE: Counter(), KEEPALIVE: Counter(), OTHER: Counter()}
+    keepalive (PING on a subscribed connection), the drainer's sync of operator drains
+    (SMEMBERS of ``P drained``, once a second), with ``listen.workers: N`` the workers'
+    counter snapshots (SET ``P workers:<i>`` once a second, MGET when /metrics is read),
+    other. Also the first "other" lines."""
+    out: dict[str, Counter[str]] = {
+        LEASE: Counter(), KEEPALIVE: Counter(), DRAIN_SYNC: Counter(), WORKER_STATS: Counter(),
+        OTHER: Counter(),
+    }  # fmt: skip
+    drained = REDIS_PREFIX + "drained"
+    worker_stats = REDIS_PREFIX + "workers:"
     samples: list[str] = []
     lease = REDIS_PREFIX + "leader"
     for line in lines:
@@ -709,6 +778,10 @@ def classify_monitor(
             out[LEASE][name] += 1
         elif cmd == "ping" and source in subscribers:
             out[KEEPALIVE][name] += 1
+        elif cmd == "smembers" and keys == [drained]:
+            out[DRAIN_SYNC][name] += 1
+        elif cmd in ("set", "mget") and keys and all(k.startswith(worker_stats) for k in keys):
+            out[WORKER_STATS][name] += 1
         else:
             out[OTHER][name] += 1
             if len(samples) < 10:
@@ -837,6 +910,10 @@ class WrkResult:
     # and the health checks' are not in it, they do not go through the proxy).
     scrapes: list[Scrape] | None = None
     metrics_counted: int | None = None
+    # router-workers2: cores used by each worker process (the master's apart), i.e. how
+    # the kernel spread wrk's connections over the workers (SO_REUSEPORT).
+    worker_cpu: list[float] | None = None
+    master_cpu: float | None = None
 
     @property
     def errors(self) -> int:
@@ -921,6 +998,7 @@ class Target:
     admin_port: int | None = None  # routers: the admin API (/metrics)
     metrics: bool = False  # a router with metrics on: /metrics is scraped around each run
     idle_scrapes: dict[str, float] | None = None  # /metrics cost on the idle router
+    workers: int = 1  # listen.workers (router-workers2: 2)
 
     @property
     def url(self) -> str:
@@ -1127,14 +1205,21 @@ def render(
     for name in ROUTERS:
         if name in rss:
             mem = rss[name]
+            procs_note = (
+                f" (sum of {mem.get('end_processes', 0)} processes: master + workers)"
+                if mem.get("end_processes", 1) > 1
+                else ""
+            )
             lines.append(
-                f"Router RSS ({name}): {mem.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
+                f"Router RSS ({name}){procs_note}: "
+                f"{mem.get('start_VmRSS', 0) / 1024:.1f} MiB after start, "
                 f"{mem.get('end_VmRSS', 0) / 1024:.1f} MiB after the runs "
                 f"(peak {mem.get('end_VmHWM', 0) / 1024:.1f} MiB), having routed "
                 f"{args.sessions} distinct session ids."
             )
     lines += render_metrics(args, targets, nginx)
     lines += render_redis(targets, base)
+    lines += render_workers(args, targets, base)
     if failures:
         lines.append(f"**FAILED**: {len(failures)} problem(s):")
         lines += [f"- {f.splitlines()[0]}" for f in failures]
@@ -1390,7 +1475,62 @@ def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:
         "during each measured run on its own connection: commands on `bench:leader*` keys "
         "are the leader lease (renewed every leader_ttl/3, a script with GET + PEXPIRE "
         "inside), a PING on the subscribed connection is the store's pub/sub keepalive "
-        "(after 5 s without a message); both come from timers, whatever the request rate."
+        "(after 5 s without a message), SMEMBERS of `bench:drained` is the drainer picking up "
+        "drains made through other routers (once a second); all come from timers, whatever "
+        "the request rate; so do SET / MGET of `bench:workers:*` (with `workers: N`, the "
+        "workers' counters for /metrics, once a second)."
+    )
+    return lines
+
+
+def render_workers(
+    args: argparse.Namespace, targets: list[Target], nginx_rps: float | None
+) -> list[str]:
+    """The ``workers: 2`` section: against nginx, against one worker with the same store
+    (router-redis) and the memory store, and how wrk's connections spread over workers."""
+    w = next((t for t in targets if t.name == WORKERS2 and t.runs), None)
+    if w is None:
+        return []
+    rps = w.median("rps")
+    lines = ["", "### `listen.workers: 2` (Redis store)", ""]
+    ratios = [f"router-workers2 / nginx: **{rps / nginx_rps:.2f}**" if nginx_rps else ""]
+    for name in ("router-redis", "router"):
+        other = next((t for t in targets if t.name == name and t.runs), None)
+        if other is not None:
+            per_round = ", ".join(
+                f"{a.rps / b.rps:.2f}" for a, b in zip(w.runs, other.runs, strict=False)
+            )
+            ratios.append(
+                f"router-workers2 / {name} (1 worker): {rps / other.median('rps'):.2f} "
+                f"(per round {per_round})"
+            )
+    lines.append("- " + "; ".join(r for r in ratios if r))
+    shares = [r.worker_cpu for r in w.runs if r.worker_cpu]
+    if shares:
+        per_run = "; ".join(" / ".join(fmt_pct(c) for c in s) for s in shares)
+        masters = ", ".join(fmt_pct(r.master_cpu) for r in w.runs if r.worker_cpu)
+        lines.append(
+            f"- CPU per worker during the measured runs: {per_run} (master: {masters}); "
+            f"the same `wrk -t{args.threads} -c{args.connections}` as every other row: the "
+            "kernel hashes each connection to one worker's socket (SO_REUSEPORT), so with "
+            f"{args.connections} connections the split is rarely even"
+        )
+    causes: dict[str, Counter[str]] = {}
+    for r in w.runs:
+        for cause, counts in (r.redis_monitor or {}).items():
+            causes.setdefault(cause, Counter()).update(counts)
+    if causes:
+        by_requests = sum(causes.get(OTHER, Counter()).values())
+        lines.append(
+            "- Redis commands during the measured runs, by cause (MONITOR): "
+            + "; ".join(f"{k}: {fmt_commands(dict(v))}" for k, v in causes.items())
+            + f". Caused by requests (not a timer): **{by_requests}**"
+        )
+    lines.append(
+        "- 2 cores for wrk, the backend nginx, redis-server and both workers: a second "
+        "worker can only help if the first one was the bottleneck and a core is left over; "
+        "on this machine the figure shows what a second worker costs or gains, not how it "
+        "scales on a larger one"
     )
     return lines
 
@@ -1415,7 +1555,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(ALL_TARGETS),
         help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, "
         "router (memory store), router-nometrics (the same, metrics: {enabled: false}), "
-        "router-redis (Redis store; starts its own redis-server); default: all",
+        "router-redis (Redis store; starts its own redis-server), router-workers2 "
+        "(listen.workers: 2, Redis store, its own redis-server); default: all",
     )
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
     p.add_argument(
@@ -1476,13 +1617,15 @@ def start_everything(
     if "haproxy" in want and shutil.which("haproxy") is None:
         print("haproxy not installed: skipping that row", file=sys.stderr)
         want.discard("haproxy")
-    if "router-redis" in want and shutil.which("redis-server") is None:
-        print("redis-server not installed: skipping the router-redis row", file=sys.stderr)
-        want.discard("router-redis")
+    for name in ("router-redis", WORKERS2):
+        if name in want and shutil.which("redis-server") is None:
+            print(f"redis-server not installed: skipping the {name} row", file=sys.stderr)
+            want.discard(name)
     *backend_ports, status_port = free_ports(len(BACKENDS) + 1)
     nginx_port, haproxy_port, router_port, admin_port = free_ports(4)
     redis_router_port, redis_admin_port, redis_port = free_ports(3)
     nometrics_port, nometrics_admin_port = free_ports(2)
+    workers_port, workers_admin_port, workers_redis_port = free_ports(3)
 
     conf = tmp / "backend.conf"
     conf.write_text(backend_nginx_conf(tmp, backend_ports, status_port))
@@ -1575,6 +1718,38 @@ def start_everything(
                 metrics=True,
             )
         )
+    if WORKERS2 in want:
+        # listen.workers: 2 needs store.url: the Redis store, against a redis-server of its
+        # own (same settings as router-redis'). The workers share the port (SO_REUSEPORT):
+        # the kernel spreads wrk's connections over them by a hash of the address pair.
+        # Only worker 0 serves the admin port; it adds the other workers' counters, which
+        # they publish through Redis once a second, so its /metrics lags by up to a second
+        # and is not scraped for this row (the check that it counted every response would
+        # fail on the lag, not on the router).
+        redis = procs.start(
+            "redis-server (workers2)",
+            redis_args(tmp / "workers2", workers_redis_port),
+            tmp / "redis-workers2.log",
+        )
+        wait_redis(procs, workers_redis_port)
+        probe = RedisProbe(workers_redis_port)
+        proc = start_router(
+            procs, tmp, WORKERS2, workers_port, workers_admin_port, backend_ports,
+            redis_port=workers_redis_port, workers=2,
+        )  # fmt: skip
+        targets.append(
+            Target(
+                WORKERS2,
+                "wa-router, `workers: 2` (generic profile, Redis store)",
+                workers_port,
+                proc,
+                redis=probe,
+                redis_proc=redis,
+                redis_port=workers_redis_port,
+                admin_port=workers_admin_port,
+                workers=2,
+            )
+        )
     return targets, status_port
 
 
@@ -1587,9 +1762,10 @@ def start_router(
     backend_ports: list[int],
     redis_port: int | None = None,
     metrics: bool = True,
+    workers: int = 1,
 ) -> Proc:
     conf = tmp / f"{name}.yaml"
-    conf.write_text(router_conf(port, admin_port, backend_ports, redis_port, metrics))
+    conf.write_text(router_conf(port, admin_port, backend_ports, redis_port, metrics, workers))
     proc = procs.start(
         name,
         [sys.executable, "-m", "router", "run", "-c", str(conf)],
@@ -1597,6 +1773,12 @@ def start_router(
         cwd=REPO,
     )
     wait_http(procs, port, "/healthz", name)
+    if workers > 1:
+        wait_listeners(procs, port, workers, name)
+        # Each new connection lands on one worker or the other: enough of them that every
+        # worker has answered /readyz at least once, very likely.
+        for _ in range(8 * workers):
+            wait_http(procs, port, "/readyz", f"{name} (readiness)")
     wait_http(procs, port, "/readyz", f"{name} (readiness)")
     return proc
 
@@ -1622,7 +1804,7 @@ def run_once(
             failures.append(f"{t.name}: warmup {rnd}: {_errors_text(warm)}\n{out}")
     procs.check_alive()
     proxy_pid = None if t.proc is None or t.proc is backend else t.proc.pid
-    redis_pid = next((p.pid for p in procs.procs if p.name == "redis-server"), None)
+    redis_pid = t.redis_proc.pid if t.redis_proc is not None else None
     assignments = None
     if probe is not None:
         assignments = probe.command("HLEN", REDIS_PREFIX + "assignments")
@@ -1636,6 +1818,8 @@ def run_once(
         probe.sent.update(["client|setname", "monitor"])  # the monitor's: ours too
     redis0 = probe.snapshot() if probe is not None else None
     before = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid)
+    worker_pids = tree_pids(proxy_pid)[1:] if proxy_pid is not None and t.workers > 1 else []
+    worker_cpu0 = [cpu_seconds_own(p) for p in [proxy_pid, *worker_pids] if p is not None]
     scraper = (
         LoadScraper(scrape_port, args.duration, args.scrapes)
         if scrape_port is not None and args.scrapes > 0
@@ -1645,7 +1829,13 @@ def run_once(
         res, out = run_wrk(wrk_argv(args, t.url, args.duration), args.duration)
     finally:
         under_load, scrape_errors = scraper.join() if scraper is not None else ([], [])
-    used = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid).usage_since(before)
+    after = CpuSnapshot.take(proxy_pid, backend.pid, redis_pid)
+    used = after.usage_since(before)
+    if worker_pids and proxy_pid is not None:
+        wall = after.wall - before.wall
+        worker_cpu1 = [cpu_seconds_own(p) for p in [proxy_pid, *worker_pids]]
+        shares = [(b - a) / wall for a, b in zip(worker_cpu0, worker_cpu1, strict=True)]
+        res.master_cpu, res.worker_cpu = shares[0], shares[1:]
     if scrape_port is not None and pre is not None:
         t0 = scraper.t0 if scraper is not None else before.wall
         post = scrape_metrics(scrape_port, t0)
@@ -1711,6 +1901,14 @@ def run_once(
         file=sys.stderr,
         flush=True,
     )
+    if res.worker_cpu is not None:
+        print(
+            f"  round {rnd}/{args.repeats} {t.name}: CPU per worker "
+            f"{', '.join(fmt_pct(c) for c in res.worker_cpu)} (master {fmt_pct(res.master_cpu)})"
+            f" with {args.connections} connections",
+            file=sys.stderr,
+            flush=True,
+        )
     if res.scrapes is not None:
         during = [s for s in res.scrapes if 0 <= s.at <= args.duration]
         print(
@@ -1781,8 +1979,8 @@ def metrics_check(t: Target) -> list[str]:
     check's requests are in it); with metrics off, /metrics must answer 404 (the switch
     took effect). For the former, also the cost of a scrape on the idle router: its CPU
     time over ``IDLE_SCRAPES`` scrapes in a row."""
-    if t.name not in ROUTERS or t.admin_port is None or t.proc is None:
-        return []
+    if t.name not in ROUTERS or t.admin_port is None or t.proc is None or t.workers > 1:
+        return []  # workers: only worker 0 serves the admin port, its own counts only
     try:
         if not t.metrics:
             status, _, _ = http_get(t.admin_port, "/metrics")
@@ -1830,6 +2028,7 @@ def main(argv: list[str] | None = None) -> int:
     rss: dict[str, dict[str, int]] = {}
     left: list[str] = []
     logs = [tmp / f"{name}.log" for name in ROUTERS]  # copied to out/, tails on failure
+    redis_logs = [tmp / "redis.log", tmp / "redis-workers2.log"]
     try:
         with signals_interrupt():
             info = machine_info()  # before starting: the git commit the router runs
@@ -1838,11 +2037,13 @@ def main(argv: list[str] | None = None) -> int:
             routers = [t for t in targets if t.name in ROUTERS and t.proc is not None]
             for t in routers:
                 assert t.proc is not None
-                rss[t.name] = {f"start_{k}": v for k, v in memory_kib(t.proc.pid).items()}
+                rss[t.name] = {f"start_{k}": v for k, v in tree_memory_kib(t.proc.pid).items()}
             failures = measure(args, targets, procs, procs.procs[0], status_port)
             for t in routers:
                 assert t.proc is not None
-                rss[t.name].update({f"end_{k}": v for k, v in memory_kib(t.proc.pid).items()})
+                rss[t.name].update(
+                    {f"end_{k}": v for k, v in tree_memory_kib(t.proc.pid).items()}
+                )
             report = render(args, targets, info, started, rss, failures)
             print(report)
             args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -1898,7 +2099,7 @@ def main(argv: list[str] | None = None) -> int:
             print("FAIL: the benchmark found problems:", file=sys.stderr)
             for f in failures:
                 print(f"  - {f}", file=sys.stderr)
-            for log in [*logs, tmp / "redis.log"]:
+            for log in [*logs, *redis_logs]:
                 if log.exists():
                     print(tail(log, 60, log.stem + " log"), file=sys.stderr)
             print("=" * 72, file=sys.stderr)

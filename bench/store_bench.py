@@ -327,6 +327,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-router", action="store_true", help="skip the full-router measurement")
     ap.add_argument("--router-repeats", type=int, default=2, help="router starts of each kind (2)")
+    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="bench/out")
     ap.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -460,11 +461,17 @@ def main() -> int:
         out(f"\n**MISSED**: {', '.join(failed)}")
     report = "\n".join(lines) + "\n"
     print(report, end="")
-    out_dir = ROOT / "bench" / "out"
+    out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     (out_dir / f"store-{stamp}.md").write_text(report)
-    raw = {"args": vars(args), "seed_s": seed_s, "store_process": r, "router": routers, "ok": ok}
+    raw = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "seed_s": seed_s,
+        "store_process": r,
+        "router": routers,
+        "ok": ok,
+    }
     (out_dir / f"store-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
     print(f"written: {out_dir / f'store-{stamp}.md'} and .json", file=sys.stderr)
     return 0 if not failed else 1
