@@ -296,14 +296,20 @@ def rows_metrics(o: Outcome) -> list[Row]:
                     o.step.key)]  # fmt: skip
     ratio = float(cost["median_ratio"])
     low, high = cost.get("median_ratio_ci95") or (None, None)
-    ci = f"; 95% interval {low:.3f}-{high:.3f}" if low is not None and high is not None else ""
     rounds = len(cost.get("per_round_ratio") or [])
+    verdict = _verdict(ratio >= 0.95)
+    if rounds >= pb.MIN_ROUNDS_CI and low is not None and high is not None:
+        ci = f"; 95% interval {float(low):.3f}-{float(high):.3f}"
+        if verdict == "met" and float(low) < 0.95:
+            verdict = "met (not resolved: the interval reaches below 0.95)"
+    else:
+        ci = "; too few rounds for an interval"
     return [
         Row(
             "metrics cost: router / router-nometrics (issue 6)",
             f"{ratio:.3f} (cost {1 - ratio:.1%}; median of {rounds} rounds{ci})",
             ">= 0.95 (cost <= 5%)",
-            _verdict(ratio >= 0.95),
+            verdict,
             o.step.key,
         )
     ]
