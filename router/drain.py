@@ -114,8 +114,11 @@ class Drainer:
         """(session, from, to) moves that bring every available instance within the bound."""
         router = self.router
         eligible = frozenset(i.name for i in router.fleet if i.available)
-        current = {a.session: a.instance for a in await router.store.list() if not a.moving}
-        return plan_rebalance(current, router.fleet.ring, eligible, router.config.placement.balance_factor)
+        everything = await router.store.list()
+        # Sessions moving right now count where they are going, but are not moved again.
+        moving = frozenset(a.session for a in everything if a.moving)
+        return plan_rebalance({a.session: a.instance for a in everything}, router.fleet.ring,
+                              eligible, router.config.placement.balance_factor, pinned=moving)
 
     @property
     def rebalancing(self) -> bool:

@@ -290,6 +290,7 @@ def plan_rebalance(
     ring: Ring,
     eligible: Container[str],
     balance_factor: float,
+    pinned: Container[str] = (),
 ) -> list[tuple[str, str, str]]:
     """The fewest ``(session, from, to)`` moves that bring every eligible member within its cap.
 
@@ -300,6 +301,8 @@ def plan_rebalance(
     Each goes where :meth:`Ring.place` would send it. Sessions on non-eligible or unknown
     members are left alone (draining is a separate operation). When ``max_sessions`` leaves
     no room anywhere, the plan stops short; the result does not depend on input order.
+    ``pinned`` sessions (e.g. moving right now) count toward their member's load but are
+    never chosen to move.
     """
     _check_balance_factor(balance_factor)
     current = dict(assignments)
@@ -327,7 +330,7 @@ def plan_rebalance(
         excess = loads[j] - caps[j]
         if excess <= 0:
             continue
-        hashed = [(stable_hash(s), s) for s in held[j]]
+        hashed = [(stable_hash(s), s) for s in held[j] if s not in pinned]
         hashed.sort(key=lambda hs: (-ring._rank(hs[0], j), hs[0], hs[1]))
         for h, session in hashed[:excess]:
             dest = ring._first(h, has_room, skip=j)

@@ -504,6 +504,19 @@ def test_rebalance_simple_case_is_minimal() -> None:
     assert plan_rebalance({}, ring, {"a", "b", "c"}, 1.25) == []
 
 
+def test_rebalance_counts_pinned_sessions_but_never_moves_them() -> None:
+    ring = Ring([Member("a"), Member("b"), Member("c")])
+    # A session moving to b right now counts on b (else b looks like it has room it has not).
+    assignments = {f"s{i}": "a" for i in range(10)} | {f"m{i}": "b" for i in range(5)}
+    pinned = {"m0", "m1", "m2", "m3", "m4", "s0", "s1"}
+    moves = plan_rebalance(assignments, ring, {"a", "b", "c"}, 1.25, pinned=pinned)
+    assert not {s for s, _, _ in moves} & pinned
+    loads = Counter(_apply(assignments, moves).values())
+    cap = -(-125 * 15 // 300)  # ceil(1.25 * 15 / 3) = 7
+    assert max(loads.values()) <= cap and loads["b"] <= cap
+    assert plan_rebalance(_apply(assignments, moves), ring, {"a", "b", "c"}, 1.25, pinned=pinned) == []
+
+
 def test_rebalance_leaves_non_eligible_members_alone() -> None:
     ring = Ring([Member("a"), Member("b"), Member("draining")])
     assignments = {f"d{i}": "draining" for i in range(50)} | {f"a{i}": "a" for i in range(4)}

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from router.errors import UpstreamError
-from router.webhooks.client import LeanHttp
+from router.proxy.client import LeanHttp
 from router.webhooks.model import Entry
 
 _DRAIN_LIMIT = 64 * 1024  # read at most this much of an answer (to reuse the connection)

@@ -34,10 +34,10 @@ import aiohttp
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
+from router.proxy.client import LeanHttp
 from router.tasks import cancel_and_wait
 from router.webhooks.base import Done, Queue
 from router.webhooks.batcher import settle
-from router.webhooks.client import LeanHttp
 from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
 from router.webhooks.queue_memory import MemoryQueue

@@ -49,9 +49,9 @@ import aiohttp
 
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
+from router.proxy.client import LeanHttp
 from router.tasks import cancel_and_wait
 from router.webhooks.base import LEASE_ACQUIRED, LEASE_OTHER, Queue
-from router.webhooks.client import LeanHttp
 from router.webhooks.delivery import Result, post
 from router.webhooks.model import Counters, DeadRecord, Entry
 from router.webhooks.schedule import Breaker, exhausted, retry_delay

@@ -1,8 +1,10 @@
-"""A lean HTTP/1.1 POST client on the proxy's llhttp keep-alive pools.
+"""A lean HTTP/1.1 client on the proxy's llhttp keep-alive pools, for small requests whose
+answer is only a status: webhook deliveries and health probes.
 
-Deliveries are small POSTs to a handful of targets; aiohttp's client costs about twice an
-accept per request (py-spy, bench/webhook_bench.py). This reuses the data path's
-``UpstreamPool``: one parser per connection, pooled keep-alive, no per-request session.
+aiohttp's client costs about twice a webhook accept per delivery (py-spy,
+bench/webhook_bench.py) and most of a router's idle CPU when it probes 200 instances a
+second. This reuses the data path's ``UpstreamPool``: one parser per connection, pooled
+keep-alive, no per-request session; the body of the answer is dropped as it arrives.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class _Answer:
 
 
 class LeanHttp:
-    """POST bytes to URLs over pooled keep-alive connections; returns the status."""
+    """Requests to URLs over pooled keep-alive connections; returns the status."""
 
     def __init__(self, connect_timeout: float = 2.0) -> None:
         self.connect_timeout = connect_timeout
@@ -71,9 +73,15 @@ class LeanHttp:
         return t
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+        return await self.request("POST", url, body, headers, timeout)
+
+    async def request(self, method: str, url: str, body: bytes, headers: dict[str, str],
+                      timeout: float) -> int:
         """The answer's status; raises ``UpstreamError`` (or ``TimeoutError``) without one."""
         pool, path, host = self._target(url)
-        head = [b"POST ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\nContent-Length: %d\r\n" % len(body)]
+        head = [method.encode(), b" ", path, b" HTTP/1.1\r\nHost: ", host, b"\r\n"]
+        if body or method not in ("GET", "HEAD"):
+            head.append(b"Content-Length: %d\r\n" % len(body))
         for name, value in headers.items():
             head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
         head += [b"\r\n", body]
@@ -95,7 +103,7 @@ class LeanHttp:
     @staticmethod
     async def _exchange(conn: UpstreamConnection, request: bytes) -> int:
         fut: asyncio.Future[tuple[int, bool]] = asyncio.get_running_loop().create_future()
-        conn.bind(_Answer(fut), head_request=False)
+        conn.bind(_Answer(fut), head_request=request.startswith(b"HEAD "))
         try:
             conn.write(request)
             status, keep_alive = await fut
@@ -104,6 +112,12 @@ class LeanHttp:
             raise
         conn.release(keep_alive)
         return status
+
+    def forget(self, url: str) -> None:
+        """Close the pool of a URL no longer used (an instance removed by a reload)."""
+        t = self._targets.pop(url, None)
+        if t is not None:
+            t[0].close()
 
     def close(self) -> None:
         for pool, _, _ in self._targets.values():
