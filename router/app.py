@@ -205,7 +205,7 @@ class App:
             cfg, router, api, self.events, lambda: leadership.is_leader
         )
         monitor = self.monitor = HealthMonitor(
-            cfg, self.fleet, api, self.events,
+            cfg, self.fleet, self.events,
             on_change=router.changed.fire,
             on_failover_due=failover.instance_failed,
             on_up=failover.instance_up,

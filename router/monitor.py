@@ -12,7 +12,6 @@ from router import health
 from router.config.model import Config
 from router.errors import UpstreamError
 from router.events import EventLog
-from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
 from router.proxy.client import LeanHttp
 
@@ -26,7 +25,6 @@ class HealthMonitor:
         self,
         config: Config,
         fleet: Fleet,
-        api: InstanceApi,
         events: EventLog,
         *,
         on_change: Callable[[], None],
@@ -35,7 +33,6 @@ class HealthMonitor:
     ) -> None:
         self.config = config
         self.fleet = fleet
-        self.api = api
         self.events = events
         self._on_change = on_change
         self._on_failover_due = on_failover_due
