@@ -1,39 +1,51 @@
 """Cost growth: router throughput, latency and RSS as sessions and instances grow (issue 8).
 
     /work/venv/bin/python bench/growth_bench.py [--sessions 1000,10000,100000]
-        [--instances 3,50,200] [--duration 5] [--warmup 1] [--repeats 1] [--connections 32]
+        [--instances 3,50,200] [--duration 5] [--warmup 1] [--repeats 3] [--connections 32]
         [--no-nginx] [--place-timeout 180] [--wait-quiet 15] [--out-dir bench/out] [--keep-tmp]
 
 The cost of routing one request must not depend on how many sessions the map holds or how
-many instances the fleet has (apart from memory: RSS grows with every session). For each
-instance count I (ascending), on 127.0.0.1:
+many instances the fleet has (apart from memory: RSS grows with every session). On
+127.0.0.1:
 
-1. starts one backend nginx (1 worker) listening on I ports (one ``server`` block with I
-   ``listen`` lines, answering ``{"ok":true,"node":"<port>"}``), a stub_status server, and
-   in front of them nginx (``hash $http_x_session_id consistent`` over the I servers,
-   ``keepalive max(64, 4 x I)``) for reference, unless ``--no-nginx``, and a fresh wa-router
-   (generic profile, memory store, metrics on, default health checks: I probes a second)
-   listing the I instances; waits until /admin/instances shows every one healthy, and
-   notes the idle router's CPU over 2 s (what health checks of I instances cost) and RSS;
-2. for each session count S (ascending, in the same router): **places** every session
-   first: wrk walks ``sess-1`` .. ``sess-S`` in order (``bench/wrk/walk.lua``) until
-   /admin/instances counts S sessions, then ``router_sessions`` on /metrics must say S;
-3. then ``--repeats`` rounds of nginx and router (order alternating), each a warmup and a
-   measured run of ``wrk -t1 -cC --latency -s bench/wrk/sessions.lua URL -- S 1`` (requests
-   for random ids among the S placed); after them the map must still hold exactly S;
-4. reports per cell (I, S): router req/s, p50/p99, ratio to the first cell (fewest sessions
-   and instances), router/nginx and that ratio relative to the first cell's (drift between
-   cells minutes apart cancels in it), router RSS after placement, and per instance count
-   the RSS per session and the idle CPU.
+1. starts one backend nginx (1 worker) listening on max(I) ports (one ``server`` block,
+   answering ``{"ok":true,"node":"<port>"}``) and a stub_status server; for each instance
+   count I, unless ``--no-nginx``, an nginx in front of the first I ports (``hash
+   $http_x_session_id consistent``, ``keepalive max(64, 4 x I)``) for reference;
+2. for each cell (I, S) its own wa-router (generic profile, memory store, metrics on,
+   default health checks: I probes a second) over the first I ports: waits until
+   /admin/instances shows every one healthy, then **places** every session: wrk walks
+   ``sess-1`` .. ``sess-S`` in order (``bench/wrk/walk.lua``) until /admin/instances
+   counts S, and ``router_sessions`` on /metrics must say S; then notes every router's
+   idle CPU over 2 s (what health checks cost) and RSS;
+3. ``--repeats`` rounds; each runs, per instance count, nginx over those I once (with the
+   fewest sessions: nginx hashes every request, whatever their number) and every cell's
+   router, the whole order reversed every other round; each a warmup and a measured run
+   of ``wrk -t1 -cC --latency -s bench/wrk/sessions.lua URL -- S 1`` (requests for random
+   ids among the S placed); after them every map must still hold exactly its S;
+4. reports per cell: router req/s, p50/p99, ratio to the first cell (fewest sessions and
+   instances), router/nginx and that ratio relative to the first cell's, all ratios as the
+   median over rounds of the ratio within each round (runs seconds apart: the machine's
+   drift over minutes cancels), router RSS after placement, and per instance count the RSS
+   per session and the throughput at the most sessions over the fewest.
 
-Target (issue 8): throughput flat, i.e. the largest cell (most sessions, most instances)
->= 0.9 x the first. Exits 1 on an error response, a socket error, a placement that does
+All routers stay up for the whole run, but only the measured one runs: the others are
+parked (SIGSTOP; SIGCONT before their own runs, which start with a warmup), so their health
+checks do not load the machine. An earlier version ran cells minutes apart in one growing
+router and read the machine's drift as growth.
+
+Target (issue 8): throughput flat: at every instance count, the most sessions >= 0.9 x the
+fewest; and the largest cell (most sessions, most instances) >= 0.9 x the first relative to
+nginx over the same instances. Exits 1 on an error response, a socket error, a placement that does
 not reach S, or a session count that changes during the runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import statistics
 import sys
 import time
@@ -48,10 +60,18 @@ FLAT_TARGET = 0.9  # issue 8: largest cell >= 0.9 x smallest
 
 @dataclass
 class Cell:
+    """One (instances, sessions) cell: its own router, placed once, measured every round."""
+
     instances: int
     sessions: int
-    router: list[h.Measured] = field(default_factory=list)
-    nginx: list[h.Measured] = field(default_factory=list)
+    router: list[h.Measured] = field(default_factory=list)  # one per round, in order
+    nginx: list[h.Measured] = field(default_factory=list)  # nginx over the same I, same load
+    proc: pb.Proc | None = None
+    port: int = 0
+    admin_port: int = 0
+    start_s: float | None = None  # spawn to /readyz
+    rss_start_kib: int | None = None  # VmRSS once every instance is healthy, no session
+    idle_cpu: float | None = None  # cores used while idle, placed (health checks)
     placement_s: float | None = None
     placement_rps: float | None = None
     placed: int | None = None  # /admin/instances sum before the runs
@@ -69,12 +89,11 @@ class Cell:
         return statistics.median(m.p(key) for m in runs)
 
 
-@dataclass
-class Fleet:
-    instances: int
-    idle_cpu: float | None = None  # router cores used while idle (health checks)
-    rss_start_kib: int | None = None
-    start_s: float | None = None  # spawn to /readyz
+def round_ratio(a: list[h.Measured], b: list[h.Measured]) -> float | None:
+    """Median over rounds of a[r].rps / b[r].rps: runs of one round are seconds apart, so
+    the machine's drift between rounds cancels (medians of each side would not)."""
+    pairs = [x.rps / y.rps for x, y in zip(a, b, strict=False) if y.rps]
+    return statistics.median(pairs) if pairs else None
 
 
 def backend_conf(bench: h.Bench, ports: list[int], status_port: int) -> str:
@@ -175,96 +194,163 @@ def place(bench: h.Bench, cell: Cell, port: int, admin_port: int) -> None:
     )
 
 
+def start_cell(bench: h.Bench, cell: Cell, ports: list[int]) -> None:
+    """The cell's own router over ``ports``: started, every instance healthy, placed."""
+    cell.port, cell.admin_port = pb.free_ports(2)
+    instances = [(f"b{i:03d}", p) for i, p in enumerate(ports, 1)]
+    t0 = time.monotonic()
+    cell.proc = bench.start_router(
+        f"router-{cell.instances}-{cell.sessions}",
+        h.router_yaml(cell.port, cell.admin_port, instances),
+        cell.port,
+    )
+    cell.start_s = time.monotonic() - t0
+
+    def all_healthy() -> bool:
+        return instances_state(cell.admin_port)[1] == cell.instances
+
+    if not h.wait_until(all_healthy, 60, 0.5):
+        total, healthy, _ = instances_state(cell.admin_port)
+        raise pb.BenchError(f"router: {healthy} of {total} instances healthy after 60 s")
+    cell.rss_start_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+    place(bench, cell, cell.port, cell.admin_port)
+    cell.rss_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+
+
 def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
     args = bench.args
+    ports = pb.free_ports(max(args.instance_counts) + 1)
+    ports, status_port = ports[:-1], ports[-1]
+    backend = bench.start_nginx("backend", backend_conf(bench, ports, status_port), ports[0], "/ping")
     cells: list[Cell] = []
-    fleets: list[Fleet] = []
+    nginx: dict[int, tuple[int, pb.Proc]] = {}
     for n_inst in args.instance_counts:
-        ports = pb.free_ports(n_inst + 1)
-        ports, status_port = ports[:-1], ports[-1]
-        backend = bench.start_nginx(
-            f"backend-{n_inst}", backend_conf(bench, ports, status_port), ports[0], "/ping"
-        )
-        nginx: pb.Proc | None = None
-        nginx_port, router_port, admin_port = pb.free_ports(3)
+        mine = ports[:n_inst]
         if not args.no_nginx:
-            nginx = bench.start_nginx(
-                f"nginx-proxy-{n_inst}", proxy_conf(bench, nginx_port, ports), nginx_port, "/ping"
+            (port,) = pb.free_ports(1)
+            proc = bench.start_nginx(
+                f"nginx-proxy-{n_inst}", proxy_conf(bench, port, mine), port, "/ping"
             )
-        fleet = Fleet(n_inst)
-        fleets.append(fleet)
-        instances = [(f"b{i:03d}", p) for i, p in enumerate(ports, 1)]
-        t0 = time.monotonic()
-        router = bench.start_router(
-            f"router-{n_inst}", h.router_yaml(router_port, admin_port, instances), router_port
-        )
-        fleet.start_s = time.monotonic() - t0
-        def all_healthy(port: int = admin_port, n: int = n_inst) -> bool:
-            return instances_state(port)[1] == n
-
-        if not h.wait_until(all_healthy, 60, 0.5):
-            total, healthy, _ = instances_state(admin_port)
-            raise pb.BenchError(f"router: {healthy} of {total} instances healthy after 60 s")
-        time.sleep(1)
-        cpu0, w0 = pb.cpu_seconds(router.pid), time.monotonic()
-        time.sleep(2)
-        fleet.idle_cpu = (pb.cpu_seconds(router.pid) - cpu0) / (time.monotonic() - w0)
-        fleet.rss_start_kib = pb.memory_kib(router.pid).get("VmRSS")
-        print(
-            f"instances {n_inst}: router up in {fleet.start_s:.1f} s, idle CPU "
-            f"{pb.fmt_pct(fleet.idle_cpu)}, RSS {(fleet.rss_start_kib or 0) / 1024:.1f} MiB",
-            file=sys.stderr,
-            flush=True,
-        )
+            nginx[n_inst] = (port, proc)
+        shared: list[h.Measured] = []  # nginx over these I: one run per round
         for n_sess in args.session_counts:
-            cell = Cell(n_inst, n_sess)
+            cell = Cell(n_inst, n_sess, nginx=shared)
             cells.append(cell)
-            place(bench, cell, router_port, admin_port)
-            cell.rss_kib = pb.memory_kib(router.pid).get("VmRSS")
-            pairs: list[tuple[str, int, pb.Proc]] = [("router", router_port, router)]
-            if nginx is not None:
-                pairs.insert(0, ("nginx", nginx_port, nginx))
-            for rnd in range(1, args.repeats + 1):
-                for name, port, proc in pairs if rnd % 2 else list(reversed(pairs)):
-                    what = f"{name} {n_inst} instances, {n_sess} sessions, round {rnd}"
-                    if args.warmup > 0:
-                        h.measure(
-                            bench, load_argv(args, port, n_sess, args.warmup), args.warmup,
-                            proc, backend, what + " (warmup)", retries=False,
-                        )  # fmt: skip
-                    m, _ = h.measure(
-                        bench, load_argv(args, port, n_sess, args.duration), args.duration,
-                        proc, backend, what, status_port=status_port,
-                    )  # fmt: skip
-                    getattr(cell, name).append(m)
-                    print(
-                        f"  {what}: {m.rps:,.0f} req/s  p50 {pb.fmt_us(m.p('50'))}  p99 "
-                        f"{pb.fmt_us(m.p('99'))}  errors {m.wrk.errors}  (CPU: proxy "
-                        f"{pb.fmt_pct(m.proxy_cpu)}, others {pb.fmt_pct(m.others_cpu)}; "
-                        f"upstream conns opened {m.backend_accepts})",
-                        file=sys.stderr,
-                        flush=True,
+            start_cell(bench, cell, mine)
+    # What health checks cost: every router idle at once (all are up for every run).
+    routers = [c for c in cells if c.proc is not None]
+    cpu0 = [pb.cpu_seconds(c.proc.pid) for c in routers if c.proc]
+    w0 = time.monotonic()
+    time.sleep(2)
+    wall = time.monotonic() - w0
+    for c, before in zip(routers, cpu0, strict=True):
+        assert c.proc is not None
+        c.idle_cpu = (pb.cpu_seconds(c.proc.pid) - before) / wall
+    print(
+        f"{len(routers)} routers up and placed; idle CPU (health checks): "
+        + ", ".join(f"{c.instances}/{c.sessions:,} {pb.fmt_pct(c.idle_cpu)}" for c in routers),
+        file=sys.stderr,
+        flush=True,
+    )
+    for c in routers:
+        park(c)
+    try:
+        measure_rounds(bench, cells, nginx, backend, status_port)
+    finally:
+        for c in routers:
+            unpark(c)
+    for cell in cells:
+        _, _, cell.after = instances_state(cell.admin_port)
+        if cell.proc is not None:
+            cell.rss_after_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+        if cell.after != cell.sessions:
+            bench.failures.append(
+                f"{cell.instances} instances: {cell.after} sessions after the runs, "
+                f"expected {cell.sessions}"
+            )
+    return render(bench, cells)
+
+
+def park(cell: Cell) -> None:
+    """SIGSTOP the cell's router (its process group) while other cells are measured: nine
+    idle routers' health checks took ~15% of a core, noise the measured one would not see
+    in production. Its sockets stay open; SIGCONT resumes it where it was."""
+    if cell.proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cell.proc.pid, signal.SIGSTOP)
+
+
+def unpark(cell: Cell) -> None:
+    if cell.proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(cell.proc.pid, signal.SIGCONT)
+
+
+def measure_rounds(
+    bench: h.Bench,
+    cells: list[Cell],
+    nginx: dict[int, tuple[int, pb.Proc]],
+    backend: pb.Proc,
+    status_port: int,
+) -> None:
+    """Every round runs, per instance count, nginx once (with the fewest sessions: it
+    hashes every request whatever their number) then each cell's router; the whole order
+    reversed every other round. Only the measured router runs; the others are parked."""
+    args = bench.args
+    plan: list[tuple[str, Cell]] = []
+    for cell in cells:
+        if cell.instances in nginx and not any(c.instances == cell.instances for _, c in plan):
+            plan.append(("nginx", cell))
+        plan.append(("router", cell))
+    for rnd in range(1, args.repeats + 1):
+        for name, cell in plan if rnd % 2 else list(reversed(plan)):
+            assert cell.proc is not None
+            if name == "nginx":
+                port, proc = nginx[cell.instances]
+            else:
+                port, proc = cell.port, cell.proc
+                unpark(cell)
+
+                def healthy(c: Cell = cell) -> bool:
+                    return instances_state(c.admin_port)[1] == c.instances
+
+                # Back from SIGSTOP: a probe in flight then may have timed out; wait for
+                # the fleet to read healthy again (the warmup run follows).
+                if not h.wait_until(healthy, 30, 0.2):
+                    bench.failures.append(
+                        f"{cell.instances}/{cell.sessions}: instances not healthy after SIGCONT"
                     )
-            _, _, cell.after = instances_state(admin_port)
-            cell.rss_after_kib = pb.memory_kib(router.pid).get("VmRSS")
-            if cell.after != n_sess:
-                bench.failures.append(
-                    f"{n_inst} instances: {cell.after} sessions after the runs, expected {n_sess}"
-                )
-        bench.stop(router)
-        if nginx is not None:
-            bench.stop(nginx)
-        bench.stop(backend)
-    return render(bench, cells, fleets)
+            what = f"{name} {cell.instances} instances, {cell.sessions} sessions, round {rnd}"
+            if args.warmup > 0:
+                h.measure(
+                    bench, load_argv(args, port, cell.sessions, args.warmup), args.warmup,
+                    proc, backend, what + " (warmup)", retries=False,
+                )  # fmt: skip
+            m, _ = h.measure(
+                bench, load_argv(args, port, cell.sessions, args.duration), args.duration,
+                proc, backend, what, status_port=status_port,
+            )  # fmt: skip
+            getattr(cell, name).append(m)  # cells of one instance count share the nginx list
+            print(
+                f"  {what}: {m.rps:,.0f} req/s  p50 {pb.fmt_us(m.p('50'))}  p99 "
+                f"{pb.fmt_us(m.p('99'))}  errors {m.wrk.errors}  (CPU: proxy "
+                f"{pb.fmt_pct(m.proxy_cpu)}, our idle processes {pb.fmt_pct(m.idle_cpu)}, "
+                f"others {pb.fmt_pct(m.others_cpu)}; upstream conns opened "
+                f"{m.backend_accepts})",
+                file=sys.stderr,
+                flush=True,
+            )
+            if name == "router":
+                park(cell)
 
 
 def _median_of(runs: list[h.Measured], attr: str) -> float | None:
-    values = [float(v) for m in runs if (v := getattr(m, attr)) is not None]
-    return statistics.median(values) if values else None
+    vals = [getattr(m, attr) for m in runs if getattr(m, attr) is not None]
+    return statistics.median(vals) if vals else None
 
 
 def _fmt_int(x: float | None) -> str:
-    return "-" if x is None else f"{x:,.0f}"
+    return f"{x:,.0f}" if x is not None else "-"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -272,49 +358,61 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _fmt_ratio(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+    return f"{x:.2f}" if x is not None else "-"
 
 
-def render(bench: h.Bench, cells: list[Cell], fleets: list[Fleet]) -> tuple[str, dict[str, Any]]:
+def _rel_rounds(cell: Cell, first: Cell) -> float | None:
+    """Median over rounds of (router / nginx in this cell) / (router / nginx in the first)."""
+    vals = [
+        (r.rps / n.rps) / (r0.rps / n0.rps)
+        for r, n, r0, n0 in zip(cell.router, cell.nginx, first.router, first.nginx, strict=False)
+        if n.rps and n0.rps and r0.rps
+    ]
+    return statistics.median(vals) if vals else None
+
+
+def render(bench: h.Bench, cells: list[Cell]) -> tuple[str, dict[str, Any]]:
     args = bench.args
     lines = h.header_lines("Cost growth: sessions x instances", bench.started, bench.info)
     lines += [
         f"- load per cell: `{' '.join(load_argv(args, 0, 0, args.duration))}`"
         .replace(":0/", ":PORT/").replace("-- 0 ", "-- S ")
-        + f" after a {args.warmup:g} s warmup; {args.repeats} round(s) of "
-        + ("nginx and router (order alternating)" if not args.no_nginx else "router")
-        + "; medians",
-        "- placement before each cell: `wrk -t1 -c"
+        + f" after a {args.warmup:g} s warmup; {args.repeats} round(s), each running every "
+        "cell's router once" + (" and nginx once per instance count (with the fewest "
+        "sessions)" if not args.no_nginx else "")
+        + ", the order reversed every other round; medians, and ratios as the median over "
+        "rounds of the ratio within each round",
+        "- one router per cell, all started and placed before the first run; while one cell "
+        "is measured every other router is parked (SIGSTOP of its process group, SIGCONT "
+        "before its own cell, then every instance must read healthy and the warmup runs)",
+        "- placement before the runs: `wrk -t1 -c"
         f"{args.connections} -s bench/wrk/walk.lua URL -- S` (sess-1..sess-S in order) until "
         "/admin/instances counts S sessions; /metrics `router_sessions` checked equal to S",
-        "- backends: one nginx, 1 worker, I `listen` ports in one server block; router: "
-        "generic profile, memory store, metrics on, default health checks (1 s interval: I "
-        "probes a second); nginx: `hash $http_x_session_id consistent`, `keepalive max(64, "
-        "4 x I)`",
+        "- backends: one nginx, 1 worker, one `listen` port per instance in one server block "
+        "(a cell with I instances uses the first I); router: generic profile, memory store, "
+        "metrics on, default health checks (1 s interval: I probes a second); nginx: `hash "
+        "$http_x_session_id consistent` over the same I, `keepalive max(64, 4 x I)`",
         "",
         "| instances | sessions | router req/s | p50 | p99 | ratio to first cell | nginx req/s "
         "| router / nginx | (router / nginx) / first cell's | router RSS | router CPU "
-        "| upstream conns, router / nginx | placement |",
+        "| idle CPU | upstream conns, router / nginx | placement |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
+        "| ---: | ---: |",
     ]
-    first = cells[0] if cells else None
-    base = first.median("router") if first else None
-    base_rel = _ratio(base, first.median("nginx")) if first else None
+    first = cells[0]
     out_cells: list[dict[str, Any]] = []
     for c in cells:
-        rps = c.median("router")
-        nginx_rps = c.median("nginx")
-        rel = _ratio(rps, nginx_rps)
+        rps, nginx_rps = c.median("router"), c.median("nginx")
+        to_first = round_ratio(c.router, first.router)
+        rel = round_ratio(c.router, c.nginx)
+        rel_first = _rel_rounds(c, first)
         lines.append(
-            f"| {c.instances} | {c.sessions:,} | "
-            + (f"{rps:,.0f}" if rps is not None else "-")
-            + f" | {pb.fmt_us(c.median('router', '50') or 0)} "
-            f"| {pb.fmt_us(c.median('router', '99') or 0)} | {_fmt_ratio(_ratio(rps, base))} "
-            f"| {f'{nginx_rps:,.0f}' if nginx_rps is not None else '-'} "
-            f"| {_fmt_ratio(rel)} | {_fmt_ratio(_ratio(rel, base_rel))} "
+            f"| {c.instances} | {c.sessions:,} | {_fmt_int(rps)} "
+            f"| {pb.fmt_us(c.median('router', '50') or 0)} "
+            f"| {pb.fmt_us(c.median('router', '99') or 0)} | {_fmt_ratio(to_first)} "
+            f"| {_fmt_int(nginx_rps)} | {_fmt_ratio(rel)} | {_fmt_ratio(rel_first)} "
             f"| {(c.rss_kib or 0) / 1024:.1f} MiB "
-            f"| {pb.fmt_pct(_median_of(c.router, 'proxy_cpu'))} "
+            f"| {pb.fmt_pct(_median_of(c.router, 'proxy_cpu'))} | {pb.fmt_pct(c.idle_cpu)} "
             f"| {_fmt_int(_median_of(c.router, 'backend_accepts'))} / "
             f"{_fmt_int(_median_of(c.nginx, 'backend_accepts'))} "
             f"| {c.placement_s or 0:.1f} s ({c.placement_rps or 0:,.0f}/s) |"
@@ -326,10 +424,13 @@ def render(bench: h.Bench, cells: list[Cell], fleets: list[Fleet]) -> tuple[str,
                 "router_rps": rps,
                 "router_p50_us": c.median("router", "50"),
                 "router_p99_us": c.median("router", "99"),
-                "nginx_rps": c.median("nginx"),
-                "ratio_to_first": _ratio(rps, base),
+                "nginx_rps": nginx_rps,
+                "ratio_to_first": to_first,
                 "router_over_nginx": rel,
-                "router_over_nginx_rel_first": _ratio(rel, base_rel),
+                "router_over_nginx_rel_first": rel_first,
+                "start_s": c.start_s,
+                "idle_cpu": c.idle_cpu,
+                "rss_start_kib": c.rss_start_kib,
                 "rss_kib": c.rss_kib,
                 "rss_after_kib": c.rss_after_kib,
                 "placement_s": c.placement_s,
@@ -342,52 +443,65 @@ def render(bench: h.Bench, cells: list[Cell], fleets: list[Fleet]) -> tuple[str,
             }
         )
     lines.append("")
-    for f in fleets:
-        mine = [c for c in cells if c.instances == f.instances and c.rss_kib]
+    by_inst: dict[int, list[Cell]] = {}
+    for c in cells:
+        by_inst.setdefault(c.instances, []).append(c)
+    sessions_flat: dict[int, float | None] = {}
+    for n_inst, mine in by_inst.items():
+        lo, hi = mine[0], mine[-1]
         per_session = ""
-        if len(mine) >= 2 and mine[-1].sessions > mine[0].sessions:
-            lo, hi = mine[0], mine[-1]
-            b = ((hi.rss_kib or 0) - (lo.rss_kib or 0)) * 1024 / (hi.sessions - lo.sessions)
+        if hi.sessions > lo.sessions and hi.rss_kib and lo.rss_kib:
+            b = (hi.rss_kib - lo.rss_kib) * 1024 / (hi.sessions - lo.sessions)
             per_session = (
                 f"; RSS per session {b:,.0f} bytes (from {lo.sessions:,} to {hi.sessions:,})"
             )
+        if hi.sessions > lo.sessions:
+            sessions_flat[n_inst] = round_ratio(hi.router, lo.router)
+            per_session += (
+                f"; throughput at {hi.sessions:,} sessions / at {lo.sessions:,}: "
+                f"**{_fmt_ratio(sessions_flat[n_inst])}**"
+            )
         lines.append(
-            f"- {f.instances} instances: router up in {f.start_s or 0:.1f} s, RSS "
-            f"{(f.rss_start_kib or 0) / 1024:.1f} MiB after start, idle CPU "
-            f"{pb.fmt_pct(f.idle_cpu)} (health checks){per_session}"
+            f"- {n_inst} instances: routers up in {lo.start_s or 0:.1f} s, RSS "
+            f"{(lo.rss_start_kib or 0) / 1024:.1f} MiB after start{per_session}"
         )
-    result: dict[str, Any] = {"cells": out_cells, "fleets": [vars(f) for f in fleets]}
-    if len(cells) >= 2 and base:
+    result: dict[str, Any] = {"cells": out_cells, "sessions_flat": sessions_flat}
+    if len(cells) >= 2:
         last = max(cells, key=lambda c: (c.sessions, c.instances))
-        flat = _ratio(last.median("router"), base)
-        flat_rel = _ratio(_ratio(last.median("router"), last.median("nginx")), base_rel)
+        flat = round_ratio(last.router, first.router)
+        flat_rel = _rel_rounds(last, first)
         worst = min(
-            ((_ratio(c.median("router"), base) or 0.0, c) for c in cells), key=lambda x: x[0]
+            ((round_ratio(c.router, first.router) or 0.0, c) for c in cells), key=lambda x: x[0]
         )
-        ok = flat is not None and flat >= FLAT_TARGET
+        sess_ok = all(v is not None and v >= FLAT_TARGET for v in sessions_flat.values())
+        ok = sess_ok and (flat_rel if flat_rel is not None else flat or 0.0) >= FLAT_TARGET
         lines += [
             "",
             f"- flat? router at {last.sessions:,} sessions / {last.instances} instances vs "
-            f"{cells[0].sessions:,} / {cells[0].instances}: **{_fmt_ratio(flat)}** "
+            f"{first.sessions:,} / {first.instances}: **{_fmt_ratio(flat)}** "
             f"(relative to nginx in the same cells: {_fmt_ratio(flat_rel)}); lowest cell "
-            f"{worst[0]:.2f} ({worst[1].sessions:,} / {worst[1].instances}); target >= "
+            f"{worst[0]:.2f} ({worst[1].sessions:,} / {worst[1].instances}); sessions "
+            f"flat at every instance count: {'yes' if sess_ok else 'NO'}; target >= "
             f"{FLAT_TARGET}: {'ok' if ok else 'MISSED'}",
         ]
         result.update(
             flat_ratio=flat,
             flat_ratio_vs_nginx=flat_rel,
             worst_ratio=worst[0],
-            first_cell=[cells[0].sessions, cells[0].instances],
+            first_cell=[first.sessions, first.instances],
             last_cell=[last.sessions, last.instances],
             ok=ok,
         )
     lines += [
         "",
-        "Cells run one after another (minutes apart, in one router per instance count, the "
-        "sessions growing): the router / nginx column, relative to the first cell's, cancels "
-        "drift of the machine between cells. RSS: the router's VmRSS after placing the cell's "
+        "Every cell has its own router, all placed before the first run; each round runs every cell, "
+        "so the ratio to the first cell compares runs seconds apart (the machine drifts "
+        "over minutes). More instances also slow the backends and the kernel (more sockets "
+        "on one 2-core machine): nginx over the same instances, in the same round, is the "
+        "reference for the instance axis. RSS: the router's VmRSS after placing the cell's "
         "sessions (before its runs). Router CPU: cores the router used during its measured "
-        "runs. Upstream conns: new connections the backends accepted during a measured run "
+        "runs; idle CPU: during 2 s with no traffic, every router up (health checks). "
+        "Upstream conns: new connections the backends accepted during a measured run "
         "(medians): a proxy that keeps its upstream connections alive opens ~none once warm.",
         *h.noisy_note([m for c in cells for m in c.router + c.nginx]),
     ]
@@ -421,7 +535,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--duration", type=float, default=5, help="seconds per measured run (5)")
     p.add_argument("--warmup", type=float, default=1, help="seconds of warmup before each (1)")
-    p.add_argument("--repeats", type=int, default=1, help="rounds per cell; medians (1)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds; medians (3)")
     p.add_argument("--connections", type=int, default=32, help="wrk -c (32)")
     p.add_argument("--no-nginx", action="store_true", help="router only, no nginx reference")
     p.add_argument(

@@ -127,6 +127,8 @@ class Measured:
     backend_accepts: int | None = None
     backend_requests: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Our other processes (idle routers and nginx of other rows): not counted in others.
+    idle_cpu: float = 0.0
 
     @property
     def rps(self) -> float:
@@ -186,9 +188,10 @@ def _measure_once(
     quiet = pb.wait_quiet(bench.procs, bench.args.wait_quiet)
     proxy_pid = proxy.pid if proxy is not None and proxy is not backend else None
     counters0 = pb.backend_counters(status_port) if status_port is not None else None
-    before = pb.CpuSnapshot.take(proxy_pid, backend.pid)
+    idle = [p.pid for p in bench.procs.procs if p.pid not in (proxy_pid, backend.pid)]
+    before = pb.CpuSnapshot.take(proxy_pid, backend.pid, idle_pids=idle)
     res, out = pb.run_wrk(argv, duration)
-    used = pb.CpuSnapshot.take(proxy_pid, backend.pid).usage_since(before)
+    used = pb.CpuSnapshot.take(proxy_pid, backend.pid, idle_pids=idle).usage_since(before)
     counters1 = pb.backend_counters(status_port) if status_port is not None else None
     bench.procs.check_alive()
     if res.errors:
@@ -204,6 +207,7 @@ def _measure_once(
             others_before=quiet,
             backend_accepts=counters1[0] - counters0[0] if counters0 and counters1 else None,
             backend_requests=counters1[1] - counters0[1] if counters0 and counters1 else None,
+            idle_cpu=used["idle"],
         ),
         out,
     )

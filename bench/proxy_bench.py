@@ -61,7 +61,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -253,10 +253,15 @@ class CpuSnapshot:
     wrk: float
     redis: float
     machine: float
+    idle: float = 0.0  # our other processes, idle during this run (other routers, say)
 
     @classmethod
     def take(
-        cls, target_pid: int | None, backend_pid: int, redis_pid: int | None = None
+        cls,
+        target_pid: int | None,
+        backend_pid: int,
+        redis_pid: int | None = None,
+        idle_pids: Sequence[int] = (),
     ) -> CpuSnapshot:
         return cls(
             wall=time.monotonic(),
@@ -265,6 +270,7 @@ class CpuSnapshot:
             wrk=children_cpu_seconds(),
             redis=cpu_seconds(redis_pid) if redis_pid is not None else 0.0,
             machine=machine_cpu_seconds(),
+            idle=sum(cpu_seconds(p) for p in idle_pids),
         )
 
     def usage_since(self, before: CpuSnapshot) -> dict[str, float]:
@@ -276,6 +282,7 @@ class CpuSnapshot:
             "backend": (self.backend - before.backend) / wall,
             "wrk": (self.wrk - before.wrk) / wall,
             "redis": (self.redis - before.redis) / wall,
+            "idle": (self.idle - before.idle) / wall,
         }
         used["others"] = max(0.0, (self.machine - before.machine) / wall - sum(used.values()))
         return used
