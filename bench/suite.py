@@ -92,7 +92,7 @@ STEPS = [
         "latency",
         "Latency at a fixed rate (issue 8)",
         "latency_bench.py",
-        ["--rate", "2000", "--duration", "15", "--repeats", "3"],
+        ["--rate", "2000", "--duration", "6", "--repeats", "8"],
         ["--rate", "2000", "--duration", "4", "--warmup", "2", "--repeats", "1", *WAIT_QUICK],
         1800,
     ),
