@@ -237,20 +237,7 @@ def metric_value(admin_port: int, name: str) -> float | None:
 
 
 def common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=15,
-        help="before each measured run, wait up to this many seconds for other processes "
-        "to use < 10%% of a core (15)",
-    )
-    p.add_argument(
-        "--noisy-retries",
-        type=int,
-        default=2,
-        help="run a measurement again (up to this many times) when other processes used "
-        "more than 10%% of a core during it (2)",
-    )
+    pb.add_quiet_args(p)
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
 
@@ -302,7 +289,6 @@ def run_main(
     tmp = Path(tempfile.mkdtemp(prefix=f"wa-router-{name}-bench-"))
     tmp.chmod(0o755)  # nginx workers run as "nobody" when started as root
     bench = Bench(name, args, tmp, started=started)
-    left: list[str] = []
     try:
         with pb.signals_interrupt():
             info = bench.info = pb.machine_info()  # before starting: the git commit it runs
@@ -331,26 +317,8 @@ def run_main(
         bench.failures.append("interrupted")
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
-        try:
-            left = bench.procs.stop_all()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        for problem in left:
-            print(f"CLEANUP: {problem}", file=sys.stderr)
-        if bench.failures:
-            print("\n" + "=" * 72, file=sys.stderr)
-            print("FAIL: the benchmark found problems:", file=sys.stderr)
-            for f in bench.failures:
-                print(f"  - {f}", file=sys.stderr)
-            for log in bench.logs:
-                if log.exists() and log.stat().st_size:
-                    print(pb.tail(log, 40, log.name), file=sys.stderr)
-            print("=" * 72, file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if bench.failures or left else 0
+        code = pb.finish(bench.procs, bench.failures, bench.logs, tmp, args.keep_tmp)
+    return code
 
 
 def wrk_base(connections: int, duration: float, threads: int = 1) -> list[str]:

@@ -148,6 +148,57 @@ class Processes:
         return problems
 
 
+def add_quiet_args(p: argparse.ArgumentParser) -> None:
+    """--wait-quiet and --noisy-retries, as every benchmark here takes them."""
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=15,
+        help="before each measured run, wait up to this many seconds for other processes "
+        "to use < 10%% of a core (15)",
+    )
+    p.add_argument(
+        "--noisy-retries",
+        type=int,
+        default=2,
+        help="run a measurement again (up to this many times) when other processes used "
+        "more than 10%% of a core during it (2)",
+    )
+
+
+def finish(
+    procs: Processes,
+    failures: list[str],
+    logs: list[Path],
+    tmp: Path,
+    keep_tmp: bool,
+    tail_lines: int = 40,
+) -> int:
+    """The end of every benchmark (in its ``finally``, SIGINT already ignored): stop every
+    process, print what was left and every failure with the tails of the logs, remove (or
+    keep) the temp dir; the exit code."""
+    try:
+        left = procs.stop_all()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    for problem in left:
+        print(f"CLEANUP: {problem}", file=sys.stderr)
+    if failures:
+        print("\n" + "=" * 72, file=sys.stderr)
+        print("FAIL: the benchmark found problems:", file=sys.stderr)
+        for f in failures:
+            print(f"  - {f}", file=sys.stderr)
+        for log in logs:
+            if log.exists() and log.stat().st_size:
+                print(tail(log, tail_lines, log.stem + " log"), file=sys.stderr)
+        print("=" * 72, file=sys.stderr)
+    if keep_tmp:
+        print(f"kept {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures or left else 0
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -1566,20 +1617,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(listen.workers: 2, Redis store, its own redis-server); default: all",
     )
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=15,
-        help="before each measured run, wait up to this many seconds for other processes "
-        "to use < 10%% of a core (15)",
-    )
-    p.add_argument(
-        "--noisy-retries",
-        type=int,
-        default=2,
-        help="run a measurement again (up to this many times) when other processes used "
-        "more than 10%% of a core during it (2)",
-    )
+    add_quiet_args(p)
     p.add_argument(
         "--scrapes",
         type=int,
@@ -2033,7 +2071,6 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[Target] = []
     failures: list[str] = []
     rss: dict[str, dict[str, int]] = {}
-    left: list[str] = []
     logs = [tmp / f"{name}.log" for name in ROUTERS]  # copied to out/, tails on failure
     redis_logs = [tmp / "redis.log", tmp / "redis-workers2.log"]
     try:
@@ -2095,26 +2132,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in targets:
             if t.redis is not None:
                 t.redis.close()
-        try:
-            left = procs.stop_all()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        for problem in left:
-            print(f"CLEANUP: {problem}", file=sys.stderr)
-        if failures:
-            print("\n" + "=" * 72, file=sys.stderr)
-            print("FAIL: the benchmark found problems:", file=sys.stderr)
-            for f in failures:
-                print(f"  - {f}", file=sys.stderr)
-            for log in [*logs, *redis_logs]:
-                if log.exists():
-                    print(tail(log, 60, log.stem + " log"), file=sys.stderr)
-            print("=" * 72, file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if failures or left else 0
+        code = finish(procs, failures, [*logs, *redis_logs], tmp, args.keep_tmp, 60)
+    return code
 
 
 if __name__ == "__main__":

@@ -1260,18 +1260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=180,
         help="max seconds to wait for the router to deliver its backlog (180)",
     )
-    p.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=15,
-        help="wait up to this long for other processes to go quiet (15)",
-    )
-    p.add_argument(
-        "--noisy-retries",
-        type=int,
-        default=2,
-        help="repeat a run when others used > 10%% of a core (2)",
-    )
+    pb.add_quiet_args(p)
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out")
     p.add_argument("--keep-tmp", action="store_true")
     args = p.parse_args(argv)
@@ -1296,7 +1285,6 @@ def main(argv: list[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%d-%H%M%S")
     tmp = Path(tempfile.mkdtemp(prefix="wa-router-webhook-bench-"))
     b = Bench(args, tmp)
-    left: list[str] = []
     logs = [tmp / f"{n}.log" for n in (*SERVERS, "target")]
     logs += [tmp / f"redis-{n}.log" for n in SERVERS]
     try:
@@ -1342,26 +1330,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip cleanup
         for s in b.servers:
             s.probe.close()
-        try:
-            left = b.procs.stop_all()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        for problem in left:
-            print(f"CLEANUP: {problem}", file=sys.stderr)
-        if b.failures:
-            print("\n" + "=" * 72, file=sys.stderr)
-            print("FAIL: the benchmark found problems:", file=sys.stderr)
-            for f in b.failures:
-                print(f"  - {f}", file=sys.stderr)
-            for log in logs:
-                if log.exists() and log.stat().st_size:
-                    print(pb.tail(log, 40, log.stem + " log"), file=sys.stderr)
-            print("=" * 72, file=sys.stderr)
-        if args.keep_tmp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if b.failures or left else 0
+        code = pb.finish(b.procs, b.failures, logs, tmp, args.keep_tmp)
+    return code
 
 
 if __name__ == "__main__":
