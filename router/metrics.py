@@ -44,6 +44,7 @@ class RouterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         router = self._router()
+        peers = self._peers()  # one snapshot per scrape: every family sees the same peers
         up = GaugeMetricFamily("router_instance_up", "1 when the instance is healthy", labels=["instance"])
         sessions = GaugeMetricFamily(
             "router_instance_sessions", "Sessions assigned to the instance", labels=["instance"]
@@ -59,7 +60,7 @@ class RouterCollector(Collector):
         yield up
         yield sessions
         yield inflight
-        yield from self._requests(merged(router.stats_sources(), self._peers()))
+        yield from self._requests(merged(router.stats_sources(), peers))
         yield GaugeMetricFamily(
             "router_store_up",
             "1 when the assignment store is reachable (always 1 in memory)",
@@ -70,7 +71,7 @@ class RouterCollector(Collector):
         )
         yield GaugeMetricFamily(
             "router_held_requests", "Requests waiting for their session to become routable",
-            value=float(router.held + sum(p.held for p in self._peers())),
+            value=float(router.held + sum(p.held for p in peers)),
         )
         ejected = GaugeMetricFamily(
             "router_instance_ejected", "1 while passive checks keep the instance out", labels=["instance"]
