@@ -8,6 +8,23 @@ import pytest
 from tests.procs import Proc, RouterProc, start_router, start_sim
 from tests.redis_server import RedisServer
 
+# Test layers, each runnable alone (`pytest -m unit`, `-m component`, `-m system`):
+#   unit       pure code: no event loop or an in-process one, no sockets to other processes
+#   component  the app built by create_app with fakes and a manual clock
+#   system     real processes: routers, sims, redis-server, chromium, podman
+# A test asking for a process fixture is `system`; a module or test may say its layer with a
+# marker; everything else is `unit`.
+LAYERS = ("unit", "component", "system")
+PROCESS_FIXTURES = frozenset({"sim_factory", "three_sims", "router_factory", "redis_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(layer) for layer in LAYERS):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.system if fixtures & PROCESS_FIXTURES else pytest.mark.unit)
+
 
 @pytest.fixture
 def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:

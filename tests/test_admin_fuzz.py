@@ -15,6 +15,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 from router.admin.openapi import spec
 from tests.procs import Proc, RouterProc, router_config
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 TOKEN = "fuzz-t0ken"
 SCHEMA = schemathesis.openapi.from_dict(spec())
 

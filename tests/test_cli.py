@@ -14,6 +14,8 @@ import pytest
 
 from tests.procs import PY, ROOT, free_port
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 BROKEN = """
 listen: {host: 127.0.0.1, port: 8080, bogus_key: 1}
 health: {interval: 5 parsecs}

@@ -7,9 +7,12 @@ import subprocess
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
 from tests.procs import PY, ROOT, Proc, RouterProc, free_port
 from tests.test_operate import TOKEN, config, create_sessions
+
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -24,10 +24,13 @@ from tests.procs import PY, ROOT, free_port
 from tests.test_cli import _consecutive_free_ports
 from tests.test_multi_router import children
 
-pytestmark = pytest.mark.skipif(
-    chromium_path() is None,
-    reason="no chromium binary (Debian package `chromium`; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.system,
+    pytest.mark.skipif(
+        chromium_path() is None,
+        reason="no chromium binary (Debian package `chromium`; .ci/run installs it)",
+    ),
+]
 
 ROWS = "[...document.querySelectorAll('#instances tbody tr')]"
 

@@ -24,6 +24,8 @@ import pytest
 
 from tests.procs import PY, ROOT, RouterProc, free_port, rss_kib, start_router, wait_http
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 CLIENT_KEY = "client-k3y-s3cret"
 INSTANCE_KEY = "instance-k3y-s3cret"
 ADMIN_TOKEN = "admin-t0ken-s3cret"

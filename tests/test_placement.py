@@ -112,6 +112,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.system
 def test_same_placement_in_a_fresh_process_with_another_hash_seed() -> None:
     script = _placements_script(7)
     here = _run_inline(script)

@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.procs import Proc, RouterProc, free_port, router_config, wait_http
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 SESSIONS = ("s1", "s2", "s3", "s4")
 
 # Family name (as prometheus_client's parser reports it: counters lose ``_total``) -> type,

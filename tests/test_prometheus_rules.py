@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 ROOT = Path(__file__).resolve().parent.parent
 RULES = Path("config/prometheus/alerts.yml")
 RULE_TESTS = Path("config/prometheus/alerts.test.yml")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -739,6 +740,7 @@ async def test_serve_sim_on_free_port() -> None:
         await runner.cleanup()
 
 
+@pytest.mark.system
 async def test_main_subprocess_serves_and_exits_on_sigterm() -> None:
     code = "from router.sim import main; raise SystemExit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -16,6 +16,8 @@ from router.store.memory import MemoryStore
 from router.store.redis import RedisStore
 from tests.redis_server import RedisServer
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AssignmentStore]:

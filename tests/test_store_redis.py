@@ -24,6 +24,8 @@ from router.store.redis import RedisStore
 from router.store.redis_url import SentinelURL, is_sentinel_url, parse_sentinel_url
 from tests.redis_server import RedisServer, SentinelServer, free_port
 
+pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
+
 PREFIX = "t:"
 MakeStore = Callable[..., Awaitable[RedisStore]]
 

@@ -646,7 +646,9 @@ class RedisStore:
         if pubsub.connection is not None:  # pooled connections outlive this PubSub
             pubsub.connection.deregister_connect_callback(self._on_pubsub_reconnect)
         with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # Through a Callable: redis-py annotates PubSub.aclose in some releases only.
+            aclose: Callable[[], Awaitable[object]] = pubsub.aclose
+            await aclose()
 
     async def _pump(self, pubsub: PubSub) -> None:
         """Apply change messages until the connection fails (raises) or a re-read is due."""

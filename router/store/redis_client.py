@@ -10,6 +10,7 @@ the operation timeout (a blocking reader needs one longer than its ``BLOCK``).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -48,9 +49,10 @@ class RedisClients:
             }
             if target.sentinel_password:
                 sentinel_options["password"] = target.sentinel_password
-            self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                list(target.sentinels), sentinel_kwargs=sentinel_options
-            )
+            # Typed through a Callable: whether redis-py annotates Sentinel.__init__ changes
+            # between releases, and the call must type-check under either.
+            make_sentinel: Callable[..., Sentinel] = Sentinel
+            self._sentinel = make_sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
         return cast(
             Redis,
             self._sentinel.master_for(

@@ -30,6 +30,7 @@ deleted, or Redis restarted empty) is re-created on the fly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
@@ -305,11 +306,10 @@ class RedisQueue:
     async def _xclaim(self, key: str, qids: Sequence[str], idle: int | None) -> None:
         cmd = self._client()
         for i in range(0, len(qids), _CHUNK):
-            chunk = list(qids[i : i + _CHUNK])
-            await self._call(
-                lambda chunk=chunk: cmd.xclaim(self.stream(key), GROUP, self.consumer, 0, chunk,  # type: ignore[misc]
-                                               idle=idle, justid=True)
-            )  # fmt: skip
+            chunk: list[Any] = list(qids[i : i + _CHUNK])  # redis-py types stream ids by release
+            await self._call(functools.partial(
+                cmd.xclaim, self.stream(key), GROUP, self.consumer, 0, chunk, idle=idle, justid=True
+            ))
 
     async def touch(self, key: str, qids: Sequence[str]) -> None:
         await self._xclaim(key, qids, None)
@@ -431,4 +431,4 @@ class RedisQueue:
         for c in consumers:
             name = _s(c.get("name", b""))
             if name != self.consumer and int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > _STALE_CONSUMER_MS:
-                await self._call(lambda name=name: cmd.xgroup_delconsumer(self.stream(key), GROUP, name))  # type: ignore[misc]
+                await self._call(functools.partial(cmd.xgroup_delconsumer, self.stream(key), GROUP, name))
