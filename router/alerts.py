@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from router import backoff
 from router.config.model import AlertsConfig
 from router.events import Event, EventLog
 
@@ -232,7 +233,7 @@ class Alerter:
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 why = type(e).__name__
             if attempt < self._attempts:
-                await asyncio.sleep(self._retry_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(backoff.delay(attempt, base=self._retry_delay, cap=60.0))
         self.failed += 1
         log.warning("alerts: %s not delivered to %s after %d attempts (%s)",
                     alert.event, _where(url), self._attempts, why)

@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from router import backoff
 from router.config.model import Config
 from router.errors import RouterError, UpstreamError
 from router.events import EventLog
@@ -27,11 +28,9 @@ log = logging.getLogger("wa_router.failover")
 NOT_RUNNING = frozenset({"STOPPED", "FAILED"})
 
 
-def retry_delay(attempt: int, base: float = 1.0, cap: float = 30.0, jitter: float = 0.2,
-                rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with +-jitter for restore retries (attempt counts from 1)."""
-    delay: float = min(cap, base * 2.0 ** (attempt - 1))
-    return delay * (1 - jitter + 2 * jitter * rand())
+def restore_delay(attempt: int) -> float:
+    """Pause after failed restore attempt ``attempt``: 1 s doubling to 30 s, +-20%."""
+    return backoff.delay(attempt, base=1.0, cap=30.0, jitter=0.2, rand=random.random())
 
 
 class Failover:
@@ -234,7 +233,7 @@ class Failover:
                                          session=a.session, instance=target.name)
                     return True
             if attempt < fo.restore_attempts:
-                await asyncio.sleep(retry_delay(attempt))
+                await asyncio.sleep(restore_delay(attempt))
         self.restore_failures += 1
         self.events.emit(
             "restore_failed",

@@ -44,6 +44,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from router import backoff
 from router.config.model import HealthConfig, PassiveConfig
 
 __all__ = [
@@ -143,15 +144,7 @@ Action = MarkDown | MarkUp | Eject | ProbeNow | StartFailover | Rediscover
 def ejection_time(ejections: int, passive: PassiveConfig) -> float:
     """Length of the ``ejections``-th ejection (1-based): ``ejection_time * 2**(n-1)``,
     capped at ``max_ejection_time``. ``n < 1`` counts as the first ejection."""
-    base, cap = passive.ejection_time, passive.max_ejection_time
-    if base <= 0:  # the loader rejects this; no negative durations either way
-        return 0.0
-    exponent = max(ejections, 1) - 1
-    # 2**exponent as a float overflows past 1023; every positive base is over any finite cap
-    # long before that, so the cap is the answer.
-    if exponent > 1023:
-        return float(cap)
-    return float(min(base * 2.0**exponent, cap))
+    return backoff.delay(ejections, base=passive.ejection_time, cap=passive.max_ejection_time)
 
 
 def may_eject(ejected_count: int, total: int, max_percent: int) -> bool:

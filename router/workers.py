@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 
+from router.backoff import Backoff
+
 log = logging.getLogger("wa_router.workers")
 
 WORKER_ENV = "WA_ROUTER_WORKER"
@@ -58,7 +60,7 @@ async def supervise(config_path: str, workers: int, shutdown_timeout: float) -> 
         procs[i] = await _spawn(config_path, i)
     log.info("started %d workers: %s", workers, [p.pid for p in procs.values()])
 
-    backoff = dict.fromkeys(procs, 0.5)
+    backoff = {i: Backoff(base=0.5, cap=RESTART_BACKOFF_MAX, jitter=0.0) for i in procs}
     waits = {i: loop.create_task(p.wait()) for i, p in procs.items()}
     stopping = loop.create_task(stop.wait())
     try:
@@ -70,15 +72,15 @@ async def supervise(config_path: str, workers: int, shutdown_timeout: float) -> 
                 break
             for i, task in list(waits.items()):
                 if task in done:
+                    pause = backoff[i].next()
                     log.error(
                         "worker %d (pid %d) exited with %s; restarting in %.1fs",
-                        i, procs[i].pid, procs[i].returncode, backoff[i],
+                        i, procs[i].pid, procs[i].returncode, pause,
                     )
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), backoff[i])
+                        await asyncio.wait_for(stop.wait(), pause)
                     if stop.is_set():
                         break
-                    backoff[i] = min(backoff[i] * 2, RESTART_BACKOFF_MAX)
                     procs[i] = await _spawn(config_path, i)
                     waits[i] = loop.create_task(procs[i].wait())
     finally:

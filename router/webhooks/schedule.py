@@ -18,10 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from router import backoff
 from router.config.model import RetryConfig
-
-# 2**64 seconds is already far beyond any cap; a larger exponent would overflow a float.
-_MAX_EXPONENT = 64
 
 
 def retry_delay(retries: RetryConfig, attempt: int, rand: float) -> float:
@@ -30,18 +28,8 @@ def retry_delay(retries: RetryConfig, attempt: int, rand: float) -> float:
     ``rand`` in ``[0, 1]`` picks the jitter (0.5 = none): the factor is
     ``1 + jitter * (2 * rand - 1)``.
     """
-    n = max(1, attempt)
-    if retries.policy == "constant":
-        base = retries.delay
-    elif retries.policy == "linear":
-        base = retries.delay * n
-    else:
-        base = retries.delay * 2.0 ** min(n - 1, _MAX_EXPONENT)
-    cap = max(0.0, retries.max_delay)
-    base = min(max(0.0, base), cap)
-    jitter = min(max(retries.jitter, 0.0), 1.0)
-    rand = min(max(rand, 0.0), 1.0)
-    return min(cap, max(0.0, base * (1.0 + jitter * (2.0 * rand - 1.0))))
+    return backoff.delay(attempt, base=retries.delay, cap=retries.max_delay,
+                         policy=retries.policy, jitter=retries.jitter, rand=rand)
 
 
 def exhausted(retries: RetryConfig, attempts_made: int) -> bool:
@@ -81,7 +69,7 @@ class Breaker:
         self.failures += 1
         if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
             self.opens += 1
-            period = min(self.max_open, self.base * 2.0 ** min(self.opens - 1, _MAX_EXPONENT))
+            period = backoff.delay(self.opens, base=self.base, cap=self.max_open)
             self.state = "open"
             self.open_until = now + period
         # Failures reported while open come from deliveries started before it opened:

@@ -47,6 +47,7 @@ from typing import Any
 
 import aiohttp
 
+from router.backoff import Backoff
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
 from router.proxy.client import LeanHttp
@@ -79,21 +80,6 @@ class WorkerSettings:
     breaker_threshold: int = 10
     breaker_base: float = 1.0
     breaker_max: float = 30.0
-
-
-class Backoff:
-    """Sleep after a failure: 50 ms doubling to ``cap``; ``reset`` after a success."""
-
-    def __init__(self, cap: float = 2.0) -> None:
-        self.cap = cap
-        self.delay = 0.05
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.delay * (0.5 + random.random()))
-        self.delay = min(self.cap, self.delay * 2)
-
-    def reset(self) -> None:
-        self.delay = 0.05
 
 
 DeadCallback = Callable[[str, Sequence[DeadRecord]], None]
