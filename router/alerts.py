@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from router import backoff
+from router.clock import Clock
+from router.config.holder import ConfigHolder
 from router.config.model import AlertsConfig
+from router.errors import UpstreamError
 from router.events import Event, EventLog
+from router.tasks import Tasks
+from router.transport import Transport
 
 log = logging.getLogger("wa_router.alerts")
 
@@ -137,8 +141,10 @@ def _where(url: str) -> str:
 class Alerter:
     def __init__(
         self,
-        config: AlertsConfig,
+        config: ConfigHolder,
         events: EventLog,
+        transport: Transport,
+        clock: Clock,
         backlog: Callable[[], int] | None = None,
         *,
         policy: AlertPolicy | None = None,
@@ -146,45 +152,41 @@ class Alerter:
         retry_delay: float = 1.0,
         check_interval: float = 5.0,
     ) -> None:
-        self.config = config
+        self._config = config
+        self._clock = clock
         self._events = events
         self._backlog = backlog
         self.policy = policy or AlertPolicy()
-        self._watch = BacklogWatch(config.webhook_backlog_threshold)
+        self._watch = BacklogWatch(config.current.alerts.webhook_backlog_threshold)
         self._attempts = attempts
         self._retry_delay = retry_delay
         self._check_interval = check_interval
         self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._http: aiohttp.ClientSession | None = None
+        self.tasks = Tasks("alerts")
+        self._http = transport
         self.sent = 0
         self.failed = 0
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._events.subscribe(self._on_event)
-        self._tasks = [loop.create_task(self._send_loop(), name="alerts-sender"),
-                       loop.create_task(self._watch_loop(), name="alerts-watch")]
+    def __repr__(self) -> str:
+        return f"<Alerter sent={self.sent} failed={self.failed} queued={self._queue.qsize()}>"
 
-    def update(self, config: AlertsConfig) -> None:
-        self.config = config
-        self._watch.threshold = config.webhook_backlog_threshold
+    @property
+    def config(self) -> AlertsConfig:
+        return self._config.current.alerts
+
+    def start(self) -> None:
+        self._events.subscribe(self._on_event)
+        self.tasks.spawn(self._send_loop(), name="alerts-sender")
+        self.tasks.spawn(self._watch_loop(), name="alerts-watch")
 
     async def stop(self) -> None:
         self._events.unsubscribe(self._on_event)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        if self._http is not None:
-            await self._http.close()
+        await self.tasks.stop()
 
     def _on_event(self, ev: Event) -> None:
         if not self.config.webhooks:
             return
-        self._enqueue(self.policy.on_event(ev, asyncio.get_running_loop().time()))
+        self._enqueue(self.policy.on_event(ev, self._clock.now()))
 
     def _enqueue(self, alerts: list[Alert]) -> None:
         for a in alerts:
@@ -194,11 +196,12 @@ class Alerter:
                 log.warning("alerts: queue full, dropping %s", a.event)
 
     async def _watch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._check_interval)
+            await self._clock.sleep(self._check_interval)
+            # A reload may change the threshold: the watch keeps its armed state.
+            self._watch.threshold = self.config.webhook_backlog_threshold
             if self.config.webhooks:
-                self._enqueue(self.policy.tick(loop.time()))
+                self._enqueue(self.policy.tick(self._clock.now()))
             if self._backlog is None:
                 continue
             with contextlib.suppress(Exception):
@@ -221,19 +224,19 @@ class Alerter:
                 await self._post(url.value, alert)
 
     async def _post(self, url: str, alert: Alert) -> None:
-        assert self._http is not None
+        body = json.dumps(alert.payload()).encode()
+        headers = {"Content-Type": "application/json", "User-Agent": "wa-router"}
         for attempt in range(1, self._attempts + 1):
             try:
-                async with self._http.post(url, json=alert.payload()) as resp:
-                    await resp.read()
-                    if resp.status < 400:
-                        self.sent += 1
-                        return
-                    why = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                r = await self._http.request("POST", url, body, headers, timeout=10.0)
+                if r.status < 400:
+                    self.sent += 1
+                    return
+                why = f"HTTP {r.status}"
+            except (UpstreamError, OSError, ValueError) as e:
                 why = type(e).__name__
             if attempt < self._attempts:
-                await asyncio.sleep(backoff.delay(attempt, base=self._retry_delay, cap=60.0))
+                await self._clock.sleep(backoff.delay(attempt, base=self._retry_delay, cap=60.0))
         self.failed += 1
         log.warning("alerts: %s not delivered to %s after %d attempts (%s)",
                     alert.event, _where(url), self._attempts, why)

@@ -32,9 +32,9 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     async def main() -> None:
-        app = create_app(config)
+        app = create_app(config, worker=index)
         # Worker 0 serves the admin port; every worker shares the proxy port.
-        await app.start(reuse_port=index is not None, admin=not index, worker=index)
+        await app.start(reuse_port=index is not None, admin=not index)
         await app.run_until_signalled()
 
     try:

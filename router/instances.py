@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from router.config.model import InstanceConfig
 from router.health import InstanceHealth
 from router.placement import Member, Ring
 from router.stats import new_stats
+from router.transport.address import Address
+from router.transport.upstream import UpstreamPool
 
 
-@dataclass(frozen=True, slots=True)
-class Address:
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # "" or "/prefix" without a trailing slash
-
-    @classmethod
-    def parse(cls, url: str) -> Address:
-        parts = urlsplit(url)
-        scheme = parts.scheme or "http"
-        port = parts.port or (443 if scheme == "https" else 80)
-        return cls(scheme, parts.hostname or "127.0.0.1", port, parts.path.rstrip("/"))
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
-
-    @property
-    def origin(self) -> str:
-        return f"{self.scheme}://{self.netloc}"
+def auth_headers(key: str) -> dict[str, str]:
+    """An instance's key as every gateway reads it: WAHA ``X-Api-Key``, Evolution API
+    ``apikey``. The one place that builds them (data path, control plane, probes)."""
+    return {"X-Api-Key": key, "apikey": key} if key else {}
 
 
 class Instance:
@@ -43,6 +24,7 @@ class Instance:
     __slots__ = (
         "address",
         "api_key_line",
+        "auth_headers",
         "config",
         "drained",
         "draining",
@@ -70,17 +52,15 @@ class Instance:
         self._configure(config)
 
     def _configure(self, config: InstanceConfig) -> None:
-        from router.proxy.upstream import UpstreamPool  # imports this module
-
         self.config = config
         self.address = Address.parse(config.url)
         # Pre-encoded header lines: the hot path only joins bytes.
         self.host_line = b"Host: " + self.address.netloc.encode("idna") + b"\r\n"
-        key = config.api_key.value if config.api_key else ""
-        # Both spellings: WAHA reads X-Api-Key, Evolution API reads apikey.
-        self.api_key_line = (
-            b"X-Api-Key: " + key.encode("latin-1") + b"\r\napikey: " + key.encode("latin-1") + b"\r\n"
-            if key else b""
+        self.auth_headers = auth_headers(config.api_key.value if config.api_key else "")
+        # The same headers pre-encoded for the data path, which only joins bytes.
+        self.api_key_line = b"".join(
+            name.encode() + b": " + value.encode("latin-1") + b"\r\n"
+            for name, value in self.auth_headers.items()
         )
         self.pool = UpstreamPool(self.address)
 

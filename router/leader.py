@@ -3,7 +3,6 @@ stale-copy stops and rebalancing. All of them route and check health."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -11,9 +10,12 @@ import secrets
 import socket
 from collections.abc import Callable
 
+from router.clock import Clock
+from router.config.holder import ConfigHolder
 from router.errors import RouterError
 from router.events import EventLog
 from router.store.base import AssignmentStore
+from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.leader")
 
@@ -21,28 +23,33 @@ log = logging.getLogger("wa_router.leader")
 class Leadership:
     """Acquire and renew a lease every ttl/3; step down at once when a renewal fails."""
 
-    def __init__(self, store: AssignmentStore, ttl: float, events: EventLog,
-                 on_gain: Callable[[], None]) -> None:
+    def __init__(self, store: AssignmentStore, config: ConfigHolder, events: EventLog,
+                 clock: Clock, on_gain: Callable[[], None]) -> None:
         self.store = store
-        self.ttl = ttl
+        self._config = config
         self.events = events
+        self._clock = clock
         self.on_gain = on_gain
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.token: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.tasks = Tasks("leader")
+
+    def __repr__(self) -> str:
+        return f"<Leadership {self.holder} token={self.token}>"
+
+    @property
+    def ttl(self) -> float:
+        return self._config.current.failover.leader_ttl
 
     @property
     def is_leader(self) -> bool:
         return self.token is not None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.tasks.spawn(self._run(), name="leader-lease")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.tasks.stop()
         if self.token is not None:
             with contextlib.suppress(RouterError):
                 await self.store.release_leadership(self.holder, self.token)
@@ -67,7 +74,7 @@ class Leadership:
                 log.exception("leader lease")
                 if self.token is not None:
                     self._lose("error")
-            await asyncio.sleep(self.ttl / 3)
+            await self._clock.sleep(self.ttl / 3)
 
     def _lose(self, why: str) -> None:
         self.token = None

@@ -6,7 +6,7 @@ own them, and this collector turns them into metric families when Prometheus scr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -16,35 +16,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from router.failover import Failover
-from router.leader import Leadership
-from router.reload import Reloads
-from router.routing import Router
+from router.components import Components
 from router.stats import BUCKETS, RequestStats
-from router.webhooks import WebhookRelay
-from router.workerstats import PeerStats, merged
+from router.workerstats import merged
 
 
 class RouterCollector(Collector):
-    def __init__(
-        self,
-        current_router: Callable[[], Router],
-        failover: Callable[[], Failover | None],
-        leadership: Callable[[], Leadership | None],
-        relay: Callable[[], WebhookRelay | None] = lambda: None,
-        reloads: Reloads | None = None,
-        peers: Callable[[], list[PeerStats]] = list,
-    ) -> None:
-        self._router = current_router
-        self._peers = peers
-        self._reloads = reloads if reloads is not None else Reloads()
-        self._relay = relay
-        self._failover = failover
-        self._leadership = leadership
+    def __init__(self, parts: Components) -> None:
+        self._parts = parts
 
     def collect(self) -> Iterator[Metric]:
-        router = self._router()
-        peers = self._peers()  # one snapshot per scrape: every family sees the same peers
+        parts = self._parts
+        router = parts.router
+        peers = parts.peers()  # one snapshot per scrape: every family sees the same peers
         up = GaugeMetricFamily("router_instance_up", "1 when the instance is healthy", labels=["instance"])
         sessions = GaugeMetricFamily(
             "router_instance_sessions", "Sessions assigned to the instance", labels=["instance"]
@@ -84,40 +68,36 @@ class RouterCollector(Collector):
         )
         moves = CounterMetricFamily("router_session_moves", "Session moves by reason", labels=["reason"])
         restore_failed = CounterMetricFamily("router_restore_failures", "Sessions that could not be restored")
-        fo = self._failover()
-        if fo is not None:
-            for name, n in fo.failovers_total.items():
-                failovers.add_metric([name], float(n))
-            for reason, n in fo.moves_total.items():
-                moves.add_metric([reason], float(n))
-            restore_failed.add_metric([], float(fo.restore_failures))
+        for name, n in parts.failover.failovers_total.items():
+            failovers.add_metric([name], float(n))
+        for reason, n in parts.mover.moves_total.items():
+            moves.add_metric([reason], float(n))
+        restore_failed.add_metric([], float(parts.mover.restore_failures))
         yield failovers
         yield moves
         yield restore_failed
-        relay = self._relay()
-        if relay is not None:
-            for name, value, help_text in (
-                ("router_webhooks_received", relay.received, "Webhooks accepted from instances"),
-                ("router_webhooks_delivered", relay.delivered, "Webhook deliveries a target accepted"),
-                ("router_webhooks_retried", relay.retried, "Webhook delivery attempts retried"),
-                ("router_webhooks_dead", relay.dead_count, "Webhooks moved to the dead list"),
-            ):
-                yield CounterMetricFamily(name, help_text, value=float(value))
-            yield GaugeMetricFamily(
-                "router_webhook_backlog", "Webhooks stored but not yet delivered",
-                value=float(relay.backlog()),
-            )
-        lead = self._leadership()
+        relay = parts.relay
+        for name, value, help_text in (
+            ("router_webhooks_received", relay.received, "Webhooks accepted from instances"),
+            ("router_webhooks_delivered", relay.delivered, "Webhook deliveries a target accepted"),
+            ("router_webhooks_retried", relay.retried, "Webhook delivery attempts retried"),
+            ("router_webhooks_dead", relay.dead_count, "Webhooks moved to the dead list"),
+        ):
+            yield CounterMetricFamily(name, help_text, value=float(value))
+        yield GaugeMetricFamily(
+            "router_webhook_backlog", "Webhooks stored but not yet delivered",
+            value=float(relay.backlog()),
+        )
         yield GaugeMetricFamily(
             "router_leader", "1 when this router runs failover (holds the lease)",
-            value=1.0 if lead is not None and lead.is_leader else 0.0,
+            value=1.0 if parts.leadership.is_leader else 0.0,
         )
         reloads = CounterMetricFamily(
             "router_config_reloads", "Config reloads by result (error: refused, old config kept)",
             labels=["result"],
         )
-        reloads.add_metric(["success"], float(self._reloads.success))
-        reloads.add_metric(["error"], float(self._reloads.error))
+        reloads.add_metric(["success"], float(parts.reloads.success))
+        reloads.add_metric(["error"], float(parts.reloads.error))
         yield reloads
 
 
@@ -158,14 +138,7 @@ def _cumulative(buckets: list[int]) -> list[tuple[str, float]]:
     return out
 
 
-def make_registry(
-    current_router: Callable[[], Router],
-    failover: Callable[[], Failover | None] = lambda: None,
-    leadership: Callable[[], Leadership | None] = lambda: None,
-    relay: Callable[[], WebhookRelay | None] = lambda: None,
-    reloads: Reloads | None = None,
-    peers: Callable[[], list[PeerStats]] = list,
-) -> CollectorRegistry:
+def make_registry(parts: Components) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(current_router, failover, leadership, relay, reloads, peers))
+    registry.register(RouterCollector(parts))
     return registry

@@ -4,16 +4,17 @@ decisions. This is the thin async layer: it probes, it applies, it tells others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from router import health
-from router.config.model import Config
+from router.clock import Clock
+from router.config.holder import ConfigHolder
 from router.errors import UpstreamError
 from router.events import EventLog
 from router.instances import Fleet, Instance
-from router.proxy.client import LeanHttp
+from router.tasks import Tasks
+from router.transport import Transport
 
 log = logging.getLogger("wa_router.health")
 
@@ -23,65 +24,54 @@ TICK = 0.1  # seconds between ejection-expiry / failover-due checks
 class HealthMonitor:
     def __init__(
         self,
-        config: Config,
+        config: ConfigHolder,
         fleet: Fleet,
         events: EventLog,
+        transport: Transport,
+        clock: Clock,
         *,
         on_change: Callable[[], None],
         on_failover_due: Callable[[Instance], None],
         on_up: Callable[[Instance], None],
     ) -> None:
-        self.config = config
+        self._config = config
         self.fleet = fleet
         self.events = events
         self._on_change = on_change
         self._on_failover_due = on_failover_due
         self._on_up = on_up
         self._wake: dict[str, asyncio.Event] = {}
-        self._probes: dict[str, asyncio.Task[None]] = {}
+        self.tasks = Tasks("health")
         # Probes go over lean keep-alive connections (200 instances = 200 probes a second:
         # aiohttp's client made that most of an idle router's CPU).
-        self._http = LeanHttp(connect_timeout=config.limits.upstream_connect_timeout)
-        self._probe_urls: dict[str, str] = {}
-        self._tick: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = transport
+        self._clock = clock
+
+    def __repr__(self) -> str:
+        down = [i.name for i in self.fleet if not i.healthy]
+        return f"<HealthMonitor {len(self._wake)} probed, down={down}>"
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         for inst in self.fleet:
             self.add(inst)
-        self._tick = self._loop.create_task(self._tick_loop())
+        self.tasks.spawn(self._tick_loop(), name="health-tick")
 
     def add(self, inst: Instance) -> None:
         """Start checking an instance (at start, or added by a reload)."""
-        assert self._loop is not None
         self._wake[inst.name] = asyncio.Event()
-        self._probes[inst.name] = self._loop.create_task(self._probe_loop(inst))
+        self.tasks.spawn(self._probe_loop(inst), key=inst.name, name=f"probe-{inst.name}")
 
-    def remove(self, name: str) -> None:
+    def remove(self, inst: Instance) -> None:
         """Stop checking an instance a reload removed (and the fleet dropped)."""
-        task = self._probes.pop(name, None)
-        self._wake.pop(name, None)
-        if task is not None:
-            task.cancel()
-        url = self._probe_urls.pop(name, None)
-        if url is not None:
-            self._http.forget(url)
+        self.tasks.cancel(inst.name)
+        self._wake.pop(inst.name, None)
+        self._http.forget(inst.address.origin)
 
     async def stop(self) -> None:
-        tasks = [*self._probes.values(), *([self._tick] if self._tick else [])]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        self._probes.clear()
-        self._tick = None
-        self._http.close()
+        await self.tasks.stop()
 
     def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+        return self._clock.now()
 
     # -- passive (called from the data path: must stay cheap) ---------------------------
 
@@ -90,7 +80,7 @@ class HealthMonitor:
         # otherwise leave no instance at all (restore load makes survivors fail a little).
         ejected = health.out_of_service(i.health for i in self.fleet)
         new, actions = health.on_passive_failure(
-            inst.health, self.now(), self.config.passive,
+            inst.health, self.now(), self._config.current.passive,
             ejected_count=ejected, total=len(self.fleet), connect_error=connect_error,
         )
         self._apply(inst, new, actions)
@@ -104,36 +94,28 @@ class HealthMonitor:
         wake = self._wake[inst.name]
         while True:
             ok = await self._probe(inst)
-            cfg = self.config.health  # each round: a reload may change it
+            cfg = self._config.current.health  # each round: a reload may change it
             new, actions = health.on_probe(inst.health, ok, self.now(), cfg)
             self._apply(inst, new, actions)
             wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), cfg.interval)
+            await self._clock.wait(wake.wait(), cfg.interval)
 
     async def _probe(self, inst: Instance) -> bool:
-        cfg = self.config.health
+        cfg = self._config.current.health
         url = inst.address.origin + inst.address.base_path + cfg.path
-        old = self._probe_urls.get(inst.name)
-        if old != url:  # first probe, or a reload changed the address or the path
-            if old is not None:
-                self._http.forget(old)
-            self._probe_urls[inst.name] = url
-        key = inst.config.api_key.value if inst.config.api_key else ""
-        headers = {"X-Api-Key": key, "apikey": key} if key else {}
         try:
-            status = await self._http.request("GET", url, b"", headers, cfg.timeout)
-        except (UpstreamError, TimeoutError):
+            r = await self._http.request("GET", url, b"", inst.auth_headers, timeout=cfg.timeout)
+        except UpstreamError:
             return False
         except Exception:
             log.exception("health probe of %s failed unexpectedly", inst.name)
             return False
-        return 200 <= status < 300
+        return 200 <= r.status < 300
 
     async def _tick_loop(self) -> None:
         while True:
-            await asyncio.sleep(TICK)
-            grace = self.config.failover.grace  # read each time: a reload may change it
+            await self._clock.sleep(TICK)
+            grace = self._config.current.failover.grace  # read each time: a reload may change it
             now = self.now()
             for inst in self.fleet:
                 if inst.health.status is not health.Status.HEALTHY:

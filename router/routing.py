@@ -7,12 +7,13 @@ the first time, or a cache miss, takes the async ``Router.assign`` path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from router.clock import Clock
+from router.config.holder import ConfigHolder
 from router.config.model import Config
 from router.errors import (
     NoInstance,
@@ -20,79 +21,81 @@ from router.errors import (
     SessionMoving,
     UpstreamError,
 )
-from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
+from router.pulse import Pulse
 from router.sessions import SessionExtractor
 from router.stats import RequestStats, new_stats
 from router.store.base import Assignment, AssignmentStore
 
 if TYPE_CHECKING:
+    from router.instance_api import InstanceApi
+    from router.placer import Placer
     from router.webhooks import WebhookRelay
+
+
+class PassiveReports(Protocol):
+    """Where the data path reports each answer's health (the health monitor)."""
+
+    def passive_failure(self, inst: Instance, connect_error: bool) -> None: ...
+
+    def passive_success(self, inst: Instance) -> None: ...
 
 log = logging.getLogger("wa_router.routing")
 
 MAX_STATUSES = 200_000
 
 
-class Pulse:
-    """Wakes every waiter when routing may have changed (an instance came up or went
-    down, a session moved or became ready). Waiters re-check their own condition."""
-
-    __slots__ = ("_waiter",)
-
-    def __init__(self) -> None:
-        self._waiter: asyncio.Future[None] | None = None
-
-    def fire(self) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        if self._waiter is None:
-            self._waiter = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
-
-
 class Router:
     """Routing decisions shared by every connection of one router process."""
 
     def __init__(
-        self, config: Config, store: AssignmentStore, fleet: Fleet, api: InstanceApi | None
+        self,
+        config: ConfigHolder,
+        store: AssignmentStore,
+        fleet: Fleet,
+        placer: Placer,
+        changed: Pulse,
+        clock: Clock,
+        *,
+        api: InstanceApi | None = None,
+        health: PassiveReports | None = None,
+        on_not_found: Callable[[str], None] = lambda session: None,
+        relay: WebhookRelay | None = None,
     ) -> None:
+        self._config = config
         self.store = store
         self.fleet = fleet
+        self.placer = placer
         self.api = api
-        self.reconfigure(config)
+        self.changed = changed
+        self.clock = clock
+        self._health = health
+        self._on_not_found = on_not_found
+        self.relay = relay  # webhooks from instances (None: the path is proxied as usual)
         self._placing: dict[str, asyncio.Future[Assignment]] = {}
-        # Choosing an instance and writing the assignment are one step: the choice reads the
-        # local counts, which see a write only once it returns (with Redis, a round trip
-        # later). Shared with failover moves so both see each other's placements.
-        self.placement_lock = asyncio.Lock()
-        self.changed = Pulse()
         self.held = 0  # requests waiting for their session to become routable
-        # Set by the app once the health monitor and failover exist (None in bare tests).
-        self.on_passive_failure: Callable[[Instance, bool], None] | None = None
-        self.on_passive_success: Callable[[Instance], None] | None = None
-        self.on_not_found: Callable[[str], None] | None = None
-        self.relay: WebhookRelay | None = None  # set by the app: webhooks from instances
         # Session statuses learned from instances' session.status webhooks (bounded).
         self.statuses: dict[str, str] = {}
+        self._derive(None, config.current)
+        config.subscribe(self._derive)
 
-    def reconfigure(self, config: Config) -> None:
-        """Take a (re)loaded config: requests that start after this see it whole."""
+    def __repr__(self) -> str:
+        return f"<Router {len(self.fleet)} instances, held={self.held}, placing={len(self._placing)}>"
+
+    @property
+    def config(self) -> Config:
+        return self._config.current
+
+    def _derive(self, old: Config | None, config: Config) -> None:
+        """What requests read on the hot path, rebuilt from a (re)loaded config: requests
+        that start after this see it whole."""
         self.extractor = SessionExtractor(config.sessions, config.profile)
         self.fan_out_routes = frozenset(config.sessions.fan_out)
         self.max_held = config.failover.max_held_requests
         self.passive_statuses = config.passive.statuses
-        old: Config | None = getattr(self, "config", None)
         if old is None or old.metrics.enabled != config.metrics.enabled:
             # Answers the router gives itself (errors, health, webhooks, fan-out).
             self.own_stats = new_stats(config.metrics.enabled)
-        self.config = config
 
     def stats_sources(self) -> list[tuple[str, RequestStats]]:
         """Request counters by instance name, plus "router" for the router's own answers."""
@@ -104,16 +107,15 @@ class Router:
         self.statuses[session] = status
 
     def passive_failure(self, inst: Instance, *, connect_error: bool) -> None:
-        if self.on_passive_failure is not None:
-            self.on_passive_failure(inst, connect_error)
+        if self._health is not None:
+            self._health.passive_failure(inst, connect_error)
 
     def passive_success(self, inst: Instance) -> None:
-        if self.on_passive_success is not None:
-            self.on_passive_success(inst)
+        if self._health is not None:
+            self._health.passive_success(inst)
 
     def not_found(self, session: str) -> None:
-        if self.on_not_found is not None:
-            self.on_not_found(session)
+        self._on_not_found(session)
 
     # -- hot path ------------------------------------------------------------------------
 
@@ -131,8 +133,7 @@ class Router:
     async def routable(self, session: str, deadline: float) -> Instance:
         """Wait (hold) until the session can be sent somewhere, placing it if it is new.
 
-        Raises ``SessionMoving`` at ``deadline`` (loop time)."""
-        loop = asyncio.get_running_loop()
+        Raises ``SessionMoving`` at ``deadline`` (``clock`` time: the loop's in production)."""
         counted = False
         try:
             while True:
@@ -148,7 +149,7 @@ class Router:
                         raise SessionMoving("too many held requests; retry later")
                     self.held += 1
                     counted = True
-                remaining = deadline - loop.time()
+                remaining = deadline - self.clock.now()
                 if remaining <= 0:
                     raise SessionMoving("the session is moving to another instance; retry later")
                 await self.changed.wait(remaining)
@@ -180,7 +181,7 @@ class Router:
         fut: asyncio.Future[Assignment] = asyncio.get_running_loop().create_future()
         self._placing[session] = fut
         try:
-            assignment = await self._place(session)
+            assignment = await self.placer.place_new(session)
             fut.set_result(assignment)
             return assignment
         except BaseException as e:
@@ -189,16 +190,6 @@ class Router:
             raise
         finally:
             del self._placing[session]
-
-    async def _place(self, session: str) -> Assignment:
-        async with self.placement_lock:
-            eligible = frozenset(i.name for i in self.fleet if i.available)
-            name = self.fleet.ring.place(
-                session, self.store.counts(), eligible, self.config.placement.balance_factor
-            )
-            if name is None:
-                raise NoInstance("no healthy instance has room for a new session")
-            return await self.store.create_if_absent(session, name)
 
     # -- fan-out -------------------------------------------------------------------------
 

@@ -10,16 +10,16 @@ that as a counter reset, as it does for any restarted process).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from router.clock import Clock
 from router.errors import StoreUnavailable
 from router.stats import BUCKETS, RequestStats
 from router.store.base import AssignmentStore
+from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.workers")
 
@@ -98,23 +98,24 @@ class WorkerStats:
 
     def __init__(self, store: AssignmentStore, index: int, workers: int,
                  sources: Callable[[], Iterable[tuple[str, RequestStats]]],
-                 held: Callable[[], int]) -> None:
+                 held: Callable[[], int], clock: Clock) -> None:
         self._store = store
         self.index = index
         self.workers = workers
         self._sources = sources
         self._held = held
         self.peers: list[PeerStats] = []
-        self._task: asyncio.Task[None] | None = None
+        self._clock = clock
+        self.tasks = Tasks("worker-stats")
+
+    def __repr__(self) -> str:
+        return f"<WorkerStats worker {self.index} of {self.workers}, {len(self.peers)} peers>"
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="worker-stats")
+        self.tasks.spawn(self._run(), name="worker-stats")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.tasks.stop()
 
     async def _run(self) -> None:
         while True:
@@ -124,7 +125,7 @@ class WorkerStats:
                 pass  # Redis is down: the last figures stay (the store logs the outage)
             except Exception:
                 log.exception("worker stats: round failed")
-            await asyncio.sleep(INTERVAL)
+            await self._clock.sleep(INTERVAL)
 
     async def _once(self) -> None:
         if self.index == 0:

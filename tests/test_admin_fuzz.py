@@ -43,8 +43,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
 async def test_every_admin_route_is_described(live: RouterProc, three_sims: list[Proc],
                                               router_factory: Callable[..., RouterProc]) -> None:
     from router.admin.app import create_admin_app
+    from router.app import create_app
+    from router.config import load_config
 
-    app = create_admin_app(lambda: None)  # type: ignore[arg-type, return-value]
+    app = create_admin_app(create_app(load_config(live.config_path)).components)
     routes = {(r.method.lower(), r.resource.canonical) for r in app.router.routes() if r.resource}
     described = {(m, p) for p, ops in spec()["paths"].items() for m in ops}
     assert routes - {("head", p) for _, p in routes} == described

@@ -17,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from router.admin import openapi
 from router.admin.rates import Sampler
+from router.components import Components
 from router.drain import Drainer
 from router.errors import (
     BadRequest,
@@ -24,30 +25,18 @@ from router.errors import (
     NotFound,
     RouterError,
     Unauthorized,
-    Unavailable,
     UpstreamError,
 )
-from router.events import EventLog
-from router.failover import Failover
-from router.leader import Leadership
 from router.metrics import make_registry
+from router.moves import Move
 from router.placement import capacity
 from router.proxy.local import readiness
 from router.proxy.responses import error_body
-from router.reload import Reloads
 from router.routing import Router
 from router.store.base import Assignment
 from router.webhooks import WebhookRelay
-from router.workerstats import PeerStats
 
-ROUTER = web.AppKey[Callable[[], Router]]("router")
-EVENTS = web.AppKey("events", EventLog)
-RELAY = web.AppKey[Callable[[], WebhookRelay | None]]("relay")
-FAILOVER = web.AppKey[Callable[[], Failover | None]]("failover")
-DRAINER = web.AppKey[Callable[[], Drainer | None]]("drainer")
-RELOAD = web.AppKey[Callable[[], Awaitable[list[str]]] | None]("reload")
-RELOADS = web.AppKey("reloads", Reloads)
-LEADERSHIP = web.AppKey[Callable[[], Leadership | None]]("leadership")
+PARTS = web.AppKey("parts", Components)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 SAMPLER = web.AppKey("sampler", Sampler)
@@ -105,7 +94,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     read-only endpoints for loopback clients only."""
     if request.path in OPEN_PATHS:
         return await handler(request)
-    token = request.app[ROUTER]().config.admin.token
+    token = request.app[PARTS].router.config.admin.token
     if token:
         given = request.headers.get("Authorization", "")
         scheme, _, value = given.partition(" ")
@@ -128,19 +117,19 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, body = readiness(request.app[ROUTER]())
+    ready, body = readiness(request.app[PARTS].router)
     return _json(body, 200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
-    if not request.app[ROUTER]().config.metrics.enabled:
+    if not request.app[PARTS].router.config.metrics.enabled:
         raise NotFound("metrics are disabled (metrics.enabled: false)")
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def list_instances(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]()
+    router = request.app[PARTS].router
     counts = router.store.counts()
     return _json([
         {"name": i.name, "url": i.address.origin + i.address.base_path, "state": i.state,
@@ -164,7 +153,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     """All assignments (or one instance's), sorted by session. Optional ``q`` (substring
     of the session name), ``offset`` and ``limit`` page through large maps; the total
     before paging is in ``X-Total-Count``."""
-    router = request.app[ROUTER]()
+    router = request.app[PARTS].router
     instance = request.query.get("instance")
     if instance is not None and router.fleet.get(instance) is None:
         raise NotFound(f"unknown instance {instance!r}")
@@ -194,7 +183,7 @@ async def dashboard(request: web.Request) -> web.Response:
 
 async def overview(request: web.Request) -> web.Response:
     """Everything the dashboard shows at a glance, in one answer."""
-    router = request.app[ROUTER]()
+    router = request.app[PARTS].router
     sampler = request.app[SAMPLER]
     counts = router.store.counts()
     fleet = list(router.fleet)
@@ -216,22 +205,20 @@ async def overview(request: web.Request) -> web.Response:
             "p99_ms": None if r.p99 is None else round(r.p99 * 1000, 2),
         })  # fmt: skip
     own = sampler.rates("router")
-    relay = request.app[RELAY]()
-    failover = request.app[FAILOVER]()
-    leadership = request.app[LEADERSHIP]()
-    reloads = request.app[RELOADS]
+    parts = request.app[PARTS]
+    relay, failover, leadership, reloads = parts.relay, parts.failover, parts.leadership, parts.reloads
     body: dict[str, object] = {
         "router": {
             "uptime": round(time.monotonic() - request.app[STARTED], 1),
-            "leader": bool(leadership is not None and leadership.is_leader),
+            "leader": leadership.is_leader,
             "store_up": router.store.healthy, "sessions": len(router.store),
             "held_requests": router.held, "own_rps": round(own.rps, 2),
-            "failovers": sum(failover.failovers_total.values()) if failover else 0,
+            "failovers": sum(failover.failovers_total.values()),
             "reloads": {"success": reloads.success, "error": reloads.error,
                         "last": reloads.last_result},
         },
         "instances": instances,
-        "webhooks": None if relay is None else {
+        "webhooks": {
             "backlog": relay.backlog(), "received": relay.received, "delivered": relay.delivered,
             "retried": relay.retried, "dead": relay.dead_count,
             "targets": [{k: t[k] for k in ("url", "breaker", "backlog", "inflight")} for t in relay.status()],
@@ -241,7 +228,7 @@ async def overview(request: web.Request) -> web.Response:
 
 
 async def get_session(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]()
+    router = request.app[PARTS].router
     a = await router.store.get(request.match_info["session"])
     if a is None:
         raise NotFound("session not assigned")
@@ -251,10 +238,8 @@ async def get_session(request: web.Request) -> web.Response:
 async def move_session(request: web.Request) -> web.Response:
     """Move a session: held, stopped on its instance, reassigned, restored on the target;
     answers once it is ready there (or why it is not)."""
-    router = request.app[ROUTER]()
-    failover = request.app[FAILOVER]()
-    if failover is None:
-        raise Unavailable("the router is starting")
+    parts = request.app[PARTS]
+    router = parts.router
     try:
         body = await request.json()
     except (ValueError, UnicodeDecodeError) as e:
@@ -271,8 +256,8 @@ async def move_session(request: web.Request) -> web.Response:
     if not target.available:
         raise Conflict(f"instance {target_name!r} is not taking sessions (unhealthy or draining)")
     if current.instance != target_name:
-        ok = await failover.move(current, reason="manual", target=target_name,
-                                 stop_old=True, manual=True)
+        ok = await parts.mover.move(Move(session, "manual", source=current.instance,
+                                         target=target_name, stop_old=True, manual=True))
         if not ok:
             raise UpstreamError(f"session {session!r} could not be restored on {target_name}")
     moved = router.store.cached(session) or current
@@ -280,10 +265,7 @@ async def move_session(request: web.Request) -> web.Response:
 
 
 def _drainer(request: web.Request) -> Drainer:
-    drainer = request.app[DRAINER]()
-    if drainer is None:
-        raise Unavailable("the router is starting")
-    return drainer
+    return request.app[PARTS].drainer
 
 
 def _seconds(request: web.Request, key: str, default: float, cap: float) -> float:
@@ -315,13 +297,13 @@ async def drain_instance(request: web.Request) -> web.Response:
     wait = _seconds(request, "wait", 0.0, 3600.0)
     if wait:
         await drainer.wait_empty(name, wait)
-    return _json(_instance_view(request.app[ROUTER](), name))
+    return _json(_instance_view(request.app[PARTS].router, name))
 
 
 async def undrain_instance(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     await _drainer(request).undrain(name)
-    return _json(_instance_view(request.app[ROUTER](), name))
+    return _json(_instance_view(request.app[PARTS].router, name))
 
 
 _TRUE, _FALSE = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
@@ -350,24 +332,18 @@ async def rebalance(request: web.Request) -> web.Response:
 async def reload_config(request: web.Request) -> web.Response:
     """Re-read the config file: 200 with the changes, or 400 with every problem (the
     running config stays)."""
-    reload = request.app[RELOAD]
-    if reload is None:
-        raise Unavailable("reload is not available in this process")
-    changes = await reload()  # ConfigError: 400 with every problem (errors_middleware)
+    changes = await request.app[PARTS].reload()  # ConfigError: 400 with every problem (errors_middleware)
     return _json({"result": "success", "changes": changes})
 
 
 async def list_events(request: web.Request) -> web.Response:
     limit = _int(request, "limit", 100, 1, 1000)
-    events = request.app[EVENTS].recent(limit, request.query.get("kind"))
+    events = request.app[PARTS].events.recent(limit, request.query.get("kind"))
     return _json([e.as_dict() for e in events])
 
 
 def _relay(request: web.Request) -> WebhookRelay:
-    relay = request.app[RELAY]()
-    if relay is None:
-        raise NotFound("the webhook relay is not running")
-    return relay
+    return request.app[PARTS].relay
 
 
 async def dead_webhooks(request: web.Request) -> web.Response:
@@ -392,31 +368,13 @@ async def replay_webhooks(request: web.Request) -> web.Response:
     return _json({"replayed": await _relay(request).replay(ids)})
 
 
-def create_admin_app(
-    current_router: Callable[[], Router],
-    events: EventLog | None = None,
-    failover: Callable[[], Failover | None] = lambda: None,
-    leadership: Callable[[], Leadership | None] = lambda: None,
-    relay: Callable[[], WebhookRelay | None] = lambda: None,
-    reloads: Reloads | None = None,
-    drainer: Callable[[], Drainer | None] = lambda: None,
-    reload: Callable[[], Awaitable[list[str]]] | None = None,
-    peers: Callable[[], list[PeerStats]] = list,
-) -> web.Application:
-    """``current_router`` returns the live router."""
+def create_admin_app(parts: Components) -> web.Application:
+    """The admin port's application over a router process's built components."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
                           client_max_size=1024 * 1024)
-    app[ROUTER] = current_router
-    reloads = reloads if reloads is not None else Reloads()
-    app[REGISTRY] = make_registry(current_router, failover, leadership, relay, reloads, peers)
-    app[RELAY] = relay
-    app[FAILOVER] = failover
-    app[LEADERSHIP] = leadership
-    app[RELOADS] = reloads
+    app[PARTS] = parts
+    app[REGISTRY] = make_registry(parts)
     app[STARTED] = time.monotonic()
-    app[DRAINER] = drainer
-    app[RELOAD] = reload
-    app[EVENTS] = events if events is not None else EventLog()
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
@@ -435,7 +393,7 @@ def create_admin_app(
     r.add_get("/admin/events", list_events)
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
-    app[SAMPLER] = Sampler(lambda: current_router().stats_sources(), time.monotonic)
+    app[SAMPLER] = Sampler(parts.router.stats_sources, time.monotonic)
     app.cleanup_ctx.append(_sampling)
     return app
 

@@ -40,9 +40,9 @@ from router.proxy import access, local
 from router.proxy.headers import REQUEST_DROP, RESPONSE_DROP, valid_request_id
 from router.proxy.inbound import parse_webhook, session_status
 from router.proxy.responses import error_response, json_response, reason
-from router.proxy.upstream import UpstreamConnection
 from router.routing import Router
 from router.sessions import NEEDS_BODY
+from router.transport.upstream import UpstreamConnection
 from router.webhooks.model import InboundEvent
 
 log = logging.getLogger("wa_router.proxy")

@@ -14,13 +14,9 @@ import hmac
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
-from router.errors import UpstreamError
-from router.proxy.client import LeanHttp
+from router.errors import UpstreamError, UpstreamTimeout
+from router.transport import Transport
 from router.webhooks.model import Entry
-
-_DRAIN_LIMIT = 64 * 1024  # read at most this much of an answer (to reuse the connection)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +50,7 @@ def headers_for(entry: Entry, attempt: int, hmac_key: str | None) -> dict[str, s
 
 
 async def post(
-    http: aiohttp.ClientSession | LeanHttp,
+    http: Transport,
     url: str,
     entry: Entry,
     attempt: int,
@@ -63,33 +59,18 @@ async def post(
     timeout: float,
 ) -> Result:
     """Never raises (but for cancellation): every failure is a ``Result``."""
-    if isinstance(http, LeanHttp):
-        try:
-            status = await http.post(url, entry.body, headers_for(entry, attempt, hmac_key), timeout)
-        except TimeoutError:
-            return Result(False, None, f"timeout after {timeout:g}s")
-        except UpstreamError as e:
-            kind = "connect error: " if not e.reached_instance else ""
-            return Result(False, None, kind + e.message)
-        except (OSError, ValueError) as e:
-            return Result(False, None, f"{type(e).__name__}: {e}")
-        return Result(True, status) if 200 <= status < 300 else Result(False, status, f"HTTP {status}")
     try:
-        async with http.post(
-            url,
-            data=entry.body,
-            headers=headers_for(entry, attempt, hmac_key),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            allow_redirects=False,
-        ) as resp:
-            await resp.content.read(_DRAIN_LIMIT)
-            status = resp.status
-    except TimeoutError:
+        r = await http.request("POST", url, entry.body, headers_for(entry, attempt, hmac_key),
+                               timeout=timeout)
+    except UpstreamTimeout as e:
+        if not e.reached_instance:
+            return Result(False, None, "connect error: " + e.message)
         return Result(False, None, f"timeout after {timeout:g}s")
-    except aiohttp.ClientConnectorError as e:
-        return Result(False, None, f"connect error: {e.os_error or e}")
-    except (aiohttp.ClientError, OSError, ValueError) as e:
+    except UpstreamError as e:
+        kind = "connect error: " if not e.reached_instance else ""
+        return Result(False, None, kind + e.message)
+    except (OSError, ValueError) as e:
         return Result(False, None, f"{type(e).__name__}: {e}")
-    if 200 <= status < 300:
-        return Result(True, status)
-    return Result(False, status, f"HTTP {status}")
+    if 200 <= r.status < 300:
+        return Result(True, r.status)
+    return Result(False, r.status, f"HTTP {r.status}")

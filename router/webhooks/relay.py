@@ -29,13 +29,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import aiohttp
-
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
-from router.proxy.client import LeanHttp
 from router.tasks import cancel_and_wait
+from router.transport import HttpTransport, Transport
 from router.webhooks.base import Done, Queue
 from router.webhooks.batcher import settle
 from router.webhooks.filters import EventFilter, target_keys
@@ -63,7 +61,7 @@ class WebhookRelay:
         redis_url: str | None,
         prefix: str,
         events: EventLog,
-        http: aiohttp.ClientSession | LeanHttp | None = None,
+        http: Transport | None = None,
         consumer: str | None = None,
         claim_idle: float = 15.0,
         request_timeout: float = 10.0,
@@ -150,9 +148,8 @@ class WebhookRelay:
         self._started = True
         await self._queue.open()
         if self._http is None:
-            # The proxy's llhttp keep-alive pools: about half aiohttp's CPU per delivery.
             # No global connection limit: concurrency is bounded per target by the workers.
-            self._http = LeanHttp()
+            self._http = HttpTransport()
         settings = self._settings(self.config)
         for (key, _), target in zip(self._routes, self.config.targets, strict=True):
             self._start_worker(key, target, settings)
@@ -185,11 +182,8 @@ class WebhookRelay:
         try:
             async with asyncio.timeout(3.0):
                 await self._queue.close()
-                if isinstance(self._http, LeanHttp):
-                    if self._own_http:
-                        self._http.close()
-                elif self._own_http and self._http is not None:
-                    await self._http.close()
+                if self._own_http and self._http is not None:
+                    self._http.close()
         except TimeoutError:
             log.warning("webhooks: closing connections timed out")
 

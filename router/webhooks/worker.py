@@ -45,13 +45,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from router.backoff import Backoff
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
-from router.proxy.client import LeanHttp
 from router.tasks import cancel_and_wait
+from router.transport import Transport
 from router.webhooks.base import LEASE_ACQUIRED, LEASE_OTHER, Queue
 from router.webhooks.delivery import Result, post
 from router.webhooks.model import Counters, DeadRecord, Entry
@@ -94,7 +92,7 @@ class TargetWorker:
         target: WebhookTarget,
         queue: Queue,
         settings: WorkerSettings,
-        http: aiohttp.ClientSession | LeanHttp,
+        http: Transport,
         counters: Counters,
         on_dead: DeadCallback,
         *,

@@ -16,6 +16,7 @@ from typing import Protocol, cast
 import httptools
 
 from router.errors import UpstreamConnectError, UpstreamConnectTimeout, UpstreamError
+from router.transport.address import Address
 
 _ssl_context: ssl.SSLContext | None = None
 
@@ -245,11 +246,8 @@ class UpstreamPool:
 
     __slots__ = ("address", "closed", "idle", "max_idle")
 
-    def __init__(self, address: object, max_idle: int = 512) -> None:
-        from router.instances import Address
-
-        assert isinstance(address, Address)
-        self.address: Address = address
+    def __init__(self, address: Address, max_idle: int = 512) -> None:
+        self.address = address
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.closed = False  # replaced (instance removed or its URL changed): keep nothing
