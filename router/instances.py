@@ -98,7 +98,8 @@ class Instance:
         return status
 
     def __repr__(self) -> str:  # never shows the api key
-        return f"Instance({self.name!r}, {self.address.origin!r})"
+        return (f"<Instance {self.name} {self.address.origin} {self.state} "
+                f"inflight={self.inflight} idle={len(self.pool.idle)}>")
 
 
 class Fleet:

@@ -33,6 +33,10 @@ class Entry:
     last_status: int | None = None
     last_error: str | None = None
 
+    def __repr__(self) -> str:  # the body is the customer's data: its size only
+        return (f"<Entry {self.qid} {self.event} session={self.session!r} id={self.event_id} "
+                f"{len(self.body)} bytes, attempts={self.attempts}, last={self.last_status or self.last_error}>")
+
 
 @dataclass(frozen=True, slots=True)
 class DeadRecord:
@@ -49,6 +53,10 @@ class DeadRecord:
     last_status: int | None
     last_error: str | None
     dead_at: float
+
+    def __repr__(self) -> str:  # the target's key, never its URL (it may hold a secret)
+        return (f"<DeadRecord {self.event} session={self.session!r} id={self.event_id} "
+                f"target={self.target_key} attempts={self.attempts} last={self.last_status or self.last_error}>")
 
     @classmethod
     def of(cls, key: str, url: str, entry: Entry, dead_at: float) -> DeadRecord:

@@ -107,6 +107,10 @@ class WebhookRelay:
         self._closed = False
         self._route(config)
 
+    def __repr__(self) -> str:
+        return (f"<WebhookRelay {len(self._workers)} targets, durable={self.durable}, "
+                f"received={self.received} delivered={self.delivered} dead={self.dead_count}>")
+
     # -- counters (plain ints for the metrics collector) ------------------------------
 
     @property

@@ -136,6 +136,10 @@ class TargetWorker:
 
     # -- lifecycle --------------------------------------------------------------------
 
+    def __repr__(self) -> str:  # the target's key, never its URL (it may hold a secret)
+        return (f"<TargetWorker {self.key} breaker={self.breaker.state} held={len(self._held)} "
+                f"inflight={len(self._inflight)} retrying={len(self._timers)}>")
+
     @property
     def lease_mode(self) -> bool:
         return self.settings.ordering == "per_session"
