@@ -52,12 +52,15 @@ class Target:
 
     @property
     def url(self) -> str:
+        """What wrk requests."""
         return f"http://{HOST}:{self.port}{REQUEST_PATH}"
 
     def errors(self) -> int:
+        """Errors in every run, warmups and discarded noisy runs included."""
         return sum(r.errors for r in self.runs + self.warmups + self.discarded)
 
     def median(self, key: str) -> float:
+        """Median over the runs of req/s (``rps``) or a latency percentile ("50", "99")."""
         if key == "rps":
             return statistics.median(r.rps for r in self.runs)
         return statistics.median(r.latency_us[key] for r in self.runs)

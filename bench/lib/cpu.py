@@ -77,6 +77,7 @@ class CpuSnapshot:
         redis_pid: int | None = None,
         idle_pids: Sequence[int] = (),
     ) -> CpuSnapshot:
+        """The counters now (``target_pid`` None: no target, counted as 0)."""
         return cls(
             wall=time.monotonic(),
             target=cpu_seconds(target_pid) if target_pid is not None else 0.0,

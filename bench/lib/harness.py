@@ -113,6 +113,7 @@ class Measured:
 
     @property
     def rps(self) -> float:
+        """Requests per second (wrk's)."""
         return self.wrk.rps
 
     def p(self, pct: str) -> float:

@@ -35,9 +35,11 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """Its pid, also its process group's id."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether it has not exited."""
         return self.popen.poll() is None
 
 

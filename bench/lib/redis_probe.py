@@ -32,11 +32,13 @@ class RedisProbe:
         self.command("CLIENT", "SETNAME", "bench-probe")
 
     def close(self) -> None:
+        """Close the connection (errors ignored: the server may be gone)."""
         with contextlib.suppress(OSError):
             self.file.close()
             self.sock.close()
 
     def command(self, *args: str) -> object:
+        """Send one command and read its reply (counted in ``sent``)."""
         name = args[0].lower()
         if name in ("client", "config") and len(args) > 1:
             name += "|" + args[1].lower()
@@ -170,6 +172,7 @@ class RedisMonitor:
                     self.lines.append(line)
 
     def stop(self, probe: RedisProbe) -> list[str]:
+        """Stop monitoring (after a marker sent through ``probe``); the lines seen."""
         self.marker = f"bench-monitor-end-{time.monotonic_ns()}"
         probe.command("ECHO", self.marker)
         found = self.seen_marker.wait(10)

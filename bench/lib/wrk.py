@@ -74,6 +74,7 @@ class WrkResult:
 
     @property
     def errors(self) -> int:
+        """Non-2xx responses and socket errors."""
         return self.non2xx + sum(self.socket_errors.values())
 
     def errors_text(self) -> str:
