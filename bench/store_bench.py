@@ -274,8 +274,13 @@ def main() -> int:
         seed_s = asyncio.run(seed(url, args.sessions, args.instances))
         done = subprocess.run(
             module_argv(
-                "bench.store_bench", "--child", url, "--lookups", str(args.lookups),
-                "--repeats", str(args.repeats),
+                "bench.store_bench",
+                "--child",
+                url,
+                "--lookups",
+                str(args.lookups),
+                "--repeats",
+                str(args.repeats),
             ),
             capture_output=True,
             text=True,

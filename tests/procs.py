@@ -122,7 +122,9 @@ def start_router(tmp: Path, config_yaml: str, *, env: dict[str, str] | None = No
 def router_config(sims: list[Proc], extra: str = "", instance_extra: str = "") -> str:
     """A router over ``sims``, its ports left as {port} and {admin_port} for start_router."""
     instances = [(s.name, s.url) for s in sims]
-    return router_yaml("{port}", "{admin_port}", instances, instance_extra=instance_extra, extra=extra)
+    return router_yaml(
+        "{port}", "{admin_port}", instances, instance_extra=instance_extra, extra=extra
+    )
 
 
 T = TypeVar("T")
