@@ -6,15 +6,18 @@ python bench/extract_bench.py [--number N]
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import re
 import sys
-import time
 import timeit
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
+from bench.lib.report import command_line, write_report
 from router.config.model import Profile, SessionRule, SessionsConfig
 from router.sessions import SessionExtractor
 
@@ -71,26 +74,26 @@ def main() -> None:
         print(f"{ns:8.0f} ns  {label:48} -> {result}")
         rows.append((label.strip(), ns, str(result)))
     if args.out_dir is not None:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        started = dt.datetime.now(dt.UTC)
         lines = [
-            f"## SessionExtractor.extract, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+            f"## SessionExtractor.extract, {started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
             "",
-            f"- command: `{' '.join([sys.executable, *sys.argv])}`",
+            f"- command: `{command_line()}`",
             f"- {head} (timeit)",
             "",
             "| case | ns per call | result |",
             "| --- | ---: | --- |",
             *(f"| {case} | {ns:,.0f} | `{result}` |" for case, ns, result in rows),
         ]
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        (args.out_dir / f"extract-{stamp}.md").write_text("\n".join(lines) + "\n")
         raw = {
             "number": args.number,
             "repeat": args.repeat,
             "python": sys.version,
             "cases": [{"case": c, "ns": ns, "result": r} for c, ns, r in rows],
         }
-        (args.out_dir / f"extract-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
+        stem = f"extract-{started.strftime('%Y%m%d-%H%M%S')}"
+        info = {"python": sys.version}
+        write_report(args.out_dir, stem, "\n".join(lines) + "\n", raw, started, args, info)
 
 
 if __name__ == "__main__":

@@ -17,26 +17,24 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
+
 import aiohttp
 
-PY = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from bench.lib import OUT_DIR, REPO
+from bench.lib.configs import instance_url, router_yaml
+from bench.lib.ports import free_port
+from bench.lib.procs import Proc, Processes, module_argv, router_argv
+from bench.lib.report import command_line
 
 
 async def wait_ok(http: aiohttp.ClientSession, url: str, timeout: float = 20) -> None:
@@ -54,34 +52,20 @@ async def wait_ok(http: aiohttp.ClientSession, url: str, timeout: float = 20) ->
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="wa-failover-"))
-    sims: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-    procs: list[subprocess.Popen[bytes]] = []
+    sims: dict[str, tuple[Proc, int]] = {}
+    procs = Processes()
     try:
         for i in (1, 2, 3):
             port = free_port()
-            p = subprocess.Popen(  # noqa: ASYNC220 - set-up, before any load
-                [PY, "-m", "router", "sim", "--port", str(port), "--name", f"node-{i}",
-                 "--start-delay", str(args.start_delay), "--send-wait", "0"],
-                stdout=(tmp / f"sim{i}.log").open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
-            )
-            sims[f"node-{i}"] = (p, port)
-            procs.append(p)
+            argv = module_argv("router", "sim", "--port", str(port), "--name", f"node-{i}",
+                               "--start-delay", str(args.start_delay), "--send-wait", "0")
+            sims[f"node-{i}"] = (procs.start(f"node-{i}", argv, tmp / f"sim{i}.log", cwd=REPO), port)
         port, admin = free_port(), free_port()
         cfg = tmp / "router.yaml"
-        lines = [
-            f"listen: {{host: 127.0.0.1, port: {port}}}",
-            f"admin: {{host: 127.0.0.1, port: {admin}}}",
-            "log: {level: WARNING}",
-            "instances:",
-            *(f"  - {{name: {n}, url: 'http://127.0.0.1:{p}'}}" for n, (_, p) in sims.items()),
-        ]
-        if args.hold_timeout:
-            lines.append(f"failover: {{hold_timeout: {args.hold_timeout}}}")
-        cfg.write_text("\n".join(lines) + "\n")
-        router = subprocess.Popen([PY, "-m", "router", "run", "-c", str(cfg)],  # noqa: ASYNC220
-                                  stdout=(tmp / "router.log").open("wb"),
-                                  stderr=subprocess.STDOUT, cwd=ROOT)
-        procs.append(router)
+        hold = f"failover: {{hold_timeout: {args.hold_timeout}}}\n" if args.hold_timeout else ""
+        instances = [(n, instance_url(p)) for n, (_, p) in sims.items()]
+        cfg.write_text(router_yaml(port, admin, instances, log_level="WARNING", extra=hold))
+        procs.start("router", router_argv(cfg), tmp / "router.log", cwd=REPO)
         base, adm = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
         conn = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=conn) as http:
@@ -134,7 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             await asyncio.sleep(2)
             proc, _ = sims[victim]
             t_kill = time.monotonic()
-            proc.send_signal(signal.SIGKILL)
+            proc.popen.send_signal(signal.SIGKILL)
             t_detect = t_settled = None
             survivors = [p for n, (_, p) in sims.items() if n != victim]
             deadline = t_kill + args.max_wait
@@ -144,13 +128,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         if any(i["name"] == victim and i["state"] != "healthy" for i in await r.json()):
                             t_detect = time.monotonic()
                 else:
-                    working = set()
+                    up: set[str] = set()  # sessions WORKING on a survivor
                     for p in survivors:
                         async with http.get(f"http://127.0.0.1:{p}/api/sessions?all=true") as r:
-                            working |= {s["name"] for s in await r.json() if s["status"] == "WORKING"}
+                            up |= {s["name"] for s in await r.json() if s["status"] == "WORKING"}
                     async with http.get(adm + "/admin/sessions") as r:
                         states = {a["session"]: a for a in await r.json()}
-                    if all(s in working and states[s]["state"] != "moving"
+                    if all(s in up and states[s]["state"] != "moving"
                            and states[s]["instance"] != victim for s in moved):
                         t_settled = time.monotonic()
                         break
@@ -161,14 +145,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             async with http.get(adm + "/admin/events?limit=1000") as r:
                 events = await r.json()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
     moved_set = set(moved)
     after = [r for r in results if r[1] >= t_kill]
     errors = [r for r in after if not 200 <= r[3] < 300]
@@ -207,7 +185,7 @@ def render(args: argparse.Namespace, out: dict[str, object]) -> str:
         f"## Failover timeline, {args.sessions} sessions, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         "",
-        f"- command: `{' '.join([sys.executable, *sys.argv])}`",
+        f"- command: `{command_line()}`",
         f"- 3 simulators (`python -m router sim --start-delay {args.start_delay:g}`: a restore "
         f"takes {args.start_delay:g} s), one router with default health and failover settings"
         f" (hold_timeout {out['hold_timeout']}), {args.clients} clients looping GET "
@@ -241,7 +219,7 @@ def main() -> int:
     p.add_argument("--pause", type=float, default=0.05, help="pause between a client's requests (s)")
     p.add_argument("--hold-timeout", default="", help="failover.hold_timeout (default: the router's)")
     p.add_argument("--max-wait", type=float, default=180.0)
-    p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="bench/out")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="bench/out")
     args = p.parse_args()
     out = asyncio.run(run(args))
     print(json.dumps(out, indent=2))

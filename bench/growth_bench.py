@@ -51,10 +51,22 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import harness as h
-import proxy_bench as pb
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
+
+from bench.lib import HOST, WRK_DIR
+from bench.lib.admin import get_json, metric_value
+from bench.lib.configs import instance_url, nginx_conf, proxy_nginx_conf, router_yaml, status_server
+from bench.lib.cpu import cpu_seconds, memory_kib
+from bench.lib.harness import Bench, Measured, common_args, measure, run_main
+from bench.lib.noisy import noisy_note
+from bench.lib.ports import free_ports
+from bench.lib.procs import BenchError, Proc, wait_until
+from bench.lib.report import fmt_pct, fmt_us, header_lines
+from bench.lib.wrk import LUA_SCRIPT, LUA_SEED, REQUEST_PATH, parse_wrk, wrk_base, wrk_until
 
 FLAT_TARGET = 0.9  # issue 8: largest cell >= 0.9 x smallest
 
@@ -65,9 +77,9 @@ class Cell:
 
     instances: int
     sessions: int
-    router: list[h.Measured] = field(default_factory=list)  # one per round, in order
-    nginx: list[h.Measured] = field(default_factory=list)  # nginx over the same I, same load
-    proc: pb.Proc | None = None
+    router: list[Measured] = field(default_factory=list)  # one per round, in order
+    nginx: list[Measured] = field(default_factory=list)  # nginx over the same I, same load
+    proc: Proc | None = None
     port: int = 0
     admin_port: int = 0
     start_s: float | None = None  # spawn to /readyz
@@ -82,7 +94,7 @@ class Cell:
     rss_after_kib: int | None = None  # after the measured runs
 
     def median(self, which: str, key: str = "rps") -> float | None:
-        runs: list[h.Measured] = getattr(self, which)
+        runs: list[Measured] = getattr(self, which)
         if not runs:
             return None
         if key == "rps":
@@ -90,46 +102,33 @@ class Cell:
         return statistics.median(m.p(key) for m in runs)
 
 
-def round_ratio(a: list[h.Measured], b: list[h.Measured]) -> float | None:
+def round_ratio(a: list[Measured], b: list[Measured]) -> float | None:
     """Median over rounds of a[r].rps / b[r].rps: runs of one round are seconds apart, so
     the machine's drift between rounds cancels (medians of each side would not)."""
     pairs = [x.rps / y.rps for x, y in zip(a, b, strict=False) if y.rps]
     return statistics.median(pairs) if pairs else None
 
 
-def backend_conf(bench: h.Bench, ports: list[int], status_port: int) -> str:
-    listens = "\n".join(f"        listen {h.HOST}:{p} backlog=4096;" for p in ports)
+def backend_conf(bench: Bench, ports: list[int], status_port: int) -> str:
+    listens = "\n".join(f"        listen {HOST}:{p} backlog=4096;" for p in ports)
     server = f"""    server {{
 {listens}
         default_type application/json;
         location / {{ return 200 '{{"ok":true,"node":"$server_port"}}'; }}
     }}
 """
-    return h.nginx_conf(bench.tmp / "backend", h.status_server(status_port) + server)
+    return nginx_conf(bench.tmp / "backend", status_server(status_port) + server)
 
 
-def proxy_conf(bench: h.Bench, port: int, ports: list[int]) -> str:
-    upstream = "\n".join(f"        server {h.HOST}:{p};" for p in ports)
-    body = f"""    upstream backends {{
-        hash $http_x_session_id consistent;
-{upstream}
-        keepalive {max(64, 4 * len(ports))};
-        keepalive_requests 1000000;
-    }}
-    server {{
-        listen {h.HOST}:{port} backlog=4096;
-        location / {{
-            proxy_pass http://backends;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }}
-    }}"""
-    return h.nginx_conf(bench.tmp / f"nginx-proxy-{len(ports)}", body)
+def proxy_conf(bench: Bench, port: int, ports: list[int]) -> str:
+    """proxy_bench's nginx, with idle upstream connections for every instance."""
+    name = f"nginx-proxy-{len(ports)}"
+    return proxy_nginx_conf(bench.tmp, port, ports, keepalive=max(64, 4 * len(ports)), name=name)
 
 
 def instances_state(admin_port: int) -> tuple[int, int, int]:
     """(instances, healthy ones, sessions placed) from /admin/instances."""
-    items = h.admin_json(admin_port, "/admin/instances")
+    items = get_json(admin_port, "/admin/instances")
     return (
         len(items),
         sum(1 for i in items if i.get("state") == "healthy"),
@@ -139,22 +138,22 @@ def instances_state(admin_port: int) -> tuple[int, int, int]:
 
 def load_argv(args: argparse.Namespace, port: int, sessions: int, duration: float) -> list[str]:
     return [
-        *h.wrk_base(args.connections, duration),
+        *wrk_base(args.connections, duration),
         "-s",
-        str(pb.LUA_SCRIPT),
-        f"http://{h.HOST}:{port}{pb.REQUEST_PATH}",
+        str(LUA_SCRIPT),
+        f"http://{HOST}:{port}{REQUEST_PATH}",
         "--",
         str(sessions),
-        str(pb.LUA_SEED),
+        str(LUA_SEED),
     ]
 
 
-def place(bench: h.Bench, cell: Cell, port: int, admin_port: int) -> None:
+def place(bench: Bench, cell: Cell, port: int, admin_port: int) -> None:
     """Walk sess-1..sess-S until the router counts S sessions; note time and counts."""
     args = bench.args
     argv = [
         "wrk", "-t1", f"-c{args.connections}", f"-d{args.place_timeout + 60:g}s", "--latency",
-        "-s", str(h.WRK_DIR / "walk.lua"), f"http://{h.HOST}:{port}{pb.REQUEST_PATH}",
+        "-s", str(WRK_DIR / "walk.lua"), f"http://{HOST}:{port}{REQUEST_PATH}",
         "--", str(cell.sessions),
     ]  # fmt: skip
     _, _, before = instances_state(admin_port)
@@ -163,28 +162,28 @@ def place(bench: h.Bench, cell: Cell, port: int, admin_port: int) -> None:
     def placed() -> bool:
         return instances_state(admin_port)[2] >= cell.sessions
 
-    ok, out = h.wrk_until(argv, placed, args.place_timeout)
+    ok, out = wrk_until(argv, placed, args.place_timeout)
     cell.placement_s = time.monotonic() - t0
     _, _, cell.placed = instances_state(admin_port)
     cell.placement_rps = (cell.placed - before) / cell.placement_s if cell.placement_s else None
     try:
-        res = pb.parse_wrk(out)
+        res = parse_wrk(out)
         if res.errors:
             bench.failures.append(
                 f"placement of {cell.sessions} sessions over {cell.instances} instances: "
-                f"{h._errors_text(res)}\n{out}"
+                f"{res.errors_text()}\n{out}"
             )
-    except pb.BenchError:
+    except BenchError:
         bench.failures.append(f"placement walk: cannot parse wrk output:\n{out}")
     if not ok or cell.placed != cell.sessions:
-        raise pb.BenchError(
+        raise BenchError(
             f"placement: /admin/instances counts {cell.placed} sessions over "
             f"{cell.instances} instances after {cell.placement_s:.0f}s, expected "
             f"{cell.sessions}\n{out}"
         )
-    cell.router_sessions = h.metric_value(admin_port, "router_sessions")
+    cell.router_sessions = metric_value(admin_port, "router_sessions")
     if cell.router_sessions != cell.sessions:
-        raise pb.BenchError(
+        raise BenchError(
             f"placement: /metrics router_sessions {cell.router_sessions}, expected {cell.sessions}"
         )
     print(
@@ -195,14 +194,14 @@ def place(bench: h.Bench, cell: Cell, port: int, admin_port: int) -> None:
     )
 
 
-def start_cell(bench: h.Bench, cell: Cell, ports: list[int]) -> None:
+def start_cell(bench: Bench, cell: Cell, ports: list[int]) -> None:
     """The cell's own router over ``ports``: started, every instance healthy, placed."""
-    cell.port, cell.admin_port = pb.free_ports(2)
-    instances = [(f"b{i:03d}", p) for i, p in enumerate(ports, 1)]
+    cell.port, cell.admin_port = free_ports(2)
+    instances = [(f"b{i:03d}", instance_url(p)) for i, p in enumerate(ports, 1)]
     t0 = time.monotonic()
     cell.proc = bench.start_router(
         f"router-{cell.instances}-{cell.sessions}",
-        h.router_yaml(cell.port, cell.admin_port, instances),
+        router_yaml(cell.port, cell.admin_port, instances),
         cell.port,
     )
     cell.start_s = time.monotonic() - t0
@@ -210,46 +209,46 @@ def start_cell(bench: h.Bench, cell: Cell, ports: list[int]) -> None:
     def all_healthy() -> bool:
         return instances_state(cell.admin_port)[1] == cell.instances
 
-    if not h.wait_until(all_healthy, 60, 0.5):
+    if not wait_until(all_healthy, 60, 0.5):
         total, healthy, _ = instances_state(cell.admin_port)
-        raise pb.BenchError(f"router: {healthy} of {total} instances healthy after 60 s")
-    cell.rss_start_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+        raise BenchError(f"router: {healthy} of {total} instances healthy after 60 s")
+    cell.rss_start_kib = memory_kib(cell.proc.pid).get("VmRSS")
     place(bench, cell, cell.port, cell.admin_port)
-    cell.rss_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+    cell.rss_kib = memory_kib(cell.proc.pid).get("VmRSS")
 
 
-def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
+def run(bench: Bench) -> tuple[str, dict[str, Any]]:
     args = bench.args
-    ports = pb.free_ports(max(args.instance_counts) + 1)
+    ports = free_ports(max(args.instance_counts) + 1)
     ports, status_port = ports[:-1], ports[-1]
     backend = bench.start_nginx("backend", backend_conf(bench, ports, status_port), ports[0], "/ping")
     cells: list[Cell] = []
-    nginx: dict[int, tuple[int, pb.Proc]] = {}
+    nginx: dict[int, tuple[int, Proc]] = {}
     for n_inst in args.instance_counts:
         mine = ports[:n_inst]
         if not args.no_nginx:
-            (port,) = pb.free_ports(1)
+            (port,) = free_ports(1)
             proc = bench.start_nginx(
                 f"nginx-proxy-{n_inst}", proxy_conf(bench, port, mine), port, "/ping"
             )
             nginx[n_inst] = (port, proc)
-        shared: list[h.Measured] = []  # nginx over these I: one run per round
+        shared: list[Measured] = []  # nginx over these I: one run per round
         for n_sess in args.session_counts:
             cell = Cell(n_inst, n_sess, nginx=shared)
             cells.append(cell)
             start_cell(bench, cell, mine)
     # What health checks cost: every router idle at once (all are up for every run).
     routers = [c for c in cells if c.proc is not None]
-    cpu0 = [pb.cpu_seconds(c.proc.pid) for c in routers if c.proc]
+    cpu0 = [cpu_seconds(c.proc.pid) for c in routers if c.proc]
     w0 = time.monotonic()
     time.sleep(2)
     wall = time.monotonic() - w0
     for c, before in zip(routers, cpu0, strict=True):
         assert c.proc is not None
-        c.idle_cpu = (pb.cpu_seconds(c.proc.pid) - before) / wall
+        c.idle_cpu = (cpu_seconds(c.proc.pid) - before) / wall
     print(
         f"{len(routers)} routers up and placed; idle CPU (health checks): "
-        + ", ".join(f"{c.instances}/{c.sessions:,} {pb.fmt_pct(c.idle_cpu)}" for c in routers),
+        + ", ".join(f"{c.instances}/{c.sessions:,} {fmt_pct(c.idle_cpu)}" for c in routers),
         file=sys.stderr,
         flush=True,
     )
@@ -263,7 +262,7 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
     for cell in cells:
         _, _, cell.after = instances_state(cell.admin_port)
         if cell.proc is not None:
-            cell.rss_after_kib = pb.memory_kib(cell.proc.pid).get("VmRSS")
+            cell.rss_after_kib = memory_kib(cell.proc.pid).get("VmRSS")
         if cell.after != cell.sessions:
             bench.failures.append(
                 f"{cell.instances} instances: {cell.after} sessions after the runs, "
@@ -288,10 +287,10 @@ def unpark(cell: Cell) -> None:
 
 
 def measure_rounds(
-    bench: h.Bench,
+    bench: Bench,
     cells: list[Cell],
-    nginx: dict[int, tuple[int, pb.Proc]],
-    backend: pb.Proc,
+    nginx: dict[int, tuple[int, Proc]],
+    backend: Proc,
     status_port: int,
 ) -> None:
     """Every round runs, per instance count, nginx once (with the fewest sessions: it
@@ -317,26 +316,26 @@ def measure_rounds(
 
                 # Back from SIGSTOP: a probe in flight then may have timed out; wait for
                 # the fleet to read healthy again (the warmup run follows).
-                if not h.wait_until(healthy, 30, 0.2):
+                if not wait_until(healthy, 30, 0.2):
                     bench.failures.append(
                         f"{cell.instances}/{cell.sessions}: instances not healthy after SIGCONT"
                     )
             what = f"{name} {cell.instances} instances, {cell.sessions} sessions, round {rnd}"
             if args.warmup > 0:
-                h.measure(
+                measure(
                     bench, load_argv(args, port, cell.sessions, args.warmup), args.warmup,
                     proc, backend, what + " (warmup)", retries=False,
                 )  # fmt: skip
-            m, _ = h.measure(
+            m, _ = measure(
                 bench, load_argv(args, port, cell.sessions, args.duration), args.duration,
                 proc, backend, what, status_port=status_port,
             )  # fmt: skip
             getattr(cell, name).append(m)  # cells of one instance count share the nginx list
             print(
-                f"  {what}: {m.rps:,.0f} req/s  p50 {pb.fmt_us(m.p('50'))}  p99 "
-                f"{pb.fmt_us(m.p('99'))}  errors {m.wrk.errors}  (CPU: proxy "
-                f"{pb.fmt_pct(m.proxy_cpu)}, our idle processes {pb.fmt_pct(m.idle_cpu)}, "
-                f"others {pb.fmt_pct(m.others_cpu)}; upstream conns opened "
+                f"  {what}: {m.rps:,.0f} req/s  p50 {fmt_us(m.p('50'))}  p99 "
+                f"{fmt_us(m.p('99'))}  errors {m.wrk.errors}  (CPU: proxy "
+                f"{fmt_pct(m.proxy_cpu)}, our idle processes {fmt_pct(m.idle_cpu)}, "
+                f"others {fmt_pct(m.others_cpu)}; upstream conns opened "
                 f"{m.backend_accepts})",
                 file=sys.stderr,
                 flush=True,
@@ -345,7 +344,7 @@ def measure_rounds(
                 park(cell)
 
 
-def _median_of(runs: list[h.Measured], attr: str) -> float | None:
+def _median_of(runs: list[Measured], attr: str) -> float | None:
     vals = [getattr(m, attr) for m in runs if getattr(m, attr) is not None]
     return statistics.median(vals) if vals else None
 
@@ -372,9 +371,9 @@ def _rel_rounds(cell: Cell, first: Cell) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def render(bench: h.Bench, cells: list[Cell]) -> tuple[str, dict[str, Any]]:
+def render(bench: Bench, cells: list[Cell]) -> tuple[str, dict[str, Any]]:
     args = bench.args
-    lines = h.header_lines("Cost growth: sessions x instances", bench.started, bench.info)
+    lines = header_lines("Cost growth: sessions x instances", bench.started, bench.info)
     lines += [
         f"- load per cell: `{' '.join(load_argv(args, 0, 0, args.duration))}`"
         .replace(":0/", ":PORT/").replace("-- 0 ", "-- S ")
@@ -409,11 +408,11 @@ def render(bench: h.Bench, cells: list[Cell]) -> tuple[str, dict[str, Any]]:
         rel_first = _rel_rounds(c, first)
         lines.append(
             f"| {c.instances} | {c.sessions:,} | {_fmt_int(rps)} "
-            f"| {pb.fmt_us(c.median('router', '50') or 0)} "
-            f"| {pb.fmt_us(c.median('router', '99') or 0)} | {_fmt_ratio(to_first)} "
+            f"| {fmt_us(c.median('router', '50') or 0)} "
+            f"| {fmt_us(c.median('router', '99') or 0)} | {_fmt_ratio(to_first)} "
             f"| {_fmt_int(nginx_rps)} | {_fmt_ratio(rel)} | {_fmt_ratio(rel_first)} "
             f"| {(c.rss_kib or 0) / 1024:.1f} MiB "
-            f"| {pb.fmt_pct(_median_of(c.router, 'proxy_cpu'))} | {pb.fmt_pct(c.idle_cpu)} "
+            f"| {fmt_pct(_median_of(c.router, 'proxy_cpu'))} | {fmt_pct(c.idle_cpu)} "
             f"| {_fmt_int(_median_of(c.router, 'backend_accepts'))} / "
             f"{_fmt_int(_median_of(c.nginx, 'backend_accepts'))} "
             f"| {c.placement_s or 0:.1f} s ({c.placement_rps or 0:,.0f}/s) |"
@@ -532,7 +531,7 @@ def render(bench: h.Bench, cells: list[Cell]) -> tuple[str, dict[str, Any]]:
         "runs; idle CPU: during 2 s with no traffic, every router up (health checks). "
         "Upstream conns: new connections the backends accepted during a measured run "
         "(medians): a proxy that keeps its upstream connections alive opens ~none once warm.",
-        *h.noisy_note([m for c in cells for m in c.router + c.nginx]),
+        *noisy_note(m.others_cpu for c in cells for m in c.router + c.nginx),
     ]
     return "\n".join(lines) + "\n", result
 
@@ -570,7 +569,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--place-timeout", type=float, default=180, help="max seconds to place a cell (180)"
     )
-    h.common_args(p)
+    common_args(p)
     args = p.parse_args(argv)
     try:
         args.session_counts = sorted(set(_counts(args.sessions)))
@@ -585,7 +584,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return h.run_main("growth", parse_args(argv), run)
+    return run_main("growth", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,32 @@ that has a request in flight. Exits 1 on any error response or socket error.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import harness as h
-import proxy_bench as pb
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
-LUA = h.WRK_DIR / "paced.lua"
+from bench.lib import HOST, WRK_DIR
+from bench.lib.configs import (
+    BACKENDS,
+    backend_nginx_conf,
+    instance_url,
+    proxy_nginx_conf,
+    router_yaml,
+)
+from bench.lib.harness import Bench, Measured, common_args, measure, run_main
+from bench.lib.noisy import noisy_note
+from bench.lib.ports import free_ports
+from bench.lib.procs import Proc
+from bench.lib.report import fmt_pct, fmt_us, header_lines
+from bench.lib.wrk import LUA_SEED, REQUEST_PATH, wrk_base
+
+LUA = WRK_DIR / "paced.lua"
 TARGETS = ("direct", "nginx", "router")
 P99_TARGET_US = 1000.0  # issue 8: router p99 within 1 ms of nginx's at the fixed rate
 
@@ -48,10 +65,10 @@ class Target:
     name: str
     label: str
     port: int
-    proc: pb.Proc
+    proc: Proc
     delay_ms: float  # current pacing delay (corrected after each warmup)
-    runs: list[h.Measured] = field(default_factory=list)
-    warmups: list[h.Measured] = field(default_factory=list)
+    runs: list[Measured] = field(default_factory=list)
+    warmups: list[Measured] = field(default_factory=list)
 
     def median(self, key: str) -> float:
         if key == "rps":
@@ -61,13 +78,13 @@ class Target:
 
 def wrk_argv(args: argparse.Namespace, port: int, duration: float, delay_ms: float) -> list[str]:
     return [
-        *h.wrk_base(args.connections, duration),
+        *wrk_base(args.connections, duration),
         "-s",
         str(LUA),
-        f"http://{h.HOST}:{port}{pb.REQUEST_PATH}",
+        f"http://{HOST}:{port}{REQUEST_PATH}",
         "--",
         str(args.sessions),
-        str(pb.LUA_SEED),
+        str(LUA_SEED),
         f"{delay_ms:.3f}",
     ]
 
@@ -83,13 +100,13 @@ def corrected_delay(args: argparse.Namespace, delay_ms: float, achieved: float) 
     return float(max(wanted, 0.5 * delay_ms, 1.0))
 
 
-def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
+def run(bench: Bench) -> tuple[str, dict[str, Any]]:
     args = bench.args
     tmp = bench.tmp
-    *backend_ports, status_port = pb.free_ports(len(pb.BACKENDS) + 1)
-    nginx_port, router_port, admin_port = pb.free_ports(3)
+    *backend_ports, status_port = free_ports(len(BACKENDS) + 1)
+    nginx_port, router_port, admin_port = free_ports(3)
     backend = bench.start_nginx(
-        "backend", pb.backend_nginx_conf(tmp, backend_ports, status_port), backend_ports[0], "/ping"
+        "backend", backend_nginx_conf(tmp, backend_ports, status_port), backend_ports[0], "/ping"
     )
     base_delay = args.connections / args.rate * 1e3
     targets: list[Target] = []
@@ -99,14 +116,14 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
         )
     if "nginx" in args.target_names:
         proc = bench.start_nginx(
-            "nginx-proxy", pb.proxy_nginx_conf(tmp, nginx_port, backend_ports), nginx_port, "/ping"
+            "nginx-proxy", proxy_nginx_conf(tmp, nginx_port, backend_ports), nginx_port, "/ping"
         )
         targets.append(
             Target("nginx", "nginx 1 worker, hash consistent, keepalive", nginx_port, proc, base_delay)
         )
     if "router" in args.target_names:
-        conf = h.router_yaml(
-            router_port, admin_port, list(zip(pb.BACKENDS, backend_ports, strict=True))
+        conf = router_yaml(
+            router_port, admin_port, [(n, instance_url(p)) for n, p in zip(BACKENDS, backend_ports, strict=True)]
         )
         proc = bench.start_router("router", conf, router_port)
         targets.append(
@@ -115,13 +132,13 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
     for rnd in range(1, args.repeats + 1):
         order = targets if rnd % 2 else list(reversed(targets))
         for t in order:
-            warm, _ = h.measure(
+            warm, _ = measure(
                 bench, wrk_argv(args, t.port, args.warmup, t.delay_ms), args.warmup, t.proc,
                 backend, f"{t.name}: warmup {rnd}", retries=False,
             )  # fmt: skip
             t.warmups.append(warm)
             t.delay_ms = corrected_delay(args, t.delay_ms, warm.rps)
-            m, _ = h.measure(
+            m, _ = measure(
                 bench, wrk_argv(args, t.port, args.duration, t.delay_ms), args.duration, t.proc,
                 backend, f"{t.name}: round {rnd}",
             )  # fmt: skip
@@ -131,8 +148,8 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
             print(
                 f"  round {rnd}/{args.repeats} {t.name:7s} {m.rps:8,.0f} req/s (target "
                 f"{args.rate:,.0f}, delay {m.extra['delay_ms']:.2f} ms)  p50 "
-                f"{pb.fmt_us(m.p('50'))}  p99 {pb.fmt_us(m.p('99'))}  errors {m.wrk.errors}  "
-                f"(CPU: proxy {pb.fmt_pct(m.proxy_cpu)}, others {pb.fmt_pct(m.others_cpu)})",
+                f"{fmt_us(m.p('50'))}  p99 {fmt_us(m.p('99'))}  errors {m.wrk.errors}  "
+                f"(CPU: proxy {fmt_pct(m.proxy_cpu)}, others {fmt_pct(m.others_cpu)})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -147,9 +164,9 @@ def p99_diffs(targets: list[Target]) -> list[float]:
     return [r.p("99") - n.p("99") for r, n in zip(router.runs, nginx.runs, strict=False)]
 
 
-def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
+def render(bench: Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
     args = bench.args
-    lines = h.header_lines("Latency at a fixed rate", bench.started, bench.info)
+    lines = header_lines("Latency at a fixed rate", bench.started, bench.info)
     wrk_cmd = " ".join(wrk_argv(args, 0, args.duration, args.connections / args.rate * 1e3))
     lines += [
         f"- load: `{wrk_cmd.replace(':0/', ':PORT/')}` (the last argument, the pacing delay in "
@@ -170,12 +187,12 @@ def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
         per_req = cpu / t.median("rps") * 1e6 if t.median("rps") and t.name != "direct" else None
         errors = sum(m.wrk.errors for m in t.runs + t.warmups)
         lines.append(
-            f"| {t.label} | {args.rate:,.0f} | {t.median('rps'):,.0f} | {pb.fmt_us(t.median('50'))} "
-            f"| {pb.fmt_us(t.median('75'))} | {pb.fmt_us(t.median('90'))} "
-            f"| {pb.fmt_us(t.median('99'))} | {errors} "
-            f"| {pb.fmt_pct(cpu) if t.name != 'direct' else '-'} "
+            f"| {t.label} | {args.rate:,.0f} | {t.median('rps'):,.0f} | {fmt_us(t.median('50'))} "
+            f"| {fmt_us(t.median('75'))} | {fmt_us(t.median('90'))} "
+            f"| {fmt_us(t.median('99'))} | {errors} "
+            f"| {fmt_pct(cpu) if t.name != 'direct' else '-'} "
             f"| {f'{per_req:.0f} us' if per_req is not None else '-'} "
-            f"| {', '.join(pb.fmt_us(m.p('99')) for m in t.runs)} |"
+            f"| {', '.join(fmt_us(m.p('99')) for m in t.runs)} |"
         )
     diffs = p99_diffs(targets)
     result: dict[str, Any] = {"rate": args.rate, "connections": args.connections}
@@ -187,7 +204,7 @@ def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
         ok = med <= P99_TARGET_US
         lines += [
             "",
-            f"- p99 router - nginx: **{pb.fmt_us(med) if med >= 0 else '-' + pb.fmt_us(-med)}** "
+            f"- p99 router - nginx: **{fmt_us(med) if med >= 0 else '-' + fmt_us(-med)}** "
             f"(median of the per-round differences: "
             f"{', '.join(f'{d / 1e3:+.2f} ms' for d in diffs)}; difference of the medians "
             f"{of_medians / 1e3:+.2f} ms); target <= 1 ms: {'ok' if ok else 'MISSED'}",
@@ -205,7 +222,7 @@ def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
         "CPU: cores used by the proxy during the measured runs (medians); CPU per request = "
         "that / achieved req/s. Latency: wrk's, from when a request is written to when its "
         "response is read, over every request of the run.",
-        *h.noisy_note([m for t in targets for m in t.runs]),
+        *noisy_note(m.others_cpu for t in targets for m in t.runs),
     ]
     result["targets"] = {
         t.name: {
@@ -238,7 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of direct (wrk to backend b1), nginx, router "
         "(default: nginx,router)",
     )
-    h.common_args(p)
+    common_args(p)
     args = p.parse_args(argv)
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(TARGETS))
@@ -254,7 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return h.run_main("latency", args, run)
+    return run_main("latency", args, run)
 
 
 if __name__ == "__main__":

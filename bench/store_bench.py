@@ -27,114 +27,57 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
+import datetime as dt
 import json
 import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's router, whatever the venv has installed
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
-HOST = "127.0.0.1"
+from bench.lib import OUT_DIR, REPO
+from bench.lib.configs import instance_url, redis_args, redis_url, router_yaml
+from bench.lib.cpu import rss_kib
+from bench.lib.ports import free_ports
+from bench.lib.procs import (
+    BenchError,
+    Processes,
+    http_get,
+    module_argv,
+    router_argv,
+    tail,
+    wait_redis,
+)
+from bench.lib.report import command_line, git_state, version_of, write_report
+
 PREFIX = "bench:"
 EMPTY_PREFIX = "bench-empty:"  # nothing under it: a router with an empty map
 
 
 def rss_mib(pid: int | str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """VmRSS of ``pid`` in MiB."""
+    return rss_kib(pid) / 1024
 
 
 def instance_names(instances: int) -> list[str]:
     return [f"node-{i:03d}" for i in range(instances)]
 
 
-def free_ports(n: int) -> list[int]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    """SIGTERM the process group we started (``start_new_session``), SIGKILL if needed."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    redis_server = shutil.which("redis-server")
-    if redis_server is None:
-        raise SystemExit("FAIL: redis-server is not installed (apt-get install redis-server)")
+def start_redis(procs: Processes, tmp: Path) -> int:
+    """A redis-server without AOF (nothing here needs durability); its port."""
     (port,) = free_ports(1)
-    data = tmp / "redis"
-    data.mkdir()
-    log = data / "redis.log"
-    argv = [
-        redis_server,
-        "--port", str(port),
-        "--bind", HOST,
-        "--dir", str(data),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--logfile", str(log),
-        "--unixsocket", "",
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}:\n{tail(log)}")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return proc, port
-        except OSError:
-            pass
-        time.sleep(0.02)
-    stop_group(proc)
-    raise RuntimeError(f"redis-server on port {port}: no PONG within 10 s:\n{tail(log)}")
+    argv = redis_args(tmp / "redis", port, appendonly=False)
+    procs.start("redis-server", argv, tmp / "redis.log")
+    wait_redis(procs, port, timeout=10)
+    return port
 
 
 # --------------------------------------------------------------------------- seeding
@@ -142,6 +85,7 @@ def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 async def seed(url: str, sessions: int, instances: int) -> float:
     from redis.asyncio import Redis
+    from redis.typing import EncodableT, FieldT
 
     rng = random.Random(42)
     names = instance_names(instances)
@@ -150,7 +94,7 @@ async def seed(url: str, sessions: int, instances: int) -> float:
     async with Redis.from_url(url, decode_responses=True) as r:
         await r.delete(PREFIX + "assignments", PREFIX + "counts", PREFIX + "epoch")
         async with r.pipeline(transaction=False) as pipe:
-            batch: dict[str, str] = {}
+            batch: dict[FieldT, EncodableT] = {}  # redis-py's key and value types
             for i in range(sessions):
                 name = names[rng.randrange(instances)]
                 counts[name] += 1
@@ -233,31 +177,25 @@ async def child(url: str, lookups: int, repeats: int) -> dict[str, Any]:
 
 
 def router_conf(redis_port: int, prefix: str, instances: int, ports: list[int]) -> str:
+    """The router on the seeded map (``prefix``), with ``instances`` on a closed port."""
     # The instances' ports are closed (nothing listens): health checks fail at once, which
     # is fine, the store is what is measured. A long interval keeps the process quiet, and
     # the figures are read within ~1 s of the start, long before the failover grace (5 s)
     # and a second failed check (60 s) could make the leader move anything.
-    lines = [
-        f"listen: {{host: {HOST}, port: {ports[0]}}}",
-        f"admin: {{host: {HOST}, port: {ports[1]}}}",
-        "profile: generic",
-        "log: {level: WARNING}",
-        f'store: {{url: "redis://{HOST}:{redis_port}/0", prefix: "{prefix}"}}',
-        "health: {interval: 60s}",
-        "instances:",
-    ]
-    lines += [
-        f"  - {{name: {n}, url: 'http://{HOST}:{ports[2]}'}}" for n in instance_names(instances)
-    ]
-    return "\n".join(lines) + "\n"
+    return router_yaml(
+        ports[0], ports[1], [(n, instance_url(ports[2])) for n in instance_names(instances)],
+        profile="generic", log_level="WARNING", store_url=redis_url(redis_port),
+        store_prefix=prefix, extra="health: {interval: 60s}\n",
+    )  # fmt: skip
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
+def get_text(port: int, path: str) -> tuple[int, str]:
+    """GET ``path``: status and body (0 and "" when nothing answers)."""
     try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read().decode()
+        status, _, body = http_get(port, path)
     except OSError:
         return 0, ""
+    return status, body.decode(errors="replace")
 
 
 def run_router(tmp: Path, redis_port: int, prefix: str, instances: int) -> dict[str, Any]:
@@ -266,52 +204,37 @@ def run_router(tmp: Path, redis_port: int, prefix: str, instances: int) -> dict[
     ports = free_ports(3)
     conf = tmp / f"{name}.yaml"
     conf.write_text(router_conf(redis_port, prefix, instances, ports))
-    log = tmp / f"{name}.log"
-    with log.open("wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "router", "run", "-c", str(conf)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            start_new_session=True,
-        )  # fmt: skip
+    procs = Processes()
+    t0 = time.perf_counter()
+    proc = procs.start(name, router_argv(conf), tmp / f"{name}.log", cwd=REPO)
     try:
         deadline = t0 + 60
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"router exited with {proc.returncode}:\n{tail(log)}")
-            if http_get(ports[0], "/healthz")[0] == 200:
+            procs.check_alive()
+            if get_text(ports[0], "/healthz")[0] == 200:
                 break
             if time.perf_counter() > deadline:
-                raise RuntimeError(f"router: /healthz not 200 after 60 s:\n{tail(log)}")
+                raise BenchError(f"router: /healthz not 200 after 60 s:\n{tail(proc.log)}")
             time.sleep(0.01)
         ready_s = time.perf_counter() - t0
         time.sleep(0.5)  # let start-up garbage settle before reading RSS
         rss = rss_mib(proc.pid)
-        status, metrics = http_get(ports[1], "/metrics")
+        status, metrics = get_text(ports[1], "/metrics")
         m = re.search(r"^router_sessions (\S+)$", metrics, re.M)
         if status != 200 or m is None:
-            raise RuntimeError(f"router: /metrics HTTP {status}, no router_sessions")
+            raise BenchError(f"router: /metrics HTTP {status}, no router_sessions")
         return {"healthz_s": ready_s, "rss_mib": rss, "sessions": int(float(m.group(1)))}
     finally:
-        stop_group(proc)
-
-
-def _run_text(argv: list[str]) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return done.stdout.strip()
+        procs.stop_all()
 
 
 def git_version() -> str:
-    commit = _run_text(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = _run_text(["git", "-C", str(ROOT), "status", "--porcelain", "--", "router"])
-    return f"git {commit}{', router/ modified' if dirty else ''}"
+    commit, dirty = git_state()
+    return f"git {commit[:7]}{', router/ modified' if dirty else ''}"
 
 
 def redis_version() -> str:
-    return _run_text(["redis-server", "--version"]).split(" sha=")[0] or "redis-server ?"
+    return version_of(["redis-server", "--version"]).split(" sha=")[0]
 
 
 # --------------------------------------------------------------------------- main
@@ -327,7 +250,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-router", action="store_true", help="skip the full-router measurement")
     ap.add_argument("--router-repeats", type=int, default=2, help="router starts of each kind (2)")
-    ap.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out", help="bench/out")
+    ap.add_argument("--out-dir", type=Path, default=OUT_DIR, help="bench/out")
     ap.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -341,36 +264,36 @@ def main() -> int:
         print(json.dumps(result))
         return 0
 
+    started = dt.datetime.now(dt.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="store-bench-"))
-    server: subprocess.Popen[bytes] | None = None
+    procs = Processes()
     routers: dict[str, dict[str, Any]] = {}
     try:
-        server, port = start_redis(tmp)
-        url = f"redis://{HOST}:{port}/0"
+        port = start_redis(procs, tmp)
+        url = redis_url(port)
         seed_s = asyncio.run(seed(url, args.sessions, args.instances))
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
+        done = subprocess.run(
+            module_argv(
+                "bench.store_bench",
                 "--child",
                 url,
                 "--lookups",
                 str(args.lookups),
                 "--repeats",
                 str(args.repeats),
-            ],
+            ),
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=REPO,
             check=False,
         )
-        if out.returncode != 0:
+        if done.returncode != 0:
             print(
-                f"FAIL: the measured process exited with {out.returncode}:\n{out.stderr}",
+                f"FAIL: the measured process exited with {done.returncode}:\n{done.stderr}",
                 file=sys.stderr,
             )
             return 1
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = json.loads(done.stdout.strip().splitlines()[-1])
         if not args.no_router:
             # Alternated, best start time of each kept (start-up time is noisy: imports).
             for _ in range(args.router_repeats):
@@ -379,12 +302,11 @@ def main() -> int:
                     best = routers.setdefault(key, got)
                     if got["healthz_s"] < best["healthz_s"]:
                         routers[key] = got
-    except RuntimeError as e:
+    except BenchError as e:
         print(f"FAIL: {e}", file=sys.stderr)
         return 1
     finally:
-        if server is not None:
-            stop_group(server)
+        procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
 
     ok = {
@@ -411,7 +333,7 @@ def main() -> int:
     out(
         f"## Redis store at scale: {r['sessions_loaded']:,} sessions over {r['instances']} instances\n"
     )
-    out(f"- command: `{' '.join([sys.executable, *sys.argv])}`")
+    out(f"- command: `{command_line()}`")
     out(
         f"- seeded in {seed_s:.2f} s (pipelined HSET, 5,000 fields each) into a fresh redis-server on loopback"
     )
@@ -461,19 +383,10 @@ def main() -> int:
         out(f"\n**MISSED**: {', '.join(failed)}")
     report = "\n".join(lines) + "\n"
     print(report, end="")
-    out_dir: Path = args.out_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    (out_dir / f"store-{stamp}.md").write_text(report)
-    raw = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "seed_s": seed_s,
-        "store_process": r,
-        "router": routers,
-        "ok": ok,
-    }
-    (out_dir / f"store-{stamp}.json").write_text(json.dumps(raw, indent=2) + "\n")
-    print(f"written: {out_dir / f'store-{stamp}.md'} and .json", file=sys.stderr)
+    raw = {"seed_s": seed_s, "store_process": r, "router": routers, "ok": ok}
+    stamp = started.strftime("%Y%m%d-%H%M%S")
+    info = {"wa-router": git_version(), "redis": redis_version(), "nproc": str(os.cpu_count())}
+    write_report(args.out_dir, f"store-{stamp}", report, raw, started, args, info)
     return 0 if not failed else 1
 
 

@@ -41,10 +41,27 @@ import re
 import statistics
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import harness as h
-import proxy_bench as pb
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
+
+from bench.lib import HOST, WRK_DIR
+from bench.lib.configs import (
+    BACKENDS,
+    instance_url,
+    nginx_conf,
+    proxy_nginx_conf,
+    router_yaml,
+    status_server,
+)
+from bench.lib.harness import Bench, Measured, common_args, measure, run_main
+from bench.lib.noisy import noisy_note
+from bench.lib.ports import free_ports
+from bench.lib.procs import BenchError, Proc
+from bench.lib.report import fmt_pct, fmt_us, header_lines
+from bench.lib.wrk import LUA_SCRIPT, LUA_SEED, wrk_base
 
 TARGETS = ("direct", "nginx", "nginx-nobuf", "router")
 CASES = ("upload", "download")
@@ -59,8 +76,8 @@ class Target:
     name: str
     label: str
     port: int
-    proc: pb.Proc
-    runs: dict[str, list[h.Measured]] = field(default_factory=dict)  # case -> runs
+    proc: Proc
+    runs: dict[str, list[Measured]] = field(default_factory=dict)  # case -> runs
 
     def median(self, case: str, key: str = "rps") -> float | None:
         runs = self.runs.get(case) or []
@@ -73,10 +90,10 @@ class Target:
         return statistics.median(m.p(key) for m in runs)
 
 
-def backend_conf(bench: h.Bench, ports: list[int], status_port: int, data: str) -> str:
+def backend_conf(bench: Bench, ports: list[int], status_port: int, data: str) -> str:
     servers = "\n".join(
         f"""    server {{
-        listen {h.HOST}:{port} backlog=4096;
+        listen {HOST}:{port} backlog=4096;
         default_type application/json;
         client_max_body_size 2m;
         sendfile on;
@@ -86,14 +103,14 @@ def backend_conf(bench: h.Bench, ports: list[int], status_port: int, data: str) 
             default_type application/octet-stream;
         }}
     }}"""
-        for name, port in zip(pb.BACKENDS, ports, strict=True)
+        for name, port in zip(BACKENDS, ports, strict=True)
     )
-    return h.nginx_conf(bench.tmp / "backend", h.status_server(status_port) + servers)
+    return nginx_conf(bench.tmp / "backend", status_server(status_port) + servers)
 
 
-def nobuf_conf(bench: h.Bench, port: int, backend_ports: list[int]) -> str:
+def nobuf_conf(bench: Bench, port: int, backend_ports: list[int]) -> str:
     """proxy_bench's nginx proxy, streaming: no request or response buffering."""
-    conf = pb.proxy_nginx_conf(bench.tmp, port, backend_ports)
+    conf = proxy_nginx_conf(bench.tmp, port, backend_ports)
     conf = conf.replace(str(bench.tmp / "nginx-proxy"), str(bench.tmp / "nginx-nobuf"))
     (bench.tmp / "nginx-nobuf").mkdir(parents=True, exist_ok=True)
     old = 'proxy_set_header Connection "";'
@@ -105,8 +122,8 @@ def nobuf_conf(bench: h.Bench, port: int, backend_ports: list[int]) -> str:
     )
 
 
-def baseline_conf(bench: h.Bench, port: int, backend_ports: list[int]) -> str:
-    conf = pb.proxy_nginx_conf(bench.tmp, port, backend_ports)
+def baseline_conf(bench: Bench, port: int, backend_ports: list[int]) -> str:
+    conf = proxy_nginx_conf(bench.tmp, port, backend_ports)
     old = 'proxy_set_header Connection "";'
     return conf.replace(old, old + "\n            client_max_body_size 2m;")
 
@@ -116,7 +133,7 @@ def check_target(t: Target, body: bytes, expected: bytes) -> list[str]:
     connection usable (the proxy forwarded exactly the body)."""
     problems: list[str] = []
     hdrs = {"X-Session-Id": "sess-1"}
-    conn = http.client.HTTPConnection(h.HOST, t.port, timeout=10)
+    conn = http.client.HTTPConnection(HOST, t.port, timeout=10)
     try:
         conn.request("GET", DOWNLOAD_PATH, headers=hdrs)
         resp = conn.getresponse()
@@ -149,28 +166,28 @@ def check_target(t: Target, body: bytes, expected: bytes) -> list[str]:
 
 
 def wrk_argv(args: argparse.Namespace, case: str, port: int, duration: float) -> list[str]:
-    base = h.wrk_base(args.connections, duration)
+    base = wrk_base(args.connections, duration)
     if case == "upload":
-        url = f"http://{h.HOST}:{port}{UPLOAD_PATH}"
-        return [*base, "-s", str(h.WRK_DIR / "upload.lua"), url, "--",
-                str(args.sessions), str(pb.LUA_SEED), str(args.body_size)]  # fmt: skip
-    url = f"http://{h.HOST}:{port}{DOWNLOAD_PATH}"
-    return [*base, "-s", str(pb.LUA_SCRIPT), url, "--", str(args.sessions), str(pb.LUA_SEED)]
+        url = f"http://{HOST}:{port}{UPLOAD_PATH}"
+        return [*base, "-s", str(WRK_DIR / "upload.lua"), url, "--",
+                str(args.sessions), str(LUA_SEED), str(args.body_size)]  # fmt: skip
+    url = f"http://{HOST}:{port}{DOWNLOAD_PATH}"
+    return [*base, "-s", str(LUA_SCRIPT), url, "--", str(args.sessions), str(LUA_SEED)]
 
 
 def payload(args: argparse.Namespace, case: str) -> int:
     return int(args.body_size if case == "upload" else args.response_size)
 
 
-def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
+def run(bench: Bench) -> tuple[str, dict[str, Any]]:
     args = bench.args
     tmp = bench.tmp
     data = tmp / "data"
     data.mkdir(mode=0o755)
     content = os.urandom(args.response_size)
     (data / DOWNLOAD_PATH.lstrip("/")).write_bytes(content)
-    *backend_ports, status_port = pb.free_ports(len(pb.BACKENDS) + 1)
-    nginx_port, nobuf_port, router_port, admin_port = pb.free_ports(4)
+    *backend_ports, status_port = free_ports(len(BACKENDS) + 1)
+    nginx_port, nobuf_port, router_port, admin_port = free_ports(4)
     backend = bench.start_nginx(
         "backend", backend_conf(bench, backend_ports, status_port, str(data)), backend_ports[0],
         "/ping",
@@ -196,8 +213,8 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
                    "proxy_request_buffering off", nobuf_port, proc)
         )  # fmt: skip
     if "router" in want:
-        conf = h.router_yaml(
-            router_port, admin_port, list(zip(pb.BACKENDS, backend_ports, strict=True))
+        conf = router_yaml(
+            router_port, admin_port, [(n, instance_url(p)) for n, p in zip(BACKENDS, backend_ports, strict=True)]
         )
         proc = bench.start_router("router", conf, router_port)
         targets.append(
@@ -207,17 +224,17 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
     for t in targets:
         bench.failures += check_target(t, body, content)
     if bench.failures:
-        raise pb.BenchError(f"{len(bench.failures)} check(s) failed before the runs")
+        raise BenchError(f"{len(bench.failures)} check(s) failed before the runs")
     for case in args.case_names:
         for rnd in range(1, args.repeats + 1):
             for t in targets if rnd % 2 else list(reversed(targets)):
                 what = f"{case} {t.name} round {rnd}"
                 if args.warmup > 0:
-                    h.measure(
+                    measure(
                         bench, wrk_argv(args, case, t.port, args.warmup), args.warmup, t.proc,
                         backend, what + " (warmup)", retries=False,
                     )  # fmt: skip
-                m, out = h.measure(
+                m, out = measure(
                     bench, wrk_argv(args, case, t.port, args.duration), args.duration, t.proc,
                     backend, what,
                 )  # fmt: skip
@@ -227,9 +244,9 @@ def run(bench: h.Bench) -> tuple[str, dict[str, Any]]:
                 t.runs.setdefault(case, []).append(m)
                 print(
                     f"  {what}: {m.rps:,.0f} req/s, {m.rps * payload(args, case) / 1e6:,.0f} MB/s"
-                    f"  p50 {pb.fmt_us(m.p('50'))}  p99 {pb.fmt_us(m.p('99'))}  errors "
-                    f"{m.wrk.errors}  (CPU: proxy {pb.fmt_pct(m.proxy_cpu)}, backend "
-                    f"{pb.fmt_pct(m.backend_cpu)}, others {pb.fmt_pct(m.others_cpu)})",
+                    f"  p50 {fmt_us(m.p('50'))}  p99 {fmt_us(m.p('99'))}  errors "
+                    f"{m.wrk.errors}  (CPU: proxy {fmt_pct(m.proxy_cpu)}, backend "
+                    f"{fmt_pct(m.backend_cpu)}, others {fmt_pct(m.others_cpu)})",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -243,9 +260,9 @@ def upload_body(size: int) -> bytes:
     return head + b"A" * (size - len(head) - len(tail)) + tail
 
 
-def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
+def render(bench: Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
     args = bench.args
-    lines = h.header_lines("Streaming: large bodies and responses", bench.started, bench.info)
+    lines = header_lines("Streaming: large bodies and responses", bench.started, bench.info)
     lines += [
         f"- upload: `{' '.join(wrk_argv(args, 'upload', 0, args.duration))}`".replace(
             ":0/", ":PORT/"
@@ -288,10 +305,10 @@ def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
             lines.append(
                 f"| {t.label} | {rps:,.0f} | {rps * size / 1e6:,.0f} "
                 f"| {(t.median(case, 'transfer') or 0) / 1e6:,.0f} "
-                f"| {pb.fmt_us(t.median(case, '50') or 0)} | {pb.fmt_us(t.median(case, '99') or 0)} "
+                f"| {fmt_us(t.median(case, '50') or 0)} | {fmt_us(t.median(case, '99') or 0)} "
                 f"| {sum(m.wrk.errors for m in runs)} "
-                f"| {pb.fmt_pct(proxy_cpu) if t.name != 'direct' else '-'} "
-                f"| {pb.fmt_pct(statistics.median(m.backend_cpu for m in runs))} "
+                f"| {fmt_pct(proxy_cpu) if t.name != 'direct' else '-'} "
+                f"| {fmt_pct(statistics.median(m.backend_cpu for m in runs))} "
                 f"| {'-' if ratio is None else f'{ratio:.2f}'} "
                 f"| {'-' if ratio_best is None else f'{ratio_best:.2f}'} |"
             )
@@ -309,7 +326,7 @@ def render(bench: h.Bench, targets: list[Target]) -> tuple[str, dict[str, Any]]:
         "Checked before the runs, for every target: GET of the file returned it byte for byte; "
         "a POST of the body answered 200 and the same keep-alive connection then answered "
         "GET /ping.",
-        *h.noisy_note([m for t in targets for runs in t.runs.values() for m in runs]),
+        *noisy_note(m.others_cpu for t in targets for runs in t.runs.values() for m in runs),
     ]
     return "\n".join(lines) + "\n", result
 
@@ -332,7 +349,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sessions", type=int, default=100, help="X-Session-Id values (100: upload.lua "
         "builds that many full requests)",
     )  # fmt: skip
-    h.common_args(p)
+    common_args(p)
     args = p.parse_args(argv)
     for opt, allowed in (("targets", TARGETS), ("cases", CASES)):
         names = [n.strip() for n in getattr(args, opt).split(",") if n.strip()]
@@ -347,7 +364,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return h.run_main("stream", parse_args(argv), run)
+    return run_main("stream", parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -48,10 +48,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import proxy_bench as pb  # bench/ is sys.path[0] when this file runs as a script
+if __name__ == "__main__" and not __package__:  # python bench/x.py: run as python -m bench.x
+    os.execv(sys.executable, [sys.executable, "-m", f"bench.{Path(__file__).stem}", *sys.argv[1:]])
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+from bench.lib import BENCH_DIR, OUT_DIR, REPO
+from bench.lib.noisy import NOISY
+from bench.lib.procs import tail
+from bench.lib.redis_probe import OTHER
+from bench.lib.report import fmt_us, machine_info
+from bench.proxy_results import MIN_ROUNDS_CI
+
 PY = sys.executable
 WAIT_QUICK = ["--wait-quiet", "2", "--noisy-retries", "0"]
 
@@ -289,7 +295,7 @@ def rows_proxy(o: Outcome) -> list[Row]:
     runs = raw.get("targets", {}).get("router-redis", {}).get("runs", [])
     if runs:
         other = sum(
-            sum((r.get("redis_monitor") or {}).get(pb.OTHER, {}).values()) for r in runs
+            sum((r.get("redis_monitor") or {}).get(OTHER, {}).values()) for r in runs
         )
         requests = sum(r.get("requests", 0) for r in runs)
         rows.append(
@@ -314,7 +320,7 @@ def rows_metrics(o: Outcome) -> list[Row]:
     low, high = cost.get("median_ratio_ci95") or (None, None)
     rounds = len(cost.get("per_round_ratio") or [])
     verdict = _verdict(ratio >= 0.95)
-    if rounds >= pb.MIN_ROUNDS_CI and low is not None and high is not None:
+    if rounds >= MIN_ROUNDS_CI and low is not None and high is not None:
         ci = f"; 95% interval {float(low):.3f}-{float(high):.3f}"
         if verdict == "met" and float(low) < 0.95:
             verdict = "met (not resolved: the interval reaches below 0.95)"
@@ -349,8 +355,8 @@ def rows_latency(o: Outcome) -> list[Row]:
     return [
         Row(
             what.replace("2,000", f"{raw.get('rate', 2000):,.0f}"),
-            f"{diff / 1e3:+.2f} ms (router {pb.fmt_us(p99.get('router') or 0)}, nginx "
-            f"{pb.fmt_us(p99.get('nginx') or 0)}; achieved req/s: {achieved})",
+            f"{diff / 1e3:+.2f} ms (router {fmt_us(p99.get('router') or 0)}, nginx "
+            f"{fmt_us(p99.get('nginx') or 0)}; achieved req/s: {achieved})",
             "<= 1 ms",
             _verdict(diff <= 1000),
             o.step.key,
@@ -642,9 +648,9 @@ def render(
     noisy: list[str] = []
     for o in outcomes:
         others = max_others(o.data)
-        if others is not None and others > pb.NOISY:
+        if others is not None and others > NOISY:
             noisy.append(o.step.key)
-        shown = "-" if others is None else f"{others:.0%}" + (" (noisy)" if others > pb.NOISY else "")
+        shown = "-" if others is None else f"{others:.0%}" + (" (noisy)" if others > NOISY else "")
         for row in SUMMARIES[o.step.key](o):
             n += 1
             verdict = {"met": "met", "MISSED": "**MISSED**"}.get(row.verdict, row.verdict)
@@ -686,7 +692,7 @@ def render(
                 f"(`{_rel(o.log)}`):",
                 "",
                 "```",
-                *pb.tail(o.log, 40, "log").splitlines()[1:-1],
+                *tail(o.log, 40, "log").splitlines()[1:-1],
                 "```",
             ]
         for report in o.reports:
@@ -730,7 +736,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
     p.add_argument("--skip", default="", help="comma-separated steps to leave out")
-    p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out", help="bench/out")
+    p.add_argument("--out-dir", type=Path, default=OUT_DIR, help="bench/out")
     p.add_argument("--list", action="store_true", help="print the steps and their commands")
     args = p.parse_args(argv)
     keys = [s.key for s in STEPS]
@@ -764,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.steps:
             print(f"{s.key:13s} {display_cmd(step_argv(s, args.quick, run_dir / s.key))}")
         return 0
-    info = pb.machine_info()  # before the runs: the commit they measure
+    info = machine_info()  # before the runs: the commit they measure
     outcomes: list[Outcome] = []
     interrupted = False
     t0 = time.monotonic()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+# The benchmarks' free ports, config writer and /proc readers: one of each for both.
+from bench.lib import REPO
+from bench.lib.configs import router_yaml
+from bench.lib.cpu import rss_kib as rss_kib
+from bench.lib.ports import free_port as free_port
+
 PY = sys.executable
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+ROOT = REPO  # processes run in the repo root: this checkout's router/
 
 
 def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -42,13 +40,6 @@ def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | N
             last = e
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready: {last}")
-
-
-def rss_kib(pid: int, field_name: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise KeyError(field_name)
 
 
 @dataclass
@@ -129,14 +120,11 @@ def start_router(tmp: Path, config_yaml: str, *, env: dict[str, str] | None = No
 
 
 def router_config(sims: list[Proc], extra: str = "", instance_extra: str = "") -> str:
-    lines = [
-        "listen: {host: 127.0.0.1, port: {port}}",
-        "admin: {host: 127.0.0.1, port: {admin_port}}",
-        "instances:",
-    ]
-    for s in sims:
-        lines.append(f"  - {{name: {s.name}, url: '{s.url}'{instance_extra}}}")
-    return "\n".join(lines) + "\n" + extra
+    """A router over ``sims``, its ports left as {port} and {admin_port} for start_router."""
+    instances = [(s.name, s.url) for s in sims]
+    return router_yaml(
+        "{port}", "{admin_port}", instances, instance_extra=instance_extra, extra=extra
+    )
 
 
 T = TypeVar("T")

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+# The benchmarks' free ports, redis-server command line and PING: one of each for both.
+from bench.lib.configs import redis_args, redis_url
+from bench.lib.ports import free_port as free_port
+from bench.lib.procs import redis_ping
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _ping(port: int, timeout: float = 0.5) -> bool:
-    """True when the server answers PING with PONG (not -LOADING while it reads its AOF)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 class RedisServer:
@@ -49,20 +36,13 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return redis_url(self.port)
 
     def args(self) -> list[str]:
-        return [
-            REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(self.log),
-            "--unixsocket", str(self.unixsocket),
-        ]  # fmt: skip
+        return redis_args(
+            self.dir, self.port, appendonly=self.appendonly, logfile=str(self.log),
+            unixsocket=str(self.unixsocket), server=REDIS_SERVER,
+        )  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -76,7 +56,7 @@ class RedisServer:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.tail()}")
-            if _ping(self.port):
+            if redis_ping(self.port):
                 return
             time.sleep(0.01)
         raise TimeoutError(f"redis-server on port {self.port} not ready: {self.tail()}")
