@@ -89,6 +89,12 @@ class Tasks:
         if task is not None:
             task.cancel()
 
+    def abort(self) -> None:
+        """Cancel every task without waiting (what a crash leaves behind, in tests)."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+
     async def stop(self, timeout: float = 1.0) -> None:
         """Cancel every task and wait for them (at most ``timeout``); no new ones after."""
         self._stopping = True

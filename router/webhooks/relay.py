@@ -32,7 +32,7 @@ from typing import Any
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
-from router.tasks import cancel_and_wait
+from router.tasks import Tasks
 from router.transport import HttpTransport, Transport
 from router.webhooks.base import Done, Queue
 from router.webhooks.batcher import settle
@@ -100,7 +100,7 @@ class WebhookRelay:
         self._backlog = 0
         self._backlogs: dict[str, int] = {}
         self._dead_notes: dict[str, tuple[int, float, DeadRecord | None]] = {}  # unreported, last emit, sample
-        self._maint: asyncio.Task[None] | None = None
+        self._maintenance = Tasks("webhooks-maintenance")
         self._started = False
         self._stopped = False  # no more accepts
         self._aborted = False
@@ -157,7 +157,7 @@ class WebhookRelay:
         settings = self._settings(self.config)
         for (key, _), target in zip(self._routes, self.config.targets, strict=True):
             self._start_worker(key, target, settings)
-        self._maint = asyncio.create_task(self._maintain(), name="webhooks-maintenance")
+        self._maintenance.spawn(self._maintain(), name="webhooks-maintenance")
 
     def _start_worker(self, key: str, target: WebhookTarget, settings: WorkerSettings) -> None:
         assert self._http is not None
@@ -173,7 +173,7 @@ class WebhookRelay:
         if self._closed:
             return
         self._closed = self._stopped = True
-        await cancel_and_wait([self._maint])
+        await self._maintenance.stop()
         if not self._aborted:
             await asyncio.gather(*(w.stop(self._stop_timeout) for w in self._workers.values()),
                                  return_exceptions=True)
@@ -195,8 +195,7 @@ class WebhookRelay:
         """Stop every task at once without any I/O: what a crash leaves behind (tests).
         ``stop()`` afterwards only closes the connections."""
         self._stopped = self._aborted = True
-        if self._maint is not None:
-            self._maint.cancel()
+        self._maintenance.abort()
         for w in self._workers.values():
             w.abort()
 

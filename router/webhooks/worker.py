@@ -48,7 +48,7 @@ from typing import Any
 from router.backoff import Backoff
 from router.config.model import Ordering, RetryConfig, WebhookTarget
 from router.errors import StoreUnavailable
-from router.tasks import cancel_and_wait
+from router.tasks import Tasks, cancel_and_wait
 from router.transport import Transport
 from router.webhooks.base import LEASE_ACQUIRED, LEASE_OTHER, Queue
 from router.webhooks.delivery import Result, post
@@ -131,7 +131,9 @@ class TargetWorker:
         self._stopping = False  # no new reads or deliveries
         self._halt = False  # dispatcher and finisher exit
         self._trim_due = False
-        self._tasks: list[asyncio.Task[None]] = []
+        # Stopped in two phases: readers first, writers once deliveries have finished.
+        self._readers = Tasks(f"webhooks-{key}-read")
+        self._writers = Tasks(f"webhooks-{key}-write")
         self.attempts = 0  # HTTP attempts made (for tests and status)
 
     # -- lifecycle --------------------------------------------------------------------
@@ -146,12 +148,10 @@ class TargetWorker:
 
     def start(self) -> None:
         name = f"webhooks-{self.key}"
-        self._tasks = [
-            asyncio.create_task(self._keep(), name=f"{name}-keeper"),
-            asyncio.create_task(self._read(), name=f"{name}-reader"),
-            asyncio.create_task(self._dispatch(), name=f"{name}-dispatcher"),
-            asyncio.create_task(self._finish(), name=f"{name}-finisher"),
-        ]
+        self._readers.spawn(self._keep(), name=f"{name}-keeper")
+        self._readers.spawn(self._read(), name=f"{name}-reader")
+        self._writers.spawn(self._dispatch(), name=f"{name}-dispatcher")
+        self._writers.spawn(self._finish(), name=f"{name}-finisher")
 
     def update(self, target: WebhookTarget, settings: WorkerSettings) -> None:
         """New target options (hmac_key) and settings apply to the next decisions."""
@@ -168,11 +168,10 @@ class TargetWorker:
         self._stopping = True
         self._gate()
         self._wake.set()
-        keeper, reader, dispatcher, finisher = self._tasks or (None, None, None, None)
         # A blocked XREADGROUP is cancelled rather than waited for (up to read_block): in
         # the rare case its answer was already on the way, those entries sit in our PEL
         # until a claim takes them (at once for a new lease holder, else after claim_idle).
-        await cancel_and_wait([keeper, reader])
+        await self._readers.stop()
         if self._inflight:
             _, late = await asyncio.wait(set(self._inflight), timeout=grace)
             await cancel_and_wait(late)
@@ -182,7 +181,7 @@ class TargetWorker:
         self._halt = True
         self._wake.set()
         self._finish_wake.set()
-        await cancel_and_wait([dispatcher, finisher])
+        await self._writers.stop()
         undecided = list(self._held)  # not acknowledged (decided or not)
         try:
             async with asyncio.timeout(2.0):
@@ -193,14 +192,14 @@ class TargetWorker:
         except (StoreUnavailable, TimeoutError):
             log.warning("webhooks %s: could not hand back %d entries at stop; they are "
                         "reclaimed after %gs", self.target.url, len(undecided), self.settings.claim_idle)
-        self._tasks = []
 
     def abort(self) -> None:
         """Cancel everything at once, no I/O (a crash, as far as Redis can tell)."""
         self._stopping = self._halt = True
-        for t in [*self._tasks, *self._inflight]:
+        self._readers.abort()
+        self._writers.abort()
+        for t in self._inflight:
             t.cancel()
-        self._tasks = []
         self._deactivate()
         self._finishing.clear()
 
