@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -14,6 +15,10 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from router.admin.openapi import spec
 from tests.procs import Proc, RouterProc, router_config
+
+if TYPE_CHECKING:
+    # The cases an OpenAPI schema generates (schemathesis.Case of an OpenAPI operation).
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
 
@@ -62,7 +67,7 @@ EXAMPLES = int(os.environ.get("WA_ROUTER_FUZZ_EXAMPLES", "0"))
 @SCHEMA.parametrize()
 @settings(max_examples=EXAMPLES or 15, deadline=None, derandomize=not EXAMPLES,
           suppress_health_check=list(HealthCheck))
-def test_admin_api_fuzzed(case: schemathesis.Case, live: RouterProc) -> None:
+def test_admin_api_fuzzed(case: OpenApiCase, live: RouterProc) -> None:
     case.call_and_validate(
         base_url=live.admin_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30,
         # Every other check stays (no 5xx, documented status codes, answers matching their

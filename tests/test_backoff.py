@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from router import backoff
 from router.backoff import Backoff
+from router.config.model import RetryPolicy
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,7 @@ from router.backoff import Backoff
         ("exponential", 3.0, 1.0, [1, 1, 1, 1]),  # the cap wins over the base
     ],
 )
-def test_policies_without_jitter(policy: backoff.Policy, base: float, cap: float,
+def test_policies_without_jitter(policy: RetryPolicy, base: float, cap: float,
                                  delays: list[float]) -> None:
     assert [backoff.delay(n, base=base, cap=cap, policy=policy) for n in (1, 2, 3, 4)] == delays
 
@@ -39,7 +40,7 @@ def test_huge_attempt_numbers_do_not_overflow() -> None:
        jitter=st.floats(-1, 2), rand=st.floats(-1, 2),
        policy=st.sampled_from(["constant", "linear", "exponential"]))
 def test_always_within_zero_and_cap(n: int, base: float, cap: float, jitter: float, rand: float,
-                                    policy: backoff.Policy) -> None:
+                                    policy: RetryPolicy) -> None:
     d = backoff.delay(n, base=base, cap=cap, policy=policy, jitter=jitter, rand=rand)
     assert 0.0 <= d <= max(0.0, cap)
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import pytest
 
 from router.app import App, create_app
 from router.config import parse_config
+from router.config.holder import ConfigHolder
 from router.config.model import Config
 from router.errors import SessionMoving
 from router.instances import Instance
@@ -217,15 +219,23 @@ log: {level: WARNING}
 """)
 
 
+class ReadsTheHolder(Protocol):
+    """A component as the reload test sees it: it keeps the app's one ConfigHolder."""
+
+    @property
+    def _config(self) -> ConfigHolder: ...
+
+
 async def test_a_reload_reaches_every_component(world: World) -> None:
     new = _everything_changed(world)
     await world.app.reload(new)
     app = world.app
     assert app.config.current is new
     # Every component reads the one holder: none keeps a config of its own.
-    for part in (app.router, app.placer, app.mover, app.monitor, app.leadership, app.drainer,
-                 app.alerter, app.api):
-        assert part._config is app.config, part  # type: ignore[attr-defined]
+    parts: tuple[ReadsTheHolder, ...] = (app.router, app.placer, app.mover, app.monitor,
+                                          app.leadership, app.drainer, app.alerter, app.api)
+    for part in parts:
+        assert part._config is app.config, part
     # And each sees the new values where it uses them.
     assert app.router.extractor.extract("GET", "/x", "", {"x-tenant": "t1"}, None) == "t1"
     assert app.router.max_held == 7 and app.router.passive_statuses == frozenset({500})

@@ -93,6 +93,16 @@ class Answer:
         assert isinstance(data, dict)
         return data
 
+    def echoed_headers(self) -> list[tuple[str, str]]:
+        """The stub's echo of the headers it received: ``[[name, value], ...]`` in its JSON."""
+        raw = self.json()["headers"]
+        assert isinstance(raw, list), raw
+        pairs: list[tuple[str, str]] = []
+        for name, value in raw:
+            assert isinstance(name, str) and isinstance(value, str), (name, value)
+            pairs.append((name, value))
+        return pairs
+
 
 class _Collect:
     def __init__(self, answer: Answer) -> None:
@@ -184,7 +194,7 @@ async def test_client_keys_are_required_and_never_reach_the_instance(hostile: Ho
         seen = a.json()
         forwarded = json.dumps(seen)
         assert CLIENT_KEY not in forwarded
-        hdrs = {k.lower(): v for k, v in seen["headers"]}  # type: ignore[union-attr]
+        hdrs = {k.lower(): v for k, v in a.echoed_headers()}
         assert hdrs["x-api-key"] == INSTANCE_KEY and hdrs["apikey"] == INSTANCE_KEY
     a = await send(port, get(f"/api/sessions/k1/x?a=1&x-api-key={CLIENT_KEY}&b=2", key=None))
     assert a.json()["target"] == "/api/sessions/k1/x?a=1&b=2"
@@ -267,7 +277,7 @@ async def test_absolute_form_and_host_games_never_leave_the_fleet(hostile: Hosti
     assert a.status == 200
     seen = a.json()
     assert seen["target"] == "/api/sessions/h1/x?q=1"  # the stub got it: nowhere else
-    hdrs = dict(seen["headers"])  # type: ignore[arg-type]
+    hdrs = dict(a.echoed_headers())
     assert hdrs["Host"] == f"127.0.0.1:{hostile.stub_port}"
     a = await send(port, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n"
                    + f"X-Api-Key: {CLIENT_KEY}\r\n\r\n".encode())
@@ -322,7 +332,9 @@ async def test_an_endless_body_streams_with_bounded_memory_until_the_client_leav
     deadline = loop.time() + 10
     while True:  # the router dropped the instance's endless stream when the client left
         stats = await send(hostile.stub_port, get("/stub/stats", key=None))
-        if stats.json()["open"] <= 2:  # pooled keep-alive connections may remain
+        still_open = stats.json()["open"]
+        assert isinstance(still_open, int), stats.body
+        if still_open <= 2:  # pooled keep-alive connections may remain
             break
         assert loop.time() < deadline, stats.body
         await asyncio.sleep(0.1)

@@ -27,6 +27,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.procs import Proc, RouterProc, bounded
+from tests.redis_replies import text
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,7 +92,7 @@ async def sim_sessions(http: aiohttp.ClientSession, sim: Proc) -> set[str]:
 
 async def assignments(rc: Redis, prefix: str) -> dict[str, str]:
     raw = await rc.hgetall(f"{prefix}assignments")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def instance_of(value: str) -> str:
@@ -257,7 +258,7 @@ async def test_two_routers_2000_sessions_agree(
     rc = Redis(port=redis_server.port)
     try:
         stored = await assignments(rc, prefix)
-        counts = {k.decode(): int(v) for k, v in (await rc.hgetall(f"{prefix}counts")).items()}
+        counts = {text(k): int(v) for k, v in (await rc.hgetall(f"{prefix}counts")).items()}
     finally:
         await rc.aclose()
     assert {s: instance_of(v) for s, v in stored.items()} == placed
@@ -316,7 +317,7 @@ async def test_concurrent_first_requests_one_assignment(
     rc = Redis(port=redis_server.port)
     try:
         stored = await assignments(rc, prefix)
-        counts = {k.decode(): int(v) for k, v in (await rc.hgetall(f"{prefix}counts")).items()}
+        counts = {text(k): int(v) for k, v in (await rc.hgetall(f"{prefix}counts")).items()}
     finally:
         await rc.aclose()
     assert len(stored) == len(sessions)

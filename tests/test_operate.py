@@ -5,6 +5,7 @@ instances, rebalance. Real router and simulator processes on loopback, steady cl
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -251,7 +252,7 @@ async def test_rolling_restart_of_every_instance_through_drain_fails_nothing(
                 assert (await resp.json())["drained"] is True
             sim.stop()
             sims[i] = sim_factory(sim.name, "--start-delay", "0.3", port=sim.port)  # the new version
-            await wait_for(lambda n=sim.name: _healthy_drained(http, r, n), 30, f"{sim.name} back")
+            await wait_for(functools.partial(_healthy_drained, http, r, sim.name), 30, f"{sim.name} back")
             async with http.post(f"{r.admin_url}/admin/instances/{sim.name}/undrain",
                                  headers=AUTH) as resp:
                 assert resp.status == 200
@@ -302,7 +303,8 @@ async def _events(http: aiohttp.ClientSession, r: RouterProc, kind: str | None) 
 async def _no_moves_left(http: aiohttp.ClientSession, r: RouterProc) -> bool:
     async with http.post(r.admin_url + "/admin/rebalance", params={"dry_run": "1"},
                          headers=AUTH) as resp:
-        return (await resp.json())["count"] == 0
+        plan: dict[str, object] = await resp.json()
+        return plan["count"] == 0
 
 
 @pytest.mark.timeout(120)

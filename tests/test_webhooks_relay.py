@@ -18,6 +18,7 @@ from router.webhooks.batcher import settle
 from router.webhooks.filters import target_key
 from router.webhooks.model import InboundEvent
 from router.webhooks.queue_redis import GROUP, RedisQueue
+from tests.redis_replies import stream_entries
 from tests.redis_server import RedisServer
 from tests.test_webhooks_support import (
     Hit,
@@ -307,7 +308,7 @@ async def test_trim_never_removes_undelivered(redis_server: RedisServer, rdb: Re
     stream = q.stream("k")
 
     async def ids() -> list[str]:
-        return [e[0].decode() for e in await rdb.xrange(stream)]
+        return [entry_id for entry_id, _ in stream_entries(await rdb.xrange(stream))]
 
     try:
         assert await q.trim("k") == 0  # no stream, no group: nothing to do
@@ -346,7 +347,7 @@ async def test_relay_trims_delivered_keeps_retrying(redis_server: RedisServer, t
     stream = f"t:wh:{target_key(target.url)}"
 
     async def stream_sessions() -> list[str]:
-        return [json.loads(f[b"b"])["session"] for _, f in await rdb.xrange(stream)]
+        return [json.loads(f[b"b"])["session"] for _, f in stream_entries(await rdb.xrange(stream))]
 
     await eventually(lambda: stream_sessions(), ["hold"] * 3)
     await wait_until(lambda: r.backlog() == 3, what="backlog refreshed")
