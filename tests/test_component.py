@@ -20,6 +20,7 @@ from router.errors import SessionMoving
 from router.instances import Instance
 from router.moves import Move
 from router.stats import NullStats
+from router.transport import HttpTransport
 from tests.fakes import FakeInstances, ManualClock
 from tests.procs import free_port
 
@@ -253,3 +254,13 @@ async def test_a_reload_reaches_every_component(world: World) -> None:
                                                       target=target, manual=True)))
     await world.clock.run_until(moved.done, limit=10)
     assert world.fakes[target].count("POST", "/api/sessions/after-reload/restart") == 1
+
+
+async def test_a_reload_reaches_the_real_transports_connect_timeout(world: World) -> None:
+    """The production transport reads the connect timeout from the holder at each connect
+    (it once kept the start-up value: the health monitor and instance API did)."""
+    app = create_app(world.config())  # not started: a reload needs nothing running
+    assert isinstance(app.transport, HttpTransport)
+    before = app.transport._connect_timeout()
+    await app.reload(_everything_changed(world))
+    assert (before, app.transport._connect_timeout()) == (2.0, pytest.approx(0.7))
