@@ -82,10 +82,6 @@ class Router:
     def __repr__(self) -> str:
         return f"<Router {len(self.fleet)} instances, held={self.held}, placing={len(self._placing)}>"
 
-    @property
-    def config(self) -> Config:
-        return self._config.current
-
     def _derive(self, old: Config | None, config: Config) -> None:
         """What requests read on the hot path, rebuilt from a (re)loaded config: requests
         that start after this see it whole."""
@@ -96,6 +92,8 @@ class Router:
         if old is None or old.metrics.enabled != config.metrics.enabled:
             # Answers the router gives itself (errors, health, webhooks, fan-out).
             self.own_stats = new_stats(config.metrics.enabled)
+        # The holder's config, as a plain attribute: the data path reads it per request.
+        self.config = config
 
     def stats_sources(self) -> list[tuple[str, RequestStats]]:
         """Request counters by instance name, plus "router" for the router's own answers."""
