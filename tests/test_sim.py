@@ -821,3 +821,92 @@ async def test_main_exits_1_when_port_is_taken() -> None:
         assert b"cannot listen" in err
     finally:
         await runner.cleanup()
+
+
+# -- what was really sent, faults, message.any / message.ack -------------------------------
+
+
+async def _working(client: Client, *sessions: str) -> None:
+    for s in sessions:
+        await client.post("/api/sessions", json={"name": s})
+        await wait_status(client, s, "WORKING")
+
+
+async def test_sent_lists_every_real_send_in_order_per_session(make_sim: SimFactory) -> None:
+    client = await make_sim()
+    await _working(client, "a", "b")
+    for i, s in enumerate(["a", "b", "a"]):
+        resp = await client.post("/api/sendText", json={"session": s, "chatId": "1@c.us", "text": f"m{i}"})
+        assert resp.status == 201
+    # Not sent: unknown session, and a session not WORKING.
+    assert (await client.post("/api/sendText", json={"session": "zz", "chatId": "1@c.us"})).status == 404
+    everything = await (await client.get("/sim/sent")).json()
+    assert [(m["session"], m["text"]) for m in everything] == [("a", "m0"), ("b", "m1"), ("a", "m2")]
+    assert all(set(m) == {"id", "session", "chatId", "text", "ts"} for m in everything)
+    assert everything[0]["ts"] <= everything[1]["ts"] <= everything[2]["ts"]
+    only_a = await (await client.get("/sim/sent", params={"session": "a"})).json()
+    assert [m["text"] for m in only_a] == ["m0", "m2"]
+
+
+async def test_status_faults_answer_instead_of_sending_then_stop(make_sim: SimFactory) -> None:
+    client = await make_sim()
+    await _working(client, "s")
+    resp = await client.post("/sim/faults", json={"sendText": {"status": 500, "count": 2}})
+    assert (await resp.json())["sendText"]["count"] == 2
+    body = {"session": "s", "chatId": "1@c.us", "text": "x"}
+    statuses = [(await client.post("/api/sendText", json=body)).status for _ in range(3)]
+    assert statuses == [500, 500, 201]
+    assert len(await (await client.get("/sim/sent")).json()) == 1
+
+
+async def test_drop_after_send_sends_then_cuts_the_connection(make_sim: SimFactory) -> None:
+    client = await make_sim()
+    await _working(client, "s")
+    await client.post("/sim/faults", json={"sendText": {"drop_after_send": 1}})
+    body = {"session": "s", "chatId": "1@c.us", "text": "lost answer"}
+    with pytest.raises(aiohttp.ClientError):
+        await client.post("/api/sendText", json=body)
+    assert [m["text"] for m in await (await client.get("/sim/sent")).json()] == ["lost answer"]
+    assert (await client.post("/api/sendText", json=body)).status == 201  # once only
+
+
+async def test_delay_fault_and_clear(make_sim: SimFactory) -> None:
+    client = await make_sim()
+    await _working(client, "s")
+    await client.post("/sim/faults", json={"sendText": {"delay": "300ms"}})
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    assert (await client.post("/api/sendText", json={"session": "s", "chatId": "1@c.us"})).status == 201
+    assert loop.time() - t0 >= 0.3
+    resp = await client.post("/sim/faults", json={"clear": True})
+    assert (await resp.json())["sendText"] == {"status": 0, "count": 0, "drop_after_send": 0, "delay": 0.0}
+
+
+@pytest.mark.parametrize("body", [
+    {"sendText": {"status": "500"}}, {"sendText": {"count": -1, "status": 500}},
+    {"sendText": {"delay": "soon"}}, {"sendText": {"explode": 1}}, {"sendText": []},
+    {"nope": True},
+])
+async def test_bad_faults_are_400_and_change_nothing(make_sim: SimFactory, body: dict[str, Any]) -> None:
+    client = await make_sim()
+    await client.post("/sim/faults", json={"sendText": {"status": 503, "count": 1}})
+    resp = await client.post("/sim/faults", json=body)
+    assert resp.status == 400
+    now = await (await client.post("/sim/faults", json={})).json()
+    assert now["sendText"]["status"] == 503 and now["sendText"]["count"] == 1
+
+
+async def test_a_send_emits_message_any_then_acks(make_sim: SimFactory, receiver: Receiver) -> None:
+    client = await make_sim(webhook_url=receiver.url, ack_delay=0.05)
+    await _working(client, "s")
+    sent = await (await client.post("/api/sendText", json={"session": "s", "chatId": "9@c.us",
+                                                            "text": "hi"})).json()
+    events: list[dict[str, Any]] = []
+    while len([e for e in events if e["event"].startswith("message")]) < 3:
+        _, body = await receiver.next()
+        events.append(body)
+    mine = [e for e in events if e["event"].startswith("message")]
+    assert [e["event"] for e in mine] == ["message.any", "message.ack", "message.ack"]
+    first = mine[0]["payload"]
+    assert (first["id"], first["fromMe"], first["to"], first["body"]) == (sent["id"], True, "9@c.us", "hi")
+    assert [(e["payload"]["id"], e["payload"]["ack"]) for e in mine[1:]] == [(sent["id"], 2), (sent["id"], 3)]

@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from router.sim import control, handlers
 from router.sim.events import Hub
 from router.sim.manager import SessionExists, SessionManager, UnknownSession
+from router.sim.outbound import Outbound
 from router.sim.replies import API_KEY_QUERY, BadRequest, error, not_found
 from router.sim.state import SIM, SimState, sim
 from router.sim.stats import Stats
@@ -93,6 +94,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = app[SIM].sessions
     manager.boot()
     yield
+    await app[SIM].outbound.close()
     await manager.close()
 
 
@@ -105,6 +107,7 @@ def create_sim_app(
     api_key: str | None = None,
     state_file: str | None = None,
     send_wait: float = 5.0,
+    ack_delay: float = 0.2,
 ) -> web.Application:
     """A simulated WAHA instance called ``name`` (see the package docstring)."""
     hub = Hub()
@@ -120,6 +123,7 @@ def create_sim_app(
         sender=sender,
         api_key=api_key or None,
         send_wait=send_wait,
+        outbound=Outbound(ack_delay),
     )
     app = web.Application(middlewares=[count_requests, check_api_key, map_errors])
     app[SIM] = state
@@ -144,6 +148,7 @@ async def serve_sim(
     api_key: str | None = None,
     state_file: str | None = None,
     send_wait: float = 5.0,
+    ack_delay: float = 0.2,
 ) -> web.AppRunner:
     """Start a simulator on ``host:port`` (0 picks a free port, see ``bound_port``).
 
@@ -157,6 +162,7 @@ async def serve_sim(
         api_key=api_key,
         state_file=state_file,
         send_wait=send_wait,
+        ack_delay=ack_delay,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

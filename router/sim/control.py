@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import time
 
 from aiohttp import web
 
 from router.sim.model import Status, me_for
+from router.sim.outbound import SendFaults
 from router.sim.replies import BadRequest, read_json, session_field
 from router.sim.state import sim
 
@@ -99,6 +101,31 @@ async def reset(request: web.Request) -> web.Response:
     return web.json_response({"reset": True, "sessions_dropped": drop})
 
 
+async def sent(request: web.Request) -> web.Response:
+    """``GET /sim/sent[?session=S]``: the messages this instance really sent, in order."""
+    return web.json_response(sim(request).outbound.listing(request.query.get("session")))
+
+
+async def faults(request: web.Request) -> web.Response:
+    """``POST /sim/faults``: ``{"sendText": {...}}`` or ``{"clear": true}`` (see
+    ``router.sim.outbound``); answers the faults now in force."""
+    body = await read_json(request)
+    unknown = set(body) - {"sendText", "clear"}
+    if unknown:
+        raise BadRequest(f"unknown key(s): {sorted(unknown)}")
+    out = sim(request).outbound
+    if body.get("clear") is True:
+        out.faults = SendFaults()
+    if "sendText" in body:
+        staged = dataclasses.replace(out.faults)
+        try:
+            staged.set(body["sendText"])
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        out.faults = staged
+    return web.json_response({"sendText": out.faults.to_json()})
+
+
 def add_routes(app: web.Application) -> None:
     """Register the ``/sim/*`` routes."""
     r = app.router
@@ -107,3 +134,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/sim/sessions/{session}/status", force_status)
     r.add_get("/sim/stats", stats)
     r.add_post("/sim/reset", reset)
+    r.add_get("/sim/sent", sent)
+    r.add_post("/sim/faults", faults)

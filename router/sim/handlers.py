@@ -15,7 +15,8 @@ from aiohttp import WSMsgType, web
 
 from router.sim.events import Subscriber
 from router.sim.media import DEFAULT_FILE_BYTES, QR_PNG, SCREENSHOT_PNG, file_chunks
-from router.sim.model import Status, me_for
+from router.sim.model import Status, me_for, now_ms
+from router.sim.outbound import ACK_NAMES, SentMessage
 from router.sim.replies import (
     API_KEY_QUERY,
     DEFAULT_SESSION,
@@ -115,7 +116,11 @@ async def deprecated_action(request: web.Request) -> web.Response:
 
 
 async def send_text(request: web.Request) -> web.Response:
-    """``POST /api/sendText``: 201 when WORKING here, 404 unknown here, 422 not WORKING."""
+    """``POST /api/sendText``: 201 when WORKING here, 404 unknown here, 422 not WORKING.
+
+    A send is recorded (``/sim/sent``), then followed by ``message.any`` and, after
+    ``--ack-delay`` each, ``message.ack`` events (ack 2, then 3). Faults set through
+    ``/sim/faults`` apply first (``router.sim.outbound``)."""
     body = await read_json(request)
     name = session_field(body, "session")
     chat_id = body.get("chatId")
@@ -123,6 +128,10 @@ async def send_text(request: web.Request) -> web.Response:
         raise BadRequest("'chatId' is required")
     st = sim(request)
     st.stats.call(name, "sendText")
+    out = st.outbound
+    status = out.faults.take_status()
+    if status is not None:
+        return error(status, "Simulated failure", f"simulated failure ({status}) set by /sim/faults")
     session = await st.sessions.settle(name, st.send_wait)
     if session.status is not Status.WORKING:
         return error(
@@ -133,21 +142,35 @@ async def send_text(request: web.Request) -> web.Response:
             status=str(session.status),
             expected=[str(Status.WORKING)],
         )
-    text = body.get("text")
-    return web.json_response(
-        {
-            "id": f"true_{chat_id}_{secrets.token_hex(10).upper()}",
-            "timestamp": int(time.time()),
-            "from": me_for(name)["id"],
-            "fromMe": True,
-            "to": chat_id,
-            "body": text if isinstance(text, str) else "",
-            "hasMedia": False,
-            "ack": 1,
-            "session": name,
-        },
-        status=201,
-    )
+    if out.faults.delay:
+        await asyncio.sleep(out.faults.delay)
+    raw_text = body.get("text")
+    text = raw_text if isinstance(raw_text, str) else ""
+    me = session.me()
+    message_id = f"true_{chat_id}_{secrets.token_hex(10).upper()}"
+    message = {
+        "id": message_id,
+        "timestamp": int(time.time()),
+        "from": me_for(name)["id"],
+        "fromMe": True,
+        "to": chat_id,
+        "body": text,
+        "hasMedia": False,
+        "ack": 1,
+    }
+    out.record(SentMessage(message_id, name, chat_id, text, now_ms()))
+    st.hub.emit("message.any", name, me, {**message, "source": "api"})
+
+    def ack(level: int) -> None:
+        st.hub.emit("message.ack", name, me, {**message, "ack": level, "ackName": ACK_NAMES[level]})
+
+    out.acknowledge(ack)
+    if out.faults.take_drop():
+        # Sent, but the answer is lost: the client cannot tell whether it went out.
+        if request.transport is not None:
+            request.transport.abort()
+        raise asyncio.CancelledError
+    return web.json_response({**message, "session": name}, status=201)
 
 
 # -- media -----------------------------------------------------------------------------

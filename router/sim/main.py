@@ -33,6 +33,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5.0,
         help="seconds sendText waits for a STARTING session before 422 (WAHA: 5)",
     )
+    p.add_argument("--ack-delay", type=float, default=0.2,
+                   help="seconds from a send to its message.ack (ack 2), and to the next (ack 3)")
     return p.parse_args(argv)
 
 
@@ -51,6 +53,7 @@ async def _serve(args: argparse.Namespace) -> None:
         api_key=args.api_key,
         state_file=args.state_file,
         send_wait=args.send_wait,
+        ack_delay=args.ack_delay,
     )
     try:
         host = f"[{args.host}]" if ":" in args.host else args.host

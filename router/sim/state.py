@@ -8,6 +8,7 @@ from aiohttp import web
 
 from router.sim.events import Hub
 from router.sim.manager import SessionManager
+from router.sim.outbound import Outbound
 from router.sim.stats import Stats
 from router.sim.webhooks import WebhookSender
 
@@ -24,6 +25,7 @@ class SimState:
     api_key: str | None = None
     send_wait: float = 5.0
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
+    outbound: Outbound = field(default_factory=Outbound)
 
 
 SIM = web.AppKey("sim", SimState)
