@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 
 from router.config.loader import parse_config
 from router.errors import ConfigError, StoreUnavailable
+from router.redis_url import SentinelURL, is_sentinel_url, parse_sentinel_url
 from router.store import RedisStore as ExportedRedisStore
 from router.store.base import Assignment, StaleEpoch
 from router.store.redis import RedisStore
-from router.store.redis_url import SentinelURL, is_sentinel_url, parse_sentinel_url
 from tests.redis_server import RedisServer, SentinelServer, free_port
 
 pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
