@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from router.errors import RouterError
 from router.events import EventLog
-from router.store.base import AssignmentStore
+from router.store.base import LeaderLease
 
 log = logging.getLogger("wa_router.leader")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("wa_router.leader")
 class Leadership:
     """Acquire and renew a lease every ttl/3; step down at once when a renewal fails."""
 
-    def __init__(self, store: AssignmentStore, ttl: float, events: EventLog,
+    def __init__(self, store: LeaderLease, ttl: float, events: EventLog,
                  on_gain: Callable[[], None]) -> None:
         self.store = store
         self.ttl = ttl

@@ -12,8 +12,9 @@ raises ``StoreUnavailable`` (see ``router.store.redis_commands``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
+from router.store.base import DrainFlags, LeaderLease, WorkerStatsStore
 from router.store.redis_commands import Commands
 
 
@@ -104,3 +105,11 @@ def _ms(ttl: float) -> str:
     if not ttl > 0:
         raise ValueError("lease ttl must be positive")
     return str(max(1, round(ttl * 1000)))
+
+
+if TYPE_CHECKING:  # mypy proves each part provides its protocol
+
+    def _conforms(
+        lease: RedisLease, flags: RedisDrainFlags, stats: RedisWorkerStats
+    ) -> tuple[LeaderLease, DrainFlags, WorkerStatsStore]:
+        return lease, flags, stats
