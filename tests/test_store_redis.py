@@ -377,6 +377,18 @@ async def test_exported_from_the_package() -> None:
     assert ExportedRedisStore is RedisStore
 
 
+async def test_repr_tells_where_what_and_how_without_the_password(make_store: MakeStore, server: RedisServer) -> None:
+    store = await make_store(url=f"redis://:s3cret@127.0.0.1:{server.port}/0")
+    await store.create_if_absent("s", "n1")
+    where = f"redis://127.0.0.1:{server.port}/0 prefix='t:'"
+    assert repr(store) == f"<RedisStore {where} sessions=1 healthy resyncs=1>"
+    server.kill()
+    assert await store.wait_health(False, timeout=5)
+    assert repr(store) == f"<RedisStore {where} sessions=1 unavailable, re-reading resyncs=1>"
+    await store.close()
+    assert repr(store) == f"<RedisStore {where} sessions=1 not connected resyncs=1>"
+
+
 # -- URLs ---------------------------------------------------------------------------------------
 
 
