@@ -110,7 +110,7 @@ class RedisStore:
         self.key_counts = prefix + "counts"
         self.key_epoch = prefix + "epoch"
         self.channel = prefix + "changes"
-        self._keys = (self.key_assignments, self.key_counts, self.key_epoch)
+        self._keys = [self.key_assignments, self.key_counts, self.key_epoch]
 
         self._copy = LocalCopy(on_change)
         # An upper bound for one call, retry included (redis-py retries once on a dead

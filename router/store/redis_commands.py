@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, TypeVar
 
 import redis.exceptions as rexc
@@ -65,11 +65,11 @@ class Commands:
             raise StoreUnavailable("redis store unavailable")
         return self.client
 
-    async def script(self, name: str, keys: Sequence[str], *args: str) -> Any:
+    async def script(self, name: str, keys: list[str], *args: str) -> Any:
         """Run a registered script (EVALSHA, reloaded after NOSCRIPT by redis-py)."""
         client = self.client_or_raise()
         script = self._scripts[name]
-        return await self.call(lambda: script(keys=list(keys), args=args, client=client))
+        return await self.call(lambda: script(keys=keys, args=args, client=client))
 
     async def call(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run one command, bounded; errors become ``StoreUnavailable``."""

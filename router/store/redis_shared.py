@@ -30,7 +30,7 @@ class RedisLease:
         self._commands = commands
         self.key = prefix + "leader"
         self.key_token = prefix + "leader_token"
-        self._keys = (self.key, self.key_token)
+        self._keys = [self.key, self.key_token]
 
     async def acquire_leadership(self, holder: str, ttl: float) -> int | None:
         reply = await self._commands.script("acquire", self._keys, holder, _ms(ttl))
