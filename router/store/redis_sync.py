@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Final, cast
 
 import redis.exceptions as rexc
@@ -40,29 +41,22 @@ class _Resync(Exception):
     """The loop must drop its pub/sub connection and re-read the map."""
 
 
+@dataclass(eq=False)
 class Sync:
     """Feeds ``copy`` from ``channel`` and bulk reads of ``key_assignments``.
 
     ``ready`` is set after the first complete load; ``synced`` is True while the copy is
     known complete (False from a lost subscription until the re-read is done)."""
 
-    def __init__(
-        self,
-        copy: LocalCopy,
-        commands: Commands,
-        *,
-        key_assignments: str,
-        channel: str,
-        keepalive: float,
-    ) -> None:
-        self.copy = copy
-        self.commands = commands
-        self.key_assignments = key_assignments
-        self.channel = channel
-        self.keepalive = keepalive
-        self.ready = asyncio.Event()
-        self.synced = False
-        self._reconnected = False  # the pub/sub connection was re-established under us
+    copy: LocalCopy
+    commands: Commands
+    key_assignments: str
+    channel: str
+    keepalive: float  # PING an idle subscription after this many seconds
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    synced: bool = field(default=False, init=False)
+    # The pub/sub connection was re-established under us (by redis-py, silently).
+    _reconnected: bool = field(default=False, init=False)
 
     async def run(self, sub: Redis) -> None:
         """Subscribe (through ``sub``), re-read the map, apply messages; after any
