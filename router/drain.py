@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from router.clock import Clock
 from router.config.holder import ConfigHolder
@@ -26,7 +27,7 @@ from router.instances import Fleet, Instance
 from router.moves import Move, Mover
 from router.placement import plan_rebalance
 from router.pulse import Pulse
-from router.store.base import AssignmentStore
+from router.store.base import Assignments, DrainFlags
 from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.drain")
@@ -35,11 +36,15 @@ SYNC_INTERVAL = 1.0
 RETRY_PAUSE = 5.0  # after a drain pass that moved nothing
 
 
+class DrainStore(Assignments, DrainFlags, Protocol):
+    """What draining needs of the store: the map, and the drain flags shared by routers."""
+
+
 class Drainer:
     def __init__(
         self,
         config: ConfigHolder,
-        store: AssignmentStore,
+        store: DrainStore,
         fleet: Fleet,
         mover: Mover,
         events: EventLog,

@@ -16,7 +16,7 @@ from router.events import EventLog
 from router.instances import Fleet, Instance
 from router.moves import Move, Mover
 from router.pulse import Pulse
-from router.store.base import AssignmentStore
+from router.store.base import Assignments
 from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.failover")
@@ -25,7 +25,7 @@ SUSPECT_INTERVAL = 10.0  # one 404 check per session per this many seconds
 
 
 class Failover:
-    def __init__(self, store: AssignmentStore, fleet: Fleet, mover: Mover, events: EventLog,
+    def __init__(self, store: Assignments, fleet: Fleet, mover: Mover, events: EventLog,
                  changed: Pulse, clock: Clock, is_leader: Callable[[], bool]) -> None:
         self.store = store
         self.fleet = fleet

@@ -14,7 +14,7 @@ from router.clock import Clock
 from router.config.holder import ConfigHolder
 from router.errors import RouterError
 from router.events import EventLog
-from router.store.base import AssignmentStore
+from router.store.base import LeaderLease
 from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.leader")
@@ -23,7 +23,7 @@ log = logging.getLogger("wa_router.leader")
 class Leadership:
     """Acquire and renew a lease every ttl/3; step down at once when a renewal fails."""
 
-    def __init__(self, store: AssignmentStore, config: ConfigHolder, events: EventLog,
+    def __init__(self, store: LeaderLease, config: ConfigHolder, events: EventLog,
                  clock: Clock, on_gain: Callable[[], None]) -> None:
         self.store = store
         self._config = config

@@ -25,7 +25,7 @@ from router.instance_api import InstanceApi
 from router.instances import Fleet, Instance
 from router.placer import Placer
 from router.pulse import Pulse
-from router.store.base import Assignment, AssignmentStore, StaleEpoch
+from router.store.base import Assignment, Assignments, StaleEpoch
 
 log = logging.getLogger("wa_router.moves")
 
@@ -53,7 +53,7 @@ def restore_delay(attempt: int) -> float:
 
 
 class Mover:
-    def __init__(self, config: ConfigHolder, store: AssignmentStore, fleet: Fleet,
+    def __init__(self, config: ConfigHolder, store: Assignments, fleet: Fleet,
                  placer: Placer, api: InstanceApi, events: EventLog, changed: Pulse,
                  clock: Clock, is_leader: Callable[[], bool]) -> None:
         self._config = config

@@ -13,13 +13,13 @@ import asyncio
 from router.config.holder import ConfigHolder
 from router.errors import NoInstance
 from router.instances import Fleet
-from router.store.base import Assignment, AssignmentStore
+from router.store.base import Assignment, Assignments
 
 
 class Placer:
     """Consistent hashing with bounded loads over the instances that can take sessions."""
 
-    def __init__(self, config: ConfigHolder, store: AssignmentStore, fleet: Fleet) -> None:
+    def __init__(self, config: ConfigHolder, store: Assignments, fleet: Fleet) -> None:
         self._config = config
         self._store = store
         self._fleet = fleet

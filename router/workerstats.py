@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from router.clock import Clock
 from router.errors import StoreUnavailable
 from router.stats import BUCKETS, RequestStats
-from router.store.base import AssignmentStore
+from router.store.base import WorkerStatsStore
 from router.tasks import Tasks
 
 log = logging.getLogger("wa_router.workers")
@@ -96,7 +96,7 @@ def _sum(first: RequestStats, rest: Iterable[RequestStats]) -> RequestStats:
 class WorkerStats:
     """Publishes (worker > 0) or gathers (worker 0) the snapshots through the store."""
 
-    def __init__(self, store: AssignmentStore, index: int, workers: int,
+    def __init__(self, store: WorkerStatsStore, index: int, workers: int,
                  sources: Callable[[], Iterable[tuple[str, RequestStats]]],
                  held: Callable[[], int], clock: Clock) -> None:
         self._store = store

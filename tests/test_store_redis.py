@@ -18,10 +18,11 @@ from redis.asyncio import Redis
 
 from router.config.loader import parse_config
 from router.errors import ConfigError, StoreUnavailable
+from router.redis_url import SentinelURL, is_sentinel_url, parse_sentinel_url
 from router.store import RedisStore as ExportedRedisStore
 from router.store.base import Assignment, StaleEpoch
 from router.store.redis import RedisStore
-from router.store.redis_url import SentinelURL, is_sentinel_url, parse_sentinel_url
+from tests.redis_replies import command, number, text
 from tests.redis_server import RedisServer, SentinelServer, free_port
 
 pytestmark = pytest.mark.system  # real processes (see tests/conftest.py: layers)
@@ -97,12 +98,16 @@ async def barrier(writer: RedisStore, *readers: tuple[RedisStore, Watcher]) -> N
     await writer.create_if_absent(session, "barrier")
     await writer.remove(session)
     for _, watcher in readers:
-        await watcher.wait_for(lambda w=watcher: (session, None) in w.changes)
+        def removed(w: Watcher = watcher) -> bool:
+            return (session, None) in w.changes
+
+        await watcher.wait_for(removed)
 
 
 async def redis_map(rc: Redis, prefix: str = PREFIX) -> dict[str, Assignment]:
     out = {}
-    for session, value in (await rc.hgetall(prefix + "assignments")).items():
+    for raw_session, raw_value in (await rc.hgetall(prefix + "assignments")).items():
+        session, value = text(raw_session), text(raw_value)
         moving = value.endswith(":m")
         instance, _, epoch = value.removesuffix(":m").rpartition(":")
         out[session] = Assignment(session, instance, int(epoch), moving)
@@ -118,7 +123,8 @@ async def seed(rc: Redis, entries: dict[str, Assignment], prefix: str = PREFIX) 
             pipe.hset(prefix + "assignments", mapping={a.session: f"{a.instance}:{a.epoch}" for a in chunk})
         counts = Counter(a.instance for a in items)
         if counts:
-            pipe.hset(prefix + "counts", mapping=dict(counts))
+            by_instance: dict[Any, Any] = dict(counts)  # redis-py's mapping type is invariant
+            pipe.hset(prefix + "counts", mapping=by_instance)
         pipe.set(prefix + "epoch", max((a.epoch for a in items), default=0))
         await pipe.execute()
 
@@ -219,7 +225,7 @@ async def test_counts_stay_consistent_under_random_concurrent_writes(make_store:
     redis_counts = {k: int(v) for k, v in (await rc.hgetall(PREFIX + "counts")).items()}
     assert redis_counts == recount
     for store in (a, b):
-        cache = {s: store.cached(s) for s in sessions if store.cached(s) is not None}
+        cache = {s: c for s in sessions if (c := store.cached(s)) is not None}
         assert cache == stored
         assert dict(store.counts()) == recount == dict(Counter(x.instance for x in cache.values()))
 
@@ -233,7 +239,11 @@ async def test_a_move_in_one_store_reaches_the_other_within_100ms(make_store: Ma
     for p in placed:
         start = time.perf_counter()
         moved = await a.move(p.session, "n2", p.epoch)
-        await watcher.wait_for(lambda m=moved: b.cached(m.session) == m, timeout=1.0)
+
+        def seen(m: Assignment = moved) -> bool:
+            return b.cached(m.session) == m
+
+        await watcher.wait_for(seen, timeout=1.0)
         latencies.append(time.perf_counter() - start)
     print(
         f"\nmove visible in the other store: median {statistics.median(latencies) * 1e3:.2f} ms, "
@@ -260,7 +270,7 @@ async def test_cache_is_rebuilt_after_a_pubsub_disconnect(make_store: MakeStore,
     assert b.cached("r1") is not None and b.cached("ghost") is None  # b is stale...
     resyncs = b.resyncs
 
-    assert int(await rc.execute_command("CLIENT", "KILL", "TYPE", "pubsub")) == 2  # a's and b's
+    assert number(await command(rc, "CLIENT", "KILL", "TYPE", "pubsub")) == 2  # a's and b's
     await watcher.wait_for(lambda: b.resyncs > resyncs)
     # ...and after the reconnection nothing stale is left.
     stored = await redis_map(rc)
@@ -375,6 +385,18 @@ async def test_cached_lookups_make_no_redis_round_trip(make_store: MakeStore, rc
 
 async def test_exported_from_the_package() -> None:
     assert ExportedRedisStore is RedisStore
+
+
+async def test_repr_tells_where_what_and_how_without_the_password(make_store: MakeStore, server: RedisServer) -> None:
+    store = await make_store(url=f"redis://:s3cret@127.0.0.1:{server.port}/0")
+    await store.create_if_absent("s", "n1")
+    where = f"redis://127.0.0.1:{server.port}/0 prefix='t:'"
+    assert repr(store) == f"<RedisStore {where} sessions=1 healthy resyncs=1>"
+    server.kill()
+    assert await store.wait_health(False, timeout=5)
+    assert repr(store) == f"<RedisStore {where} sessions=1 unavailable, re-reading resyncs=1>"
+    await store.close()
+    assert repr(store) == f"<RedisStore {where} sessions=1 not connected resyncs=1>"
 
 
 # -- URLs ---------------------------------------------------------------------------------------
@@ -609,7 +631,7 @@ async def test_a_re_read_after_a_reconnect_brings_moving_changes_to_the_listener
 
     async def resync(expected: Assignment) -> None:
         resyncs = b.resyncs
-        await rc.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await command(rc, "CLIENT", "KILL", "TYPE", "pubsub")
         await watcher.wait_for(lambda: b.resyncs > resyncs and b.cached("r") == expected)
 
     # Changes b misses (no PUBLISH): a move to a moving state, then its settle.
@@ -647,7 +669,7 @@ async def test_two_routers_compete_for_the_lease_and_one_wins(make_store: MakeSt
         assert await loser.acquire_leadership(winner, 5.0) == token  # same holder, any process
         await loser.release_leadership(winner, token)  # whoever holds holder+token may release
         assert await a.leader() is None
-    assert int(await rc.get(PREFIX + "leader_token")) == 20
+    assert number(await rc.get(PREFIX + "leader_token")) == 20
 
 
 async def test_a_silent_leader_is_replaced_within_its_ttl_and_a_release_hands_over_at_once(

@@ -47,7 +47,7 @@ from router.config.model import (
 )
 from router.config.units import parse_duration, parse_size
 from router.errors import ConfigError
-from router.store.redis_url import is_sentinel_url, parse_sentinel_url
+from router.redis_url import store_url_problem
 
 __all__ = ["check_config", "load_config", "parse_config", "redacted"]
 
@@ -372,13 +372,9 @@ def _store_url(value: Any, at: _At) -> Secret | None:
     secret = _secret(value, at)
     if secret is None:
         return None
-    if is_sentinel_url(secret.value):
-        try:
-            parse_sentinel_url(secret.value)
-        except ValueError as e:  # the message never quotes the URL (it may hold a password)
-            raise _Invalid(str(e)) from None
-    elif urlsplit(secret.value).scheme not in ("redis", "rediss", "unix"):
-        raise _Invalid("must be a redis://, rediss:// or unix:// URL")
+    problem = store_url_problem(secret.value)  # never quotes the URL (it may hold a password)
+    if problem:
+        raise _Invalid(problem)
     return secret
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from router.store.base import Assignment, AssignmentStore, Listener, StaleEpoch
+from router.store.base import (
+    Assignment,
+    Assignments,
+    AssignmentStore,
+    DrainFlags,
+    LeaderLease,
+    Listener,
+    StaleEpoch,
+    WorkerStatsStore,
+)
 from router.store.memory import MemoryStore
 
 if TYPE_CHECKING:
@@ -13,10 +22,14 @@ if TYPE_CHECKING:
 __all__ = [
     "Assignment",
     "AssignmentStore",
+    "Assignments",
+    "DrainFlags",
+    "LeaderLease",
     "Listener",
     "MemoryStore",
     "RedisStore",
     "StaleEpoch",
+    "WorkerStatsStore",
 ]
 
 

@@ -12,8 +12,11 @@ Two things serve failover:
   without changing the epoch (the epoch is the fencing token handed to restore calls).
   Every router's local copy follows the flag, and ``add_listener`` callbacks hear of every
   change to the local copy, so a request held in any router can be released.
-- A leadership lease with a fencing token (``acquire_leadership`` and friends), so that
-  exactly one router runs failover.
+- A leadership lease with a fencing token (``LeaderLease``), so that exactly one router
+  runs failover.
+
+``AssignmentStore`` is the whole interface; the narrower protocols below it (``Assignments``,
+``LeaderLease``, ``DrainFlags``, ``WorkerStatsStore``) say what each component uses.
 """
 
 from __future__ import annotations
@@ -57,8 +60,15 @@ class StaleEpoch(Exception):
         self.current = current
 
 
-class AssignmentStore(Protocol):
-    """What the router needs from a store. Write methods are atomic."""
+# -- what each component needs: narrow protocols, and their union ---------------------------
+#
+# A component takes the narrowest one it uses (the leader election takes a ``LeaderLease``,
+# the stats publisher a ``WorkerStatsStore``), so a reader sees what it depends on and a
+# test can hand it a small fake. ``AssignmentStore`` is all of them: what a store provides.
+
+
+class Assignments(Protocol):
+    """The sticky map: hot-path reads from the local copy, atomic writes, change listeners."""
 
     def cached(self, session: str) -> Assignment | None:
         """The locally known assignment, without I/O (hot path)."""
@@ -67,11 +77,6 @@ class AssignmentStore(Protocol):
         """Sessions per instance, from the local copy (placement input)."""
 
     def __len__(self) -> int: ...
-
-    async def start(self) -> None:
-        """Connect and load the map."""
-
-    async def close(self) -> None: ...
 
     async def get(self, session: str) -> Assignment | None:
         """The authoritative assignment (may do I/O)."""
@@ -112,6 +117,10 @@ class AssignmentStore(Protocol):
     def remove_listener(self, listener: Listener) -> None:
         """Stop calling ``listener``; no error when it was not added."""
 
+
+class LeaderLease(Protocol):
+    """One leadership lease shared by every router, with a fencing token."""
+
     async def acquire_leadership(self, holder: str, ttl: float) -> int | None:
         """Take the leadership lease for ``ttl`` seconds if nobody holds it, or extend it
         if ``holder`` already does. Returns the fencing token (the same while ``holder``
@@ -128,17 +137,35 @@ class AssignmentStore(Protocol):
     async def leader(self) -> str | None:
         """The current lease holder, or None."""
 
+
+class DrainFlags(Protocol):
+    """The instances operators drained, shared by every router."""
+
     async def set_drained(self, instance: str, drained: bool) -> None:
         """Mark an instance drained by an operator (shared by every router), or not."""
 
     async def drained(self) -> frozenset[str]:
         """The instances operators drained."""
 
+
+class WorkerStatsStore(Protocol):
+    """Each worker process's latest counters, for the process that serves metrics."""
+
     async def put_worker_stats(self, worker: int, payload: str, ttl: float) -> None:
         """Publish one worker process's counters (``router.workerstats``), expiring."""
 
     async def worker_stats(self, workers: Iterable[int]) -> dict[int, str | None]:
         """The latest published counters of these workers (None: none, or expired)."""
+
+
+class AssignmentStore(Assignments, LeaderLease, DrainFlags, WorkerStatsStore, Protocol):
+    """What the router needs from a store: every part above, and its lifecycle. Write
+    methods are atomic."""
+
+    async def start(self) -> None:
+        """Connect and load the map."""
+
+    async def close(self) -> None: ...
 
     @property
     def healthy(self) -> bool:

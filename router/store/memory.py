@@ -6,8 +6,9 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-from router.store.base import Assignment, Listener, StaleEpoch
+from router.store.base import Assignment, AssignmentStore, Listener, StaleEpoch
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,13 @@ class MemoryStore:
         self._drained: set[str] = set()
         self._worker_stats: dict[int, str] = {}
         self._leader_until = 0.0  # time.monotonic() deadline of the lease
+
+    def __repr__(self) -> str:
+        leader = self._leader if self._leader is not None and time.monotonic() < self._leader_until else None
+        return (
+            f"<MemoryStore sessions={len(self._map)} instances={len(self._counts)} "
+            f"leader={leader!r} drained={sorted(self._drained)}>"
+        )
 
     def cached(self, session: str) -> Assignment | None:
         return self._map.get(session)
@@ -196,3 +204,9 @@ class MemoryStore:
 def _check_ttl(ttl: float) -> None:
     if not ttl > 0:
         raise ValueError("lease ttl must be positive")
+
+
+if TYPE_CHECKING:  # mypy proves MemoryStore is an AssignmentStore
+
+    def _conforms(store: MemoryStore) -> AssignmentStore:
+        return store

@@ -1,7 +1,7 @@
 """Redis clients built from ``store.url``, for the assignment store and the webhook relay.
 
 URL forms: ``redis://``, ``rediss://``, ``unix://`` through ``Redis.from_url``, and
-``redis+sentinel://`` parsed by ``router.store.redis_url``. Every client has bounded
+``redis+sentinel://`` parsed by ``router.redis_url``. Every client has bounded
 timeouts and one retry on a dead pooled connection. Callers choose the reply type (the
 store decodes strings; the relay keeps bytes so bodies are delivered byte for byte) and
 the operation timeout (a blocking reader needs one longer than its ``BLOCK``).
@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from router.store.redis_url import is_sentinel_url, parse_sentinel_url
+from router.redis_url import is_sentinel_url, parse_sentinel_url
 
 
 class RedisClients:

@@ -169,3 +169,14 @@ if redis.call('GET', KEYS[1]) ~= string.format('%s:%s', ARGV[2], ARGV[1]) then r
 redis.call('DEL', KEYS[1])
 return 1
 """
+
+# Every script by the name the store calls it (``Commands.script``).
+SCRIPTS: Final = {
+    "create": CREATE,
+    "move": MOVE,
+    "settle": SETTLE,
+    "remove": REMOVE,
+    "acquire": ACQUIRE,
+    "renew": RENEW,
+    "release": RELEASE,
+}

@@ -1,6 +1,11 @@
-"""``redis+sentinel://`` store URLs, which redis-py's ``from_url`` does not understand.
+"""Store URLs: which forms ``store.url`` accepts, and ``redis+sentinel://``, which redis-py's
+``from_url`` does not understand.
 
-Form::
+Here, outside both ``router.config`` and ``router.store``, so that the config loader can
+validate a URL without importing the store, and the store can parse one without importing
+the config loader. It imports nothing from redis-py.
+
+``redis://``, ``rediss://`` and ``unix://`` go to redis-py as they are. The Sentinel form::
 
     redis+sentinel://[[username]:password@]host1[:port][,host2[:port]...]/service[/db]
         [?sentinel_password=PASSWORD]
@@ -13,15 +18,16 @@ Form::
   themselves, for deployments that set ``requirepass`` on them.
 
 Percent-encoding is undone in every part. Error messages never include the URL, which may
-carry a password. This module does not import redis-py, so the config loader can use it.
+carry a password, and ``url_location`` describes one without its credentials.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
+PLAIN_SCHEMES = ("redis", "rediss", "unix")
 DEFAULT_SENTINEL_PORT = 26379
 
 
@@ -39,6 +45,43 @@ class SentinelURL:
 
 def is_sentinel_url(url: str) -> bool:
     return url.partition("://")[0].lower() == SENTINEL_SCHEME
+
+
+def store_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a ``store.url`` (a message that never quotes it), or
+    None when the store can use it."""
+    if is_sentinel_url(url):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as e:
+            return str(e)
+        return None
+    if urlsplit(url).scheme not in PLAIN_SCHEMES:
+        return "must be a redis://, rediss:// or unix:// URL"
+    return None
+
+
+def url_location(url: str) -> str:
+    """Where ``url`` points, without user name, password nor query (which may hold one):
+    for logs and reprs."""
+    if is_sentinel_url(url):
+        try:
+            target = parse_sentinel_url(url)
+        except ValueError:
+            return f"{SENTINEL_SCHEME}://?"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in target.sentinels)
+        return f"{SENTINEL_SCHEME}://{hosts}/{target.service}/{target.db}"
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return f"unix://{parts.path}"
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:  # e.g. a port out of range: say nothing more
+        return "?"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{parts.path}"
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
