@@ -445,7 +445,7 @@ INVALID = [
     ("failover: {restore_concurrency: 0}", "failover.restore_concurrency: must be >= 1 (got 0)"),
     ("alerts: {webhook_backlog_threshold: 0}", "alerts.webhook_backlog_threshold: must be >= 1 (got 0)"),
     # durations and sizes
-    ("health: {interval: 5x}", "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m)"),
+    ("health: {interval: 5x}", "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m, 7d)"),
     ("health: {timeout: 0}", "health.timeout: must be > 0"),
     ("limits: {upstream_timeout: 0s}", "limits.upstream_timeout: must be > 0"),
     ("failover: {hold_timeout: -1s}", "failover.hold_timeout: duration must not be negative (got '-1s')"),
@@ -571,7 +571,7 @@ def test_every_problem_is_reported_at_once() -> None:
     """
     assert problems(text) == [
         "listen.bogus: unknown key",
-        "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m)",
+        "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m, 7d)",
         "instances[1].name: duplicate instance name 'node-1'",
         "sessions.id_pattern: invalid regex '[a-': unterminated character set at position 0",
     ]
@@ -591,7 +591,7 @@ def test_cross_field_checks_still_run_beside_unrelated_problems() -> None:
 def test_cross_field_checks_skip_values_that_were_wrong() -> None:
     # delay falls back to its default when invalid: no second, misleading problem about it
     found = problems("webhooks: {retries: {delay: 5x, max_delay: 1s}}\n" + ONE_INSTANCE)
-    assert found == ["webhooks.retries.delay: invalid duration '5x' (use e.g. 500ms, 2s, 5m)"]
+    assert found == ["webhooks.retries.delay: invalid duration '5x' (use e.g. 500ms, 2s, 5m, 7d)"]
     assert problems("listen: {port: 8081}\nadmin: 5\n" + ONE_INSTANCE) == [
         "admin: must be a mapping (got int)"
     ]
@@ -731,7 +731,7 @@ def test_check_config_lists_every_problem(
     assert out == ""
     assert err.splitlines() == [
         "listen.bogus: unknown key",
-        "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m)",
+        "health.interval: invalid duration '5x' (use e.g. 500ms, 2s, 5m, 7d)",
     ]
 
 

@@ -24,6 +24,7 @@ from router.config.model import (
     AdminConfig,
     AlertsConfig,
     Config,
+    DelayRange,
     FailoverConfig,
     HealthConfig,
     InstanceCall,
@@ -32,10 +33,12 @@ from router.config.model import (
     ListenConfig,
     LogConfig,
     MetricsConfig,
+    OutboxConfig,
     PassiveConfig,
     PlacementConfig,
     RetryConfig,
     Secret,
+    SendLimits,
     SessionRule,
     SessionsConfig,
     StatusCall,
@@ -72,6 +75,11 @@ def _check_unique_names(instances: tuple[InstanceConfig, ...], at: f.At) -> None
         if instance.name in seen:
             at.index(index).key("name").add(f"duplicate instance name {instance.name!r}")
         seen.add(instance.name)
+
+
+def _check_delay(delay: DelayRange, at: f.At) -> None:
+    if at.clean("min", "max") and delay.min > delay.max:
+        at.key("min").add(f"must be <= max ({delay.min:g}s > {delay.max:g}s)")
 
 
 def _check_retries(retries: RetryConfig, at: f.At) -> None:
@@ -127,6 +135,7 @@ def _address(host: str, port: int) -> str:
 # -- the schema -------------------------------------------------------------------------------
 
 _DEFAULT_FAILOVER: Final = FailoverConfig()
+_DEFAULT_OUTBOX: Final = OutboxConfig()
 _NAME: Final = r"[A-Za-z0-9_.-]{1,64}"
 _POSITIVE: Final = f.duration()
 _THRESHOLD: Final = f.integer(1)
@@ -175,6 +184,14 @@ _TARGET = f.section(
 )
 
 _STATUSES = f.list_of(f.status, make=frozenset)
+
+_RETRIES = {
+    "policy": f.choice("constant", "linear", "exponential"),
+    "delay": _POSITIVE,
+    "max_delay": _POSITIVE,
+    "attempts": f.integer(1),
+    "jitter": f.number(0.0, 1.0),
+}
 
 _TABLE: Final[Mapping[str, f.Converter]] = {
     "listen": f.section(
@@ -264,17 +281,7 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             "path": f.url_path(),
             "inbound_hmac_key": f.secret,
             "targets": f.list_of(_TARGET),
-            "retries": f.section(
-                RetryConfig,
-                {
-                    "policy": f.choice("constant", "linear", "exponential"),
-                    "delay": _POSITIVE,
-                    "max_delay": _POSITIVE,
-                    "attempts": f.integer(1),
-                    "jitter": f.number(0.0, 1.0),
-                },
-                check=_check_retries,
-            ),
+            "retries": f.section(RetryConfig, _RETRIES, check=_check_retries),
             "no_retry_statuses": _STATUSES,
             "ordering": f.choice("per_session", "none"),
             "max_body": f.size(),
@@ -286,6 +293,24 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             # Unset ${SLACK_URL} entries are dropped, so one file serves with and without.
             "webhooks": f.list_of(f.secret_url, skip_empty=True),
             "webhook_backlog_threshold": f.integer(1),
+        },
+    ),
+    "outbox": f.section(
+        OutboxConfig,
+        {
+            "enabled": f.boolean,
+            "delay": f.section(DelayRange, {"min": f.duration(zero_ok=True),
+                                            "max": f.duration(zero_ok=True)}, check=_check_delay),
+            "limits": f.section(SendLimits, {"per_minute": f.integer(0), "per_hour": f.integer(0),
+                                             "per_day": f.integer(0)}),
+            "typing": f.boolean,
+            "ttl": _POSITIVE,
+            "max_wait": _POSITIVE,
+            "retries": f.section(partial(dataclasses.replace, _DEFAULT_OUTBOX.retries), _RETRIES,
+                                 check=_check_retries),
+            "keep": _POSITIVE,
+            "max_batch": f.integer(1),
+            "idempotency_ttl": _POSITIVE,
         },
     ),
     "metrics": f.section(MetricsConfig, {"enabled": f.boolean}),

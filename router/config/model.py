@@ -188,6 +188,35 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DelayRange:
+    min: float = 2.0
+    max: float = 6.0
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """Sends per session per window; 0 = no limit."""
+
+    per_minute: int = 20
+    per_hour: int = 300
+    per_day: int = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    enabled: bool = True
+    delay: DelayRange = DelayRange()  # random gap between two sends of one session
+    limits: SendLimits = SendLimits()
+    typing: bool = False  # WAHA: startTyping, a pause growing with the text, stopTyping
+    ttl: float = 24 * 3600.0  # default expiry of a queued message
+    max_wait: float = 3600.0  # longest wait for a session that cannot send
+    retries: RetryConfig = RetryConfig("exponential", 2.0, 60.0, 10, 0.2)
+    keep: float = 7 * 86400.0  # how long finished messages and campaigns stay readable
+    max_batch: int = 10000
+    idempotency_ttl: float = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class AlertsConfig:
     webhooks: tuple[Secret, ...] = ()  # Slack webhook URLs embed a secret token
     webhook_backlog_threshold: int = 1000
@@ -221,6 +250,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     alerts: AlertsConfig = AlertsConfig()
+    outbox: OutboxConfig = OutboxConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     source: str | None = None  # the file it was read from, for reloads

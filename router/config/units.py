@@ -6,10 +6,10 @@ import math
 import re
 from decimal import Decimal
 
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h))+")
-_DURATION_HINT = "(use e.g. 500ms, 2s, 5m)"
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+")
+_DURATION_HINT = "(use e.g. 500ms, 2s, 5m, 7d)"
 
 # Binary (KiB) and decimal (KB) units are both common; bare K/M/G are refused because tools
 # disagree on whether they mean 1000 or 1024.

@@ -1,0 +1,127 @@
+"""The outbox's values: messages, campaigns, their states (no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+FINAL = frozenset({State.SENT, State.FAILED, State.UNKNOWN, State.CANCELLED, State.EXPIRED})
+
+# Every legal change of state; anything else is a bug (``check`` raises).
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.SENDING, State.CANCELLED, State.EXPIRED, State.FAILED}),
+    # Back to queued: a retry after a failure that provably sent nothing.
+    State.SENDING: frozenset({State.SENT, State.FAILED, State.UNKNOWN, State.QUEUED}),
+    State.FAILED: frozenset({State.QUEUED}),  # an explicit retry by the client
+    State.UNKNOWN: frozenset({State.QUEUED, State.SENT}),  # explicit retry; reconciled
+    State.SENT: frozenset(),
+    State.CANCELLED: frozenset(),
+    State.EXPIRED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def check(old: State, new: State) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(f"{old} -> {new}")
+
+
+class Priority(enum.StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+
+    @property
+    def rank(self) -> int:
+        """Queue order: lower first."""
+        return 0 if self is Priority.HIGH else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The send as the client made it, replayed to the session's instance later."""
+
+    method: str
+    path: str  # without /outbox
+    query: str
+    body: bytes
+    content_type: str
+    request_id: str
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    session: str
+    request: Request
+    created: float  # wall clock (seconds)
+    seq: int  # enqueue order (with priority: the session's queue order)
+    priority: Priority = Priority.NORMAL
+    campaign: str | None = None
+    ref: str | None = None
+    not_before: float = 0.0  # wall clock; 0: at once
+    expires: float = 0.0  # wall clock; 0: never
+    state: State = State.QUEUED
+    attempts: int = 0
+    retry_at: float = 0.0  # wall clock: after a failed attempt
+    waiting_since: float | None = None  # the session could not send since then
+    instance: str | None = None
+    sent_at: float | None = None
+    response: dict[str, Any] | None = None  # {"status", "body"}
+    error: str | None = None
+    delivery: dict[str, Any] | None = None
+    finished: float | None = None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.priority.rank, self.seq)
+
+    def view(self) -> dict[str, Any]:
+        """``GET /outbox/messages/{id}``."""
+        return {
+            "id": self.id, "session": self.session, "campaign": self.campaign, "ref": self.ref,
+            "state": str(self.state), "priority": str(self.priority), "attempts": self.attempts,
+            "instance": self.instance, "created": self.created, "sent_at": self.sent_at,
+            "response": self.response, "error": self.error, "delivery": self.delivery,
+        }
+
+    def __repr__(self) -> str:  # never the body: the customer's data
+        return (f"<Message {self.id} {self.state} session={self.session!r} "
+                f"{self.request.method} {self.request.path} attempts={self.attempts}>")
+
+
+class CampaignState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True)
+class Campaign:
+    id: str
+    name: str
+    created: float
+    state: CampaignState = CampaignState.RUNNING
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {str(s): 0 for s in State})
+    finished: float | None = None
+
+    def view(self, eta_seconds: float | None) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "state": str(self.state), "total": self.total,
+                "counts": dict(self.counts), "created": self.created, "finished": self.finished,
+                "eta_seconds": eta_seconds}

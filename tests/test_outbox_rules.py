@@ -1,0 +1,118 @@
+"""The outbox's pure rules: pacing and limits, attempt verdicts, state transitions."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.config.model import DelayRange, SendLimits
+from router.outbox.model import FINAL, TRANSITIONS, IllegalTransition, State, check
+from router.outbox.outcome import Attempt, Verdict, judge
+from router.outbox.pacing import gap, next_allowed, trim, windows
+
+NO_LIMITS = SendLimits(0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("now", "not_before", "sent", "limits", "expected"),
+    [
+        (100.0, 0.0, [], SendLimits(), 100.0),  # nothing sent: at once
+        (100.0, 104.0, [98.0], NO_LIMITS, 104.0),  # the gap after the last send
+        (100.0, 0.0, [50.0, 70.0, 90.0], SendLimits(3, 0, 0), 110.0),  # minute full: 50 leaves
+        (100.0, 0.0, [50.0, 70.0, 90.0], SendLimits(4, 0, 0), 100.0),  # room left
+        (100.0, 0.0, [30.0, 50.0], SendLimits(2, 0, 0), 100.0),  # 30 has left already
+        # the hour is full although the minute is not: wait for the oldest of the hour
+        (4000.0, 0.0, [1000.0, 2000.0, 3990.0], SendLimits(5, 3, 0), 4600.0),
+        # waiting for one window (99 + 60) still leaves the hour full: then 41 + 3600
+        (100.0, 0.0, [41.0, 99.0], SendLimits(1, 2, 0), 3641.0),
+    ],
+)
+def test_next_allowed(now: float, not_before: float, sent: list[float], limits: SendLimits,
+                      expected: float) -> None:
+    assert next_allowed(now, not_before, sent, limits) == pytest.approx(expected, abs=0.002)
+
+
+def test_windows_skip_zero_limits_and_trim_forgets_old_sends() -> None:
+    assert [w.seconds for w in windows(SendLimits(20, 0, 2000))] == [60.0, 86400.0]
+    sent = [1.0, 100.0, 3000.0, 3700.0]
+    trim(sent, 3800.0, SendLimits(20, 300, 0))  # an hour back at most
+    assert sent == [3000.0, 3700.0]
+    sent = [1.0, 2.0]
+    trim(sent, 10.0, NO_LIMITS)
+    assert sent == []
+
+
+def test_gap_is_within_the_range() -> None:
+    d = DelayRange(2.0, 6.0)
+    assert (gap(d, 0.0), gap(d, 0.5), gap(d, 1.0), gap(d, 7.0)) == (2.0, 4.0, 6.0, 6.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    per_minute=st.integers(0, 6), per_hour=st.integers(0, 30), per_day=st.integers(0, 60),
+    rands=st.lists(st.floats(0, 1), min_size=1, max_size=120),
+    delay_max=st.floats(0, 30), arrivals=st.lists(st.floats(0, 900), min_size=1, max_size=120),
+)
+def test_a_session_sending_as_soon_as_allowed_never_breaks_a_limit_or_a_gap(
+    per_minute: int, per_hour: int, per_day: int, rands: list[float], delay_max: float,
+    arrivals: list[float],
+) -> None:
+    limits = SendLimits(per_minute, per_hour, per_day)
+    delay = DelayRange(delay_max / 3, delay_max)
+    sent: list[float] = []
+    not_before = 0.0
+    now = 0.0
+    for i, extra in enumerate(arrivals):
+        now += extra
+        t = next_allowed(now, not_before, sent, limits)
+        assert t >= now and t >= not_before
+        if sent:
+            assert t - sent[-1] >= delay.min - 1e-9
+        sent.append(t)
+        not_before = t + gap(delay, rands[i % len(rands)])
+        now = t
+        for w in windows(limits):  # every window ending at this send holds at most its limit
+            assert sum(1 for s in sent if t - w.seconds < s <= t) <= w.limit
+        trim(sent, now, limits)
+
+
+A = Attempt
+W = Verdict
+
+
+@pytest.mark.parametrize(
+    ("attempt", "made", "verdict"),
+    [
+        (A(written=True, status=201), 1, W.SENT),
+        (A(written=True, status=200), 10, W.SENT),
+        (A(written=True, status=404), 1, W.WAIT),  # the instance lost the session
+        (A(written=True, status=422), 1, W.WAIT),  # not WORKING there
+        (A(written=True, status=429), 1, W.RETRY),
+        (A(written=True, status=503), 1, W.RETRY),
+        (A(written=True, status=500), 10, W.FAILED),  # attempts exhausted
+        (A(written=False), 1, W.RETRY),  # connect refused: nothing was sent
+        (A(written=False), 10, W.FAILED),
+        (A(written=True), 1, W.UNKNOWN),  # the answer was lost: never sent again by itself
+        (A(written=True), 10, W.UNKNOWN),
+        (A(written=True, status=400), 1, W.FAILED),
+        (A(written=True, status=401), 1, W.FAILED),
+        (A(written=True, status=200, rate_limited=True), 1, W.SENT),
+        (A(written=True, status=403, rate_limited=True), 1, W.RETRY),
+    ],
+)
+def test_verdicts(attempt: Attempt, made: int, verdict: Verdict) -> None:
+    assert judge(attempt, made, max_attempts=10) is verdict
+
+
+def test_transitions() -> None:
+    check(State.QUEUED, State.SENDING)
+    check(State.SENDING, State.UNKNOWN)
+    check(State.UNKNOWN, State.SENT)  # reconciled from the instance's own events
+    for final in (State.SENT, State.CANCELLED, State.EXPIRED):
+        assert not TRANSITIONS[final]
+    with pytest.raises(IllegalTransition):
+        check(State.SENDING, State.CANCELLED)  # a sending message cannot be cancelled
+    with pytest.raises(IllegalTransition):
+        check(State.SENT, State.QUEUED)
+    assert State.SENDING not in FINAL and State.QUEUED not in FINAL
