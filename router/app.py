@@ -29,6 +29,9 @@ from router.instances import Fleet
 from router.leader import Leadership
 from router.monitor import HealthMonitor
 from router.moves import Mover
+from router.outbox.dispatcher import Dispatcher
+from router.outbox.service import OutboxService
+from router.outbox.store import MemoryOutbox, OutboxStore
 from router.placer import Placer
 from router.proxy import ProxyServer
 from router.pulse import Pulse
@@ -99,6 +102,11 @@ class App:
         self.worker_stats = WorkerStats(self.store, worker or 0, config.listen.workers,
                                         self.router.stats_sources, lambda: self.router.held,
                                         self.clock)
+        self.outbox_store: OutboxStore = MemoryOutbox()
+        self.dispatcher = Dispatcher(holder, self.outbox_store, self.router, self.transport,
+                                     self.clock)
+        self.outbox = OutboxService(holder, self.outbox_store, self.dispatcher, self.clock,
+                                    self.router.session_of)
         self.proxy = ProxyServer(self.router)
         self.components = Components(
             config=holder, router=self.router, events=self.events, mover=self.mover,
@@ -160,6 +168,10 @@ class App:
                 "those not yet delivered are lost if the router stops; set store.url (Redis) "
                 "for durable delivery"
             )
+        if cfg.outbox.enabled:
+            # In memory for now (one process): queued messages are lost if it stops.
+            self.dispatcher.start()
+            self._stack.push_async_callback(self.dispatcher.stop)
         for part in (self.monitor, self.alerter, self.leadership, self.drainer):
             part.start()
             if part is not self.leadership:  # its stop runs after failover's (above)

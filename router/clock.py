@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Protocol
 
@@ -12,6 +13,10 @@ from typing import Protocol
 class Clock(Protocol):
     def now(self) -> float:
         """Monotonic seconds."""
+        ...
+
+    def wall(self) -> float:
+        """Unix seconds: for times stored and shared between processes (the outbox)."""
         ...
 
     async def sleep(self, seconds: float) -> None: ...
@@ -30,6 +35,9 @@ class LoopClock:
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return time.time()
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)

@@ -4,6 +4,8 @@ fixes the HTTP status and the ``error`` code of the JSON body (see ``router.prox
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class RouterError(Exception):
     """Base of every error the router reports on purpose."""
@@ -11,6 +13,7 @@ class RouterError(Exception):
     status: int = 500
     code: str = "internal_error"
     retry_after: int | None = None
+    problems: Sequence[object] | None = None  # every problem, when there are several
 
     def __init__(self, message: str = "", *, retry_after: int | None = None) -> None:
         super().__init__(message or self.code)
@@ -30,7 +33,7 @@ class ConfigError(RouterError):
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems) or "invalid config")
-        self.problems = problems
+        self.problems: list[str] = problems
 
 
 # -- client errors (4xx) ---------------------------------------------------------------
@@ -43,6 +46,19 @@ class ClientError(RouterError):
 
 class BadRequest(ClientError):
     pass
+
+
+class InvalidItems(BadRequest):
+    """A request with many items (a campaign): every bad one, by index; nothing was done."""
+
+    def __init__(self, message: str, problems: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class IdempotencyKeyReused(ClientError):
+    status = 422
+    code = "idempotency_key_reused"
 
 
 class InvalidSessionId(ClientError):

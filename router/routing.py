@@ -155,6 +155,13 @@ class Router:
             if counted:
                 self.held -= 1
 
+    def session_of(self, method: str, path: str, query: str, headers: Mapping[str, str],
+                   body: bytes) -> str | None:
+        """The session a request names (with its body at hand), as the proxy would find it;
+        ``InvalidSessionId`` for a malformed one."""
+        found = self.extractor.extract(method, path, query, headers, body)
+        return found if isinstance(found, str) else None
+
     def session_state(self, session: str) -> str:
         """What the router knows of a session beyond its assignment: ``moving`` while it
         is being restored elsewhere, else the last status its instance reported

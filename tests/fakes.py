@@ -12,8 +12,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from router.errors import UpstreamConnectError
+from router.errors import UpstreamConnectError, UpstreamError
 from router.transport import Response
+
+WALL_OFFSET = 1_800_000_000.0  # the manual clock's wall time is its monotonic time plus this
 
 
 class ManualClock:
@@ -30,6 +32,9 @@ class ManualClock:
 
     def now(self) -> float:
         return self._now
+
+    def wall(self) -> float:
+        return WALL_OFFSET + self._now
 
     async def sleep(self, seconds: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -93,6 +98,10 @@ class FakeInstance:
     ready_at: dict[str, float] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, path)
     fail_starts: int = 0  # the next N starts answer 500
+    sent: list[tuple[str, str, float]] = field(default_factory=list)  # (session, text, clock)
+    fail_sends: int = 0  # the next N sends answer ``fail_status`` (nothing sent)
+    fail_status: int = 500
+    drop_sends: int = 0  # the next N sends are sent, then the answer is lost
 
     def status(self, session: str) -> str | None:
         st = self.sessions.get(session)
@@ -105,6 +114,23 @@ class FakeInstance:
 
     def count(self, method: str, path_prefix: str) -> int:
         return sum(1 for m, p in self.calls if m == method and p.startswith(path_prefix))
+
+    def send_text(self, body: bytes) -> Response:
+        data = json.loads(body)
+        session, text = data.get("session", "default"), data.get("text", "")
+        if self.fail_sends > 0:
+            self.fail_sends -= 1
+            return _json(self.fail_status, {"error": "simulated"})
+        status = self.status(session)
+        if status is None:
+            return _json(404, {"message": f"We didn't find a session with name '{session}'"})
+        if status != "WORKING":
+            return _json(422, {"status": status, "expected": ["WORKING"]})
+        self.sent.append((session, text, self.clock.now()))
+        if self.drop_sends > 0:
+            self.drop_sends -= 1
+            raise UpstreamError("the instance closed the connection before answering")
+        return _json(201, {"id": f"true_{len(self.sent)}", "body": text})
 
     def crash(self) -> None:
         """The process dies: unreachable, and its sessions are gone with it."""
@@ -124,6 +150,8 @@ class FakeInstance:
         path = [unquote(p) for p in parts.path.strip("/").split("/")]
         if parts.path == "/ping":
             return _json(200, {"message": "pong"})
+        if method == "POST" and parts.path == "/api/sendText":
+            return self.send_text(body)
         if path[:2] != ["api", "sessions"]:
             return _json(200, {"instance": self.name, "method": method, "path": parts.path})
         if len(path) == 2 and method == "GET":
@@ -182,7 +210,7 @@ class FakeInstances:
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, *, timeout: float,
-                      max_body: int = 0) -> Response:
+                      max_body: int = 0, once: bool = False) -> Response:
         parts = urlsplit(url)
         inst = self.by_origin.get(f"{parts.scheme}://{parts.netloc}")
         if inst is None or not inst.up:

@@ -31,6 +31,7 @@ class Response:
 # Below Node.js' default keepAliveTimeout (5 s), so the instance rarely closes a connection
 # just as it is reused (a reused connection that fails is retried once anyway).
 IDLE_TIMEOUT = 4.0
+ONCE_IDLE = 1.0  # see ``HttpTransport.request(once=True)``
 
 
 class _Answer:
@@ -84,7 +85,7 @@ class Transport(Protocol):
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, *, timeout: float,
-                      max_body: int = 0) -> Response: ...
+                      max_body: int = 0, once: bool = False) -> Response: ...
 
     def forget(self, origin: str) -> None: ...
 
@@ -114,9 +115,16 @@ class HttpTransport:
 
     async def request(self, method: str, url: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None, *, timeout: float,
-                      max_body: int = 0) -> Response:
+                      max_body: int = 0, once: bool = False) -> Response:
         """Send one request; the answer's status and (up to ``max_body`` bytes) body.
-        Raises an ``UpstreamError`` without an answer."""
+        Raises an ``UpstreamError`` without an answer: ``reached_instance`` False only when
+        it provably was not sent.
+
+        ``once``: a request that must never be sent twice (a WhatsApp message). A pooled
+        connection that fails as it is reused is normally tried once more on a new one (the
+        target closed it while idle); for ``once`` that cannot be told from a target that
+        took the request and died, so it is never retried, and only connections idle for
+        at most ``ONCE_IDLE`` seconds are reused (the target cannot have timed them out)."""
         address = Address.parse(url)
         rest = url.split("://", 1)[-1]
         path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
@@ -133,8 +141,8 @@ class HttpTransport:
             self._expire(pool)
         try:
             async with asyncio.timeout(timeout):
-                for _ in range(2):
-                    conn = self._acquire(pool)
+                for _ in range(1 if once else 2):
+                    conn = self._acquire(pool, ONCE_IDLE if once else None)
                     reused = conn is not None
                     if conn is None:
                         conn = await pool.connect(min(timeout, self._connect_timeout()))
@@ -162,13 +170,19 @@ class HttpTransport:
             self._idle_since[conn] = time.monotonic()
         return response
 
-    def _acquire(self, pool: UpstreamPool) -> UpstreamConnection | None:
-        """The warmest idle connection (the pool's own choice), forgetting its idle time."""
+    def _acquire(self, pool: UpstreamPool, max_idle: float | None) -> UpstreamConnection | None:
+        """The warmest idle connection (the pool's own choice), forgetting its idle time;
+        one idle longer than ``max_idle`` is closed instead."""
+        now = time.monotonic()
         while pool.idle:
             conn = pool.idle.pop()
-            self._idle_since.pop(conn, None)
-            if not conn.closed:
-                return conn
+            since = self._idle_since.pop(conn, now)
+            if conn.closed:
+                continue
+            if max_idle is not None and now - since > max_idle:
+                conn.close()
+                continue
+            return conn
         return None
 
     def _expire(self, pool: UpstreamPool) -> None:

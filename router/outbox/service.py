@@ -1,0 +1,324 @@
+"""The outbox's operations, as the proxy port and the admin port call them: queue a send,
+campaigns, messages and sessions (contract: "Outbox: queued sends"). Validation is whole:
+a bad request stores nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from router.clock import Clock
+from router.config.holder import ConfigHolder
+from router.config.units import parse_duration
+from router.errors import (
+    BadRequest,
+    BodyTooLarge,
+    Conflict,
+    IdempotencyKeyReused,
+    InvalidItems,
+    NotFound,
+)
+from router.outbox.dispatcher import Dispatcher
+from router.outbox.model import Campaign, CampaignState, Message, Priority, Request, State
+from router.outbox.store import IdempotencyKey, KeyReused, OutboxStore
+
+Extract = Callable[[str, str, str, Mapping[str, str], bytes], str | None]
+"""(method, path, query, headers, body) -> the session the request names, or None."""
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str, ms: int | None = None) -> str:
+    """``msg_`` / ``cmp_`` + a ULID: time-ordered, unique across routers."""
+    value = (((int(time.time() * 1000) if ms is None else ms) & (2**48 - 1)) << 80)
+    value |= int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return prefix + "".join(reversed(chars))
+
+
+def parse_time(value: str, now: float, *, durations: bool) -> float:
+    """RFC 3339, Unix seconds, or (``durations``) a duration from now such as ``2h``."""
+    text = value.strip()
+    try:
+        return now + parse_duration(text) if durations else float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(f"not a time: {value[:64]!r} (RFC 3339, Unix seconds"
+                         + (", or a duration such as 2h)" if durations else ")")) from None
+
+
+def _ref(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
+        raise BadRequest("ref must be at most 128 printable characters")
+    return value
+
+
+def _priority(value: object) -> Priority:
+    try:
+        return Priority(str(value or "normal").lower())
+    except ValueError:
+        raise BadRequest("priority must be high or normal") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One message to queue, as read from a send or a campaign item."""
+
+    session: str
+    request: Request
+    priority: Priority
+    ref: str | None
+    not_before: float
+    expires: float
+
+
+class OutboxService:
+    def __init__(self, config: ConfigHolder, store: OutboxStore, dispatcher: Dispatcher,
+                 clock: Clock, extract: Extract) -> None:
+        self._config = config
+        self.store = store
+        self.dispatcher = dispatcher
+        self._clock = clock
+        self._extract = extract
+        self.enqueued = 0
+
+    def __repr__(self) -> str:
+        return f"<OutboxService enqueued={self.enqueued} store={self.store!r}>"
+
+    # -- one send --------------------------------------------------------------------------
+
+    async def enqueue(self, method: str, path: str, query: str, headers: Mapping[str, str],
+                      body: bytes, *, client: str = "") -> tuple[int, dict[str, Any]]:
+        """``POST /outbox/<send>``: 202 with the queued message (200 with the one queued
+        before under the same ``Idempotency-Key``). ``headers``: lower-case names."""
+        now = self._clock.wall()
+        item = self._item(method, path, query, headers, body, now,
+                          priority=headers.get("x-outbox-priority"),
+                          ref=headers.get("x-outbox-ref"),
+                          not_before=headers.get("x-outbox-not-before"),
+                          expires=headers.get("x-outbox-expires"))
+        idem = None
+        key = headers.get("idempotency-key")
+        if key is not None:
+            if not 0 < len(key) <= 255 or not key.isprintable():
+                raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
+            idem = IdempotencyKey(f"{client}\n{item.session}\n{method}\n{path}", key,
+                                  hashlib.sha256(body).hexdigest())
+        message = self._message(item, now, campaign=None)
+        try:
+            stored = await self.store.add([message], idem, self._config.current.outbox.idempotency_ttl)
+        except KeyReused:
+            raise IdempotencyKeyReused("this Idempotency-Key was used with another body") from None
+        m = stored[0]
+        if m is message:
+            self.enqueued += 1
+            self.dispatcher.kick()
+            return 202, _queued(m)
+        return 200, m.view()
+
+    def _item(self, method: str, path: str, query: str, headers: Mapping[str, str],
+              body: bytes, now: float, *, priority: object, ref: object, not_before: object,
+              expires: object) -> Item:
+        if not path.startswith("/") or path.startswith("/outbox"):
+            raise BadRequest("path must be an instance API path such as /api/sendText")
+        session = self._extract(method, path, query, headers, body)
+        if session is None:
+            raise BadRequest("the request names no session")
+        cfg = self._config.current.outbox
+        nb = parse_time(str(not_before), now, durations=False) if not_before is not None else 0.0
+        ex = (parse_time(str(expires), now, durations=True) if expires is not None
+              else now + cfg.ttl)
+        if ex <= now:
+            raise BadRequest("expires is in the past")
+        request = Request(method, path, query, body, headers.get("content-type", ""),
+                          headers.get("x-request-id", ""))
+        return Item(session, request, _priority(priority), _ref(ref), nb, ex)
+
+    def _message(self, item: Item, now: float, campaign: str | None) -> Message:
+        return Message(new_id("msg_"), item.session, item.request, created=now,
+                       seq=time.monotonic_ns(), priority=item.priority, campaign=campaign,
+                       ref=item.ref, not_before=item.not_before, expires=item.expires)
+
+    # -- campaigns -------------------------------------------------------------------------
+
+    async def create_campaign(self, body: Any, headers: Mapping[str, str]) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise BadRequest('the body must be {"name": ..., "messages": [...]}')
+        name = body.get("name", "")
+        if not isinstance(name, str) or len(name) > 200:
+            raise BadRequest("name must be a string of at most 200 characters")
+        now = self._clock.wall()
+        items = self._items(body, headers, now)
+        c = Campaign(new_id("cmp_"), name, created=now, total=len(items))
+        await self.store.add_campaign(c)
+        await self._queue_items(c, items, now)
+        return {"id": c.id, "queued": len(items)}
+
+    async def add_to_campaign(self, campaign_id: str, body: Any,
+                              headers: Mapping[str, str]) -> dict[str, Any]:
+        c = await self._campaign(campaign_id)
+        if c.state in (CampaignState.CANCELLED, CampaignState.FINISHED):
+            raise Conflict(f"campaign {campaign_id} is {c.state}")
+        if not isinstance(body, dict):
+            raise BadRequest('the body must be {"messages": [...]}')
+        now = self._clock.wall()
+        items = self._items(body, headers, now)
+        c.total += len(items)
+        await self._queue_items(c, items, now)
+        return {"id": c.id, "queued": len(items)}
+
+    def _items(self, body: dict[str, Any], headers: Mapping[str, str], now: float) -> list[Item]:
+        raw = body.get("messages")
+        if not isinstance(raw, list) or not raw:
+            raise BadRequest('"messages" must be a non-empty list')
+        limit = self._config.current.outbox.max_batch
+        if len(raw) > limit:
+            raise BodyTooLarge(f"at most {limit} messages per call (outbox.max_batch); got {len(raw)}")
+        expires = body.get("expires")
+        items: list[Item] = []
+        problems: list[dict[str, object]] = []
+        for i, entry in enumerate(raw):
+            try:
+                items.append(self._campaign_item(entry, headers, now, expires))
+            except BadRequest as e:
+                problems.append({"index": i, "message": e.message})
+        if problems:
+            raise InvalidItems(f"{len(problems)} of {len(raw)} messages are invalid; nothing was queued",
+                               problems)
+        return items
+
+    def _campaign_item(self, entry: object, headers: Mapping[str, str], now: float,
+                       expires: object) -> Item:
+        if not isinstance(entry, dict):
+            raise BadRequest("each message must be an object")
+        unknown = set(entry) - {"path", "body", "method", "ref", "not_before", "priority", "expires"}
+        if unknown:
+            raise BadRequest(f"unknown field(s): {sorted(unknown)}")
+        path, method = entry.get("path"), entry.get("method", "POST")
+        if not isinstance(path, str):
+            raise BadRequest('"path" is required (e.g. /api/sendText)')
+        if method not in ("POST", "PUT", "PATCH"):
+            raise BadRequest("method must be POST, PUT or PATCH")
+        path, _, query = path.partition("?")
+        raw_body = json.dumps(entry.get("body", {}), separators=(",", ":")).encode()
+        sub = {"content-type": "application/json", "x-request-id": headers.get("x-request-id", "")}
+        return self._item(method, path, query, sub, raw_body, now, priority=entry.get("priority"),
+                          ref=entry.get("ref"), not_before=entry.get("not_before"),
+                          expires=entry.get("expires", expires))
+
+    async def _queue_items(self, c: Campaign, items: Sequence[Item], now: float) -> None:
+        await self.store.add([self._message(item, now, c.id) for item in items])
+        await self.store.save_campaign(c)
+        self.enqueued += len(items)
+        self.dispatcher.kick()
+
+    async def _campaign(self, campaign_id: str) -> Campaign:
+        c = await self.store.get_campaign(campaign_id)
+        if c is None:
+            raise NotFound(f"no campaign {campaign_id!r}")
+        return c
+
+    async def campaign(self, campaign_id: str) -> dict[str, Any]:
+        c = await self._campaign(campaign_id)
+        return c.view(self._eta(c))
+
+    def _eta(self, c: Campaign) -> float | None:
+        left = c.counts.get("queued", 0) + c.counts.get("sending", 0)
+        if not left or c.state is not CampaignState.RUNNING:
+            return None
+        delay = self._config.current.outbox.delay
+        return round(left * (delay.min + delay.max) / 2, 1)  # one session's pace; a bound
+
+    async def set_campaign_state(self, campaign_id: str, action: str) -> dict[str, Any]:
+        c = await self._campaign(campaign_id)
+        if c.state in (CampaignState.CANCELLED, CampaignState.FINISHED):
+            raise Conflict(f"campaign {campaign_id} is {c.state}")
+        if action == "pause":
+            c.state = CampaignState.PAUSED
+        elif action == "resume":
+            c.state = CampaignState.RUNNING
+            self.dispatcher.kick()
+        else:
+            c.state = CampaignState.CANCELLED
+            c.finished = self._clock.wall()
+            for m in await self.store.queued(c.id):
+                m.state, m.error, m.finished = State.CANCELLED, "campaign cancelled", c.finished
+                await self.store.save(m, State.QUEUED)
+        await self.store.save_campaign(c)
+        return c.view(self._eta(c))
+
+    # -- messages --------------------------------------------------------------------------
+
+    async def message(self, message_id: str) -> dict[str, Any]:
+        return (await self._message_named(message_id)).view()
+
+    async def _message_named(self, message_id: str) -> Message:
+        m = await self.store.get(message_id)
+        if m is None:
+            raise NotFound(f"no message {message_id!r}")
+        return m
+
+    async def cancel(self, message_id: str) -> dict[str, Any]:
+        m = await self._message_named(message_id)
+        if m.state is not State.QUEUED:
+            raise Conflict(f"message {message_id} is {m.state}: only a queued message can be cancelled")
+        m.state, m.error, m.finished = State.CANCELLED, "cancelled by the client", self._clock.wall()
+        await self.store.save(m, State.QUEUED)
+        return m.view()
+
+    async def retry(self, message_id: str) -> dict[str, Any]:
+        """Send a ``failed`` or ``unknown`` message again: the client's explicit decision."""
+        m = await self._message_named(message_id)
+        if m.state not in (State.FAILED, State.UNKNOWN):
+            raise Conflict(f"message {message_id} is {m.state}: only failed or unknown can be retried")
+        old = m.state
+        now = self._clock.wall()
+        m.state, m.error, m.finished, m.retry_at, m.waiting_since = State.QUEUED, None, None, 0.0, None
+        if m.expires and m.expires <= now:
+            m.expires = now + self._config.current.outbox.ttl
+        await self.store.save(m, old)
+        await self.store.schedule(m.session, now)
+        self.dispatcher.kick()
+        return m.view()
+
+    # -- sessions --------------------------------------------------------------------------
+
+    async def session(self, session: str) -> dict[str, Any]:
+        pacing = await self.store.pacing(session)
+        now = self._clock.wall()
+        return {
+            "session": session,
+            "depth": await self.store.depth(session),
+            "paused": await self.store.paused(session),
+            "next_send_not_before": pacing.not_before or None,
+            "sent": {w: sum(1 for t in pacing.sent if now - t < s)
+                     for w, s in (("last_minute", 60), ("last_hour", 3600), ("last_day", 86400))},
+        }
+
+    async def pause_session(self, session: str, paused: bool) -> dict[str, Any]:
+        await self.store.set_paused(session, paused)
+        if not paused:
+            await self.store.schedule(session, self._clock.wall())
+            self.dispatcher.kick()
+        return await self.session(session)
+
+
+def _queued(m: Message) -> dict[str, Any]:
+    out = {"id": m.id, "session": m.session, "state": str(m.state)}
+    if m.ref is not None:
+        out["ref"] = m.ref
+    return out

@@ -1,0 +1,263 @@
+"""The outbox in the component layer: create_app with fake instances and a manual clock;
+order, pacing, limits, fairness, retries, waits, unknown, campaigns, idempotency."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from router.errors import BodyTooLarge, Conflict, IdempotencyKeyReused, InvalidItems, NotFound
+from tests.fakes import FakeInstances
+from tests.test_component import World, make_world
+
+pytestmark = pytest.mark.component
+
+PACED = """
+outbox:
+  delay: {min: 2s, max: 4s}
+  limits: {per_minute: 0, per_hour: 0, per_day: 0}
+  retries: {policy: constant, delay: 1s, max_delay: 1s, attempts: 3, jitter: 0}
+"""
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    w = await make_world(extra=PACED)
+    yield w
+    await w.app.stop()
+
+
+def send_body(session: str, text: str) -> bytes:
+    return json.dumps({"session": session, "chatId": "1@c.us", "text": text}).encode()
+
+
+async def enqueue(w: World, session: str, text: str, **headers: str) -> dict[str, Any]:
+    hdrs = {"content-type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
+    status, body = await w.app.outbox.enqueue("POST", "/api/sendText", "", hdrs, send_body(session, text))
+    assert status in (200, 202), body
+    return body
+
+
+def sent(fakes: FakeInstances, session: str | None = None) -> list[str]:
+    return [t for inst in fakes.by_name.values() for s, t, _ in inst.sent if session in (None, s)]
+
+
+def sent_times(fakes: FakeInstances, session: str) -> list[float]:
+    return sorted(at for inst in fakes.by_name.values() for s, _, at in inst.sent if s == session)
+
+
+async def state(w: World, message_id: str) -> str:
+    return str((await w.app.outbox.message(message_id))["state"])
+
+
+async def test_a_session_sends_in_order_with_a_gap_within_the_delay(world: World) -> None:
+    await world.place(["s"])
+    ids = [(await enqueue(world, "s", f"m{i}"))["id"] for i in range(5)]
+    high = (await enqueue(world, "s", "urgent", x_outbox_priority="high"))["id"]
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 6, limit=60)
+    # Nothing went out before the clock moved: "urgent" (high priority) goes first.
+    assert sent(world.fakes) == ["urgent", "m0", "m1", "m2", "m3", "m4"]
+    times = sent_times(world.fakes, "s")
+    assert all(2.0 - 1e-6 <= b - a <= 4.0 + 0.2 for a, b in itertools.pairwise(times))
+    view = await world.app.outbox.message(ids[0])
+    assert view["state"] == "sent" and view["response"]["status"] == 201 and view["attempts"] == 1
+    assert await state(world, high) == "sent"
+
+
+async def test_a_long_queue_never_delays_another_session_by_more_than_a_gap(world: World) -> None:
+    await world.place(["busy", "quiet"])
+    for i in range(50):
+        await enqueue(world, "busy", f"b{i}")
+    await world.clock.run_until(lambda: len(sent(world.fakes, "busy")) >= 3, limit=30)
+    t0 = world.clock.now()
+    await enqueue(world, "quiet", "hello")
+    await world.clock.run_until(lambda: sent(world.fakes, "quiet") == ["hello"], limit=10)
+    assert world.clock.now() - t0 <= 0.5  # the quiet session has its own pace
+
+
+async def test_limits_hold_per_window() -> None:
+    w = await make_world(extra="outbox: {delay: {min: 0s, max: 0s}, limits: {per_minute: 3, per_hour: 0, per_day: 0}}")
+    try:
+        await w.place(["s"])
+        for i in range(7):
+            await enqueue(w, "s", f"m{i}")
+        await w.clock.run_until(lambda: len(sent(w.fakes)) == 7, limit=200)
+        times = sent_times(w.fakes, "s")
+        for t in times:
+            assert sum(1 for u in times if t - 60 < u <= t) <= 3
+        assert times[3] - times[0] >= 60 and times[6] - times[3] >= 60
+    finally:
+        await w.app.stop()
+
+
+async def test_5xx_is_retried_and_counted_then_sent_once(world: World) -> None:
+    where = await world.place(["s"])
+    world.fakes[where["s"]].fail_sends = 2
+    m = await enqueue(world, "s", "retry me")
+    await world.clock.run_until(lambda: sent(world.fakes) == ["retry me"], limit=30)
+    view = await world.app.outbox.message(m["id"])
+    assert (view["state"], view["attempts"]) == ("sent", 3)
+
+
+async def test_retries_exhausted_fail_with_the_instances_answer(world: World) -> None:
+    where = await world.place(["s"])
+    world.fakes[where["s"]].fail_sends = 5
+    m = await enqueue(world, "s", "never")
+    await world.clock.run_until(lambda: world.app.dispatcher.finished["failed"] == 1, limit=30)
+    view = await world.app.outbox.message(m["id"])
+    assert (view["state"], view["attempts"]) == ("failed", 3)
+    assert view["response"]["status"] == 500 and sent(world.fakes) == []
+
+
+async def test_a_lost_answer_is_unknown_and_never_sent_again(world: World) -> None:
+    where = await world.place(["s"])
+    world.fakes[where["s"]].drop_sends = 1
+    m = await enqueue(world, "s", "maybe")
+    after = await enqueue(world, "s", "next")
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 2, limit=30)
+    await world.clock.advance(30)
+    assert sent(world.fakes) == ["maybe", "next"]  # "maybe" once: never resent by itself
+    assert await state(world, m["id"]) == "unknown" and await state(world, after["id"]) == "sent"
+    # Sending it again is the client's explicit decision.
+    await world.app.outbox.retry(m["id"])
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 3, limit=30)
+    assert await state(world, m["id"]) == "sent"
+
+
+async def test_a_session_on_a_dead_instance_waits_and_resumes_on_its_new_instance() -> None:
+    w = await make_world(extra="outbox: {retries: {attempts: 10}}")
+    try:
+        where = await w.place(["s"])
+        old = where["s"]
+        w.fakes[old].crash()
+        m = await enqueue(w, "s", "across failover")
+        # The first attempt is refused; the instance is probed at once and seen down: from
+        # then on the queue waits (no attempts) until the session is restored elsewhere.
+        await w.clock.run_until(lambda: not w.app.fleet.by_name[old].healthy, limit=5)
+        await w.clock.advance(3.0)
+        view = await w.app.outbox.message(m["id"])
+        assert view["state"] == "queued" and view["attempts"] <= 2
+        waited = view["attempts"]
+        await w.clock.run_until(lambda: sent(w.fakes) == ["across failover"], limit=60)
+        view = await w.app.outbox.message(m["id"])
+        assert view["state"] == "sent" and view["instance"] != old
+        assert view["attempts"] == waited + 1  # the wait itself counted nothing
+    finally:
+        await w.app.stop()
+
+
+async def test_waiting_past_max_wait_fails() -> None:
+    w = await make_world(extra="outbox: {max_wait: 10s}")
+    try:
+        m = await enqueue(w, "never-placed", "x")
+        await w.clock.run_until(lambda: w.app.dispatcher.finished["failed"] == 1, limit=30)
+        view = await w.app.outbox.message(m["id"])
+        assert view["state"] == "failed" and "not placed" in view["error"]
+    finally:
+        await w.app.stop()
+
+
+async def test_expired_and_cancelled(world: World) -> None:
+    await world.place(["s"])
+    first = await enqueue(world, "s", "first")
+    later = await enqueue(world, "s", "later", x_outbox_expires="1s")
+    doomed = await enqueue(world, "s", "doomed")
+    assert (await world.app.outbox.cancel(doomed["id"]))["state"] == "cancelled"
+    with pytest.raises(Conflict):
+        await world.app.outbox.cancel(doomed["id"])
+    await world.clock.run_until(lambda: world.app.dispatcher.finished["expired"] == 1, limit=30)
+    assert sent(world.fakes) == ["first"]
+    assert await state(world, later["id"]) == "expired" and await state(world, first["id"]) == "sent"
+    with pytest.raises(NotFound):
+        await world.app.outbox.message("msg_nope")
+
+
+async def test_idempotency_key_returns_the_first_and_refuses_another_body(world: World) -> None:
+    await world.place(["s"])
+    a = await enqueue(world, "s", "once", idempotency_key="k1")
+    status, again = await world.app.outbox.enqueue(
+        "POST", "/api/sendText", "", {"content-type": "application/json", "idempotency-key": "k1"},
+        send_body("s", "once"))
+    assert status == 200 and again["id"] == a["id"]
+    with pytest.raises(IdempotencyKeyReused):
+        await enqueue(world, "s", "other text", idempotency_key="k1")
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 1, limit=10)
+    await world.clock.advance(20)
+    assert sent(world.fakes) == ["once"]
+
+
+async def test_a_campaign_runs_pauses_resumes_and_finishes(world: World) -> None:
+    await world.place(["c1", "c2"])
+    body = {"name": "december", "messages": [
+        {"path": "/api/sendText", "body": {"session": s, "chatId": "1@c.us", "text": f"{s}-{i}"}, "ref": f"r{i}"}
+        for i in range(3) for s in ("c1", "c2")]}
+    created = await world.app.outbox.create_campaign(body, {})
+    cid = created["id"]
+    assert created["queued"] == 6
+    await world.app.outbox.set_campaign_state(cid, "pause")
+    await world.clock.advance(10)
+    view = await world.app.outbox.campaign(cid)
+    assert view["state"] == "paused" and view["counts"]["queued"] + view["counts"]["sent"] == 6
+    paused_sent = len(sent(world.fakes))
+    await world.clock.advance(10)
+    assert len(sent(world.fakes)) == paused_sent
+    await world.app.outbox.set_campaign_state(cid, "resume")
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 6, limit=60)
+    await world.clock.advance(0.5)
+    view = await world.app.outbox.campaign(cid)
+    assert view["state"] == "finished" and view["counts"]["sent"] == 6 and view["total"] == 6
+    assert sent(world.fakes, "c1") == ["c1-0", "c1-1", "c1-2"]
+
+
+async def test_cancelling_a_campaign_cancels_what_is_still_queued(world: World) -> None:
+    await world.place(["s"])
+    body = {"name": "x", "messages": [{"path": "/api/sendText",
+                                       "body": {"session": "s", "chatId": "1@c.us", "text": str(i)}}
+                                      for i in range(10)]}
+    cid = (await world.app.outbox.create_campaign(body, {}))["id"]
+    await world.clock.run_until(lambda: len(sent(world.fakes)) >= 2, limit=30)
+    view = await world.app.outbox.set_campaign_state(cid, "cancel")
+    done = len(sent(world.fakes))
+    await world.clock.advance(60)
+    assert len(sent(world.fakes)) <= done + 1  # at most the one already being sent
+    view = await world.app.outbox.campaign(cid)
+    assert view["state"] == "cancelled" and view["counts"]["cancelled"] >= 7
+
+
+async def test_bad_campaign_items_name_every_index_and_store_nothing(world: World) -> None:
+    good = {"path": "/api/sendText", "body": {"session": "s", "chatId": "1@c.us"}}
+    body = {"name": "bad", "messages": [good, {"body": {}}, good, {"path": "/api/sendText", "body": {}},
+                                        {"path": "/api/sendText", "body": {"session": "s"}, "priority": "asap"}]}
+    with pytest.raises(InvalidItems) as e:
+        await world.app.outbox.create_campaign(body, {})
+    # Item 3 names no session in its body: WAHA's default session ("default"), as the proxy.
+    assert [p["index"] for p in problems(e.value)] == [1, 4]
+    assert (await world.app.outbox_store.totals())["queued"] == 0
+    small = await make_world(extra="outbox: {max_batch: 2}")
+    try:
+        with pytest.raises(BodyTooLarge):
+            await small.app.outbox.create_campaign({"name": "big", "messages": [good] * 3}, {})
+    finally:
+        await small.app.stop()
+
+
+async def test_a_paused_session_holds_its_queue(world: World) -> None:
+    await world.place(["s"])
+    await world.app.outbox.pause_session("s", True)
+    await enqueue(world, "s", "held")
+    await world.clock.advance(10)
+    assert sent(world.fakes) == []
+    view = await world.app.outbox.session("s")
+    assert view["paused"] and view["depth"] == {"high": 0, "normal": 1}
+    await world.app.outbox.pause_session("s", False)
+    await world.clock.run_until(lambda: sent(world.fakes) == ["held"], limit=10)
+
+
+def problems(e: InvalidItems) -> list[dict[str, Any]]:
+    out = list(e.problems or [])
+    assert all(isinstance(p, dict) for p in out)
+    return [p for p in out if isinstance(p, dict)]
