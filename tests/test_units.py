@@ -23,6 +23,8 @@ from router.config import parse_duration, parse_size
         (3, 3.0),
         (0.25, 0.25),
         (" 2s ", 2.0),
+        ("7d", 604800.0),  # outbox.keep
+        ("1d12h", 129600.0),
     ],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
@@ -30,7 +32,7 @@ def test_parse_duration(text: object, seconds: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["5x", "", "s", "1 s", "1.s", "-1s", -1, -0.5, True, None, [], float("nan"), "1d"]
+    "bad", ["5x", "", "s", "1 s", "1.s", "-1s", -1, -0.5, True, None, [], float("nan"), "1w"]
 )
 def test_parse_duration_rejects(bad: object) -> None:
     with pytest.raises(ValueError, match=r"duration"):
@@ -38,7 +40,7 @@ def test_parse_duration_rejects(bad: object) -> None:
 
 
 def test_parse_duration_message_shows_examples() -> None:
-    with pytest.raises(ValueError, match=r"invalid duration '5x' \(use e\.g\. 500ms, 2s, 5m\)"):
+    with pytest.raises(ValueError, match=r"invalid duration '5x' \(use e\.g\. 500ms, 2s, 5m, 7d\)"):
         parse_duration("5x")
 
 
