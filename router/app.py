@@ -30,6 +30,7 @@ from router.leader import Leadership
 from router.monitor import HealthMonitor
 from router.moves import Mover
 from router.outbox.dispatcher import Dispatcher
+from router.outbox.events import OutboxEvents
 from router.outbox.service import OutboxService
 from router.outbox.store import MemoryOutbox, OutboxStore
 from router.placer import Placer
@@ -103,8 +104,10 @@ class App:
                                         self.router.stats_sources, lambda: self.router.held,
                                         self.clock)
         self.outbox_store: OutboxStore = MemoryOutbox()
+        self.outbox_events = OutboxEvents(self.relay)
         self.dispatcher = Dispatcher(holder, self.outbox_store, self.router, self.transport,
-                                     self.clock)
+                                     self.clock, on_change=self.outbox_events.message,
+                                     on_campaign=self.outbox_events.campaign)
         self.outbox = OutboxService(holder, self.outbox_store, self.dispatcher, self.clock,
                                     self.router.session_of)
         self.proxy = ProxyServer(self.router)

@@ -10,6 +10,7 @@ import itertools
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from router.errors import UpstreamConnectError, UpstreamError
@@ -102,6 +103,7 @@ class FakeInstance:
     fail_sends: int = 0  # the next N sends answer ``fail_status`` (nothing sent)
     fail_status: int = 500
     drop_sends: int = 0  # the next N sends are sent, then the answer is lost
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # webhooks POSTed to /hook
 
     def status(self, session: str) -> str | None:
         st = self.sessions.get(session)
@@ -152,6 +154,9 @@ class FakeInstance:
             return _json(200, {"message": "pong"})
         if method == "POST" and parts.path == "/api/sendText":
             return self.send_text(body)
+        if method == "POST" and parts.path == "/hook":
+            self.hooks.append(json.loads(body))
+            return _json(200, {"ok": True})
         if path[:2] != ["api", "sessions"]:
             return _json(200, {"instance": self.name, "method": method, "path": parts.path})
         if len(path) == 2 and method == "GET":

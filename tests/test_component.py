@@ -6,7 +6,7 @@ tests/test_operate.py prove the same with real processes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,9 +62,14 @@ class World:
         return all((a := store.cached(s)) is not None and not a.moving for s in sessions)
 
 
-async def make_world(names: tuple[str, ...] = NAMES, extra: str = "") -> World:
+async def make_world(names: tuple[str, ...] = NAMES,
+                     extra: str | Callable[[FakeInstances], str] = "") -> World:
+    """The app on fake instances node-1..3 (node-4 exists too, outside the config: a spare,
+    or a webhook receiver); ``extra`` config text may depend on the fakes' URLs."""
     clock = ManualClock()
     fakes = FakeInstances(clock, ["node-1", "node-2", "node-3", "node-4"])
+    if callable(extra):
+        extra = extra(fakes)
     ports = (free_port(), free_port())
     app = create_app(parse_config(config_text(fakes, ports, names, extra)), transport=fakes,
                      clock=clock)

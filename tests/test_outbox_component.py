@@ -261,3 +261,20 @@ def problems(e: InvalidItems) -> list[dict[str, Any]]:
     out = list(e.problems or [])
     assert all(isinstance(p, dict) for p in out)
     return [p for p in out if isinstance(p, dict)]
+
+
+async def test_every_change_after_queued_reaches_the_webhook_targets() -> None:
+    w = await make_world(extra=lambda fakes: PACED + "webhooks: {targets: [{url: '"
+                         + fakes.url("node-4") + "/hook', events: ['outbox.*']}]}\n")
+    try:
+        where = await w.place(["s"])
+        w.fakes[where["s"]].fail_sends = 1
+        m = await enqueue(w, "s", "tracked")
+        await w.clock.run_until(lambda: len(w.fakes["node-4"].hooks) >= 4, limit=30)
+        mine = [h for h in w.fakes["node-4"].hooks if h["event"] == "outbox.message"]
+        states = [(h["payload"]["state"], h["payload"]["attempts"]) for h in mine]
+        assert states == [("sending", 0), ("queued", 1), ("sending", 1), ("sent", 2)]
+        assert all(h["payload"]["id"] == m["id"] and h["session"] == "s" for h in mine)
+        assert len({h["id"] for h in mine}) == 4  # one id per change: receivers can dedupe
+    finally:
+        await w.app.stop()

@@ -18,7 +18,7 @@ from typing import Any
 from router.clock import Clock
 from router.config.holder import ConfigHolder
 from router.errors import UpstreamError
-from router.outbox.model import FINAL, CampaignState, Message, State
+from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import trim
 from router.outbox.store import OutboxStore
@@ -40,6 +40,7 @@ class Dispatcher:
     def __init__(self, config: ConfigHolder, store: OutboxStore, router: Router,
                  transport: Transport, clock: Clock, *,
                  on_change: Callable[[Message], None] = lambda m: None,
+                 on_campaign: Callable[[Campaign], None] = lambda c: None,
                  rand: Callable[[], float] = random.random) -> None:
         self._config = config
         self.store = store
@@ -47,6 +48,7 @@ class Dispatcher:
         self._transport = transport
         self._clock = clock
         self._on_change = on_change
+        self.on_campaign = on_campaign
         self._rand = rand
         self.tasks = Tasks("outbox")
         self._wake = Pulse(clock)
@@ -61,6 +63,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         await self.tasks.stop()
+
+    def changed(self, m: Message) -> None:
+        """A change made outside a turn (a cancel): reported like the dispatcher's own."""
+        self._on_change(m)
 
     def kick(self) -> None:
         """Look for due sessions now (a message was queued, routing changed)."""
@@ -153,6 +159,7 @@ class Dispatcher:
                 and not c.counts.get("queued") and not c.counts.get("sending")):
             c.state, c.finished = CampaignState.FINISHED, now
             await self.store.save_campaign(c)
+            self.on_campaign(c)
 
     async def _send(self, m: Message, instance: str, now: float) -> None:
         inst = self._router.fleet.get(instance)

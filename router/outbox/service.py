@@ -258,7 +258,10 @@ class OutboxService:
             for m in await self.store.queued(c.id):
                 m.state, m.error, m.finished = State.CANCELLED, "campaign cancelled", c.finished
                 await self.store.save(m, State.QUEUED)
+                self.dispatcher.changed(m)
         await self.store.save_campaign(c)
+        if c.state is not CampaignState.RUNNING:
+            self.dispatcher.on_campaign(c)
         return c.view(self._eta(c))
 
     # -- messages --------------------------------------------------------------------------
@@ -278,6 +281,7 @@ class OutboxService:
             raise Conflict(f"message {message_id} is {m.state}: only a queued message can be cancelled")
         m.state, m.error, m.finished = State.CANCELLED, "cancelled by the client", self._clock.wall()
         await self.store.save(m, State.QUEUED)
+        self.dispatcher.changed(m)
         return m.view()
 
     async def retry(self, message_id: str) -> dict[str, Any]:
