@@ -114,7 +114,7 @@ class App:
         self.components = Components(
             config=holder, router=self.router, events=self.events, mover=self.mover,
             failover=self.failover, drainer=self.drainer, leadership=self.leadership,
-            relay=self.relay, reloads=self.reloads, reload=self._admin_reload,
+            relay=self.relay, outbox=self.outbox, reloads=self.reloads, reload=self._admin_reload,
             peers=lambda: self.worker_stats.peers if self._shares_stats else [],
         )
         self._reload_lock = asyncio.Lock()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from router.failover import Failover
     from router.leader import Leadership
     from router.moves import Mover
+    from router.outbox.service import OutboxService
     from router.reload import Reloads
     from router.routing import Router
     from router.webhooks import WebhookRelay
@@ -30,6 +31,7 @@ class Components:
     drainer: Drainer
     leadership: Leadership
     relay: WebhookRelay
+    outbox: OutboxService
     reloads: Reloads
     reload: Callable[[], Awaitable[list[str]]]  # re-read the file (admin POST /admin/reload)
     peers: Callable[[], list[PeerStats]]  # other workers' stats (listen.workers: N)

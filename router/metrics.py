@@ -6,6 +6,7 @@ own them, and this collector turns them into metric families when Prometheus scr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import (
@@ -88,6 +89,22 @@ class RouterCollector(Collector):
             "router_webhook_backlog", "Webhooks stored but not yet delivered",
             value=float(relay.backlog()),
         )
+        outbox = parts.outbox
+        yield CounterMetricFamily("router_outbox_enqueued", "Messages queued in the outbox",
+                                  value=float(outbox.enqueued))
+        finished = CounterMetricFamily("router_outbox_finished", "Outbox messages that ended, by state",
+                                       labels=["state"])
+        for state, n in outbox.dispatcher.finished.items():
+            finished.add_metric([state], float(n))
+        yield finished
+        snap = outbox.dispatcher.snapshot
+        yield GaugeMetricFamily("router_outbox_backlog", "Outbox messages queued", value=float(snap.backlog))
+        yield GaugeMetricFamily(
+            "router_outbox_oldest_seconds", "Age of the oldest queued outbox message",
+            value=0.0 if snap.oldest is None else max(0.0, time.time() - snap.oldest),
+        )
+        yield GaugeMetricFamily("router_outbox_sessions_paused", "Sessions whose outbox queue is paused",
+                                value=float(snap.sessions_paused))
         yield GaugeMetricFamily(
             "router_leader", "1 when this router runs failover (holds the lease)",
             value=1.0 if parts.leadership.is_leader else 0.0,

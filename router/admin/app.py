@@ -368,6 +368,20 @@ async def replay_webhooks(request: web.Request) -> web.Response:
     return _json({"replayed": await _relay(request).replay(ids)})
 
 
+async def outbox_overview(request: web.Request) -> web.Response:
+    """Totals by state, the deepest session queues, campaigns."""
+    return _json(await request.app[PARTS].outbox.overview())
+
+
+async def pause_outbox_session(request: web.Request) -> web.Response:
+    """Hold one session's queue (an operator's decision, e.g. after a ban signal)."""
+    return _json(await request.app[PARTS].outbox.pause_session(request.match_info["session"], True))
+
+
+async def resume_outbox_session(request: web.Request) -> web.Response:
+    return _json(await request.app[PARTS].outbox.pause_session(request.match_info["session"], False))
+
+
 def create_admin_app(parts: Components) -> web.Application:
     """The admin port's application over a router process's built components."""
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
@@ -393,6 +407,9 @@ def create_admin_app(parts: Components) -> web.Application:
     r.add_get("/admin/events", list_events)
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
+    r.add_get("/admin/outbox", outbox_overview)
+    r.add_post("/admin/outbox/sessions/{session}/pause", pause_outbox_session)
+    r.add_post("/admin/outbox/sessions/{session}/resume", resume_outbox_session)
     app[SAMPLER] = Sampler(parts.router.stats_sources, time.monotonic)
     app.cleanup_ctx.append(_sampling)
     return app

@@ -43,6 +43,17 @@ _INSTANCE = {
         "inflight": {"type": "integer"},
     },
 }
+_OUTBOX_SESSION = {
+    "type": "object",
+    "required": ["session", "depth", "paused", "sent"],
+    "properties": {
+        "session": {"type": "string"},
+        "depth": {"type": "object"},
+        "paused": {"type": "boolean"},
+        "next_send_not_before": {"type": "number", "nullable": True},
+        "sent": {"type": "object"},
+    },
+}
 _DRAIN_VIEW = {
     "type": "object",
     "required": ["instance", "state", "sessions", "drained"],
@@ -134,6 +145,13 @@ def spec() -> dict[str, Any]:
                 requestBody={"required": False, "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}}}}}}},
             )},
+            "/admin/outbox": {"get": _op(
+                "queued sends: totals by state, deepest session queues, campaigns",
+                _json({"type": "object", "required": ["totals", "deepest", "campaigns"]}))},
+            "/admin/outbox/sessions/{session}/pause": {"post": _op(
+                "hold a session's queue", _json(_OUTBOX_SESSION), parameters=[_SESSION])},
+            "/admin/outbox/sessions/{session}/resume": {"post": _op(
+                "let a session's queue send again", _json(_OUTBOX_SESSION), parameters=[_SESSION])},
             "/admin/events": {"get": _op(
                 "recent events, newest first", _json({"type": "array", "items": {"type": "object"}}), 400,
                 parameters=[{"name": "limit", "in": "query", "schema": {**_INT, "minimum": 1, "maximum": 1000}},

@@ -21,7 +21,7 @@ from router.errors import UpstreamError
 from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import trim
-from router.outbox.store import OutboxStore
+from router.outbox.store import OutboxStore, Snapshot
 from router.outbox.turns import Finish, Later, Send, SessionView, Wait, decide, settle
 from router.pulse import Pulse
 from router.routing import Router
@@ -33,6 +33,7 @@ log = logging.getLogger("wa_router.outbox")
 TICK = 0.05  # how often due sessions are looked for (enqueues wake it at once)
 CONCURRENCY = 256  # sessions served at once: one send each
 MAX_RESPONSE = 1024 * 1024
+SNAPSHOT_EVERY = 1.0
 NOT_READY = frozenset({"STOPPED", "STARTING", "SCAN_QR_CODE", "FAILED"})
 
 
@@ -54,6 +55,8 @@ class Dispatcher:
         self._wake = Pulse(clock)
         self._serving: set[str] = set()
         self.finished: dict[str, int] = {str(s): 0 for s in FINAL}
+        self.snapshot = Snapshot()  # refreshed every SNAPSHOT_EVERY seconds, for metrics
+        self._snapshot_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Dispatcher serving={len(self._serving)} finished={self.finished}>"
@@ -81,6 +84,9 @@ class Dispatcher:
                         if session not in self._serving:
                             self._serving.add(session)
                             self.tasks.spawn(self._turn(session), name=f"outbox-{session}")
+                if self._clock.now() >= self._snapshot_at:
+                    self._snapshot_at = self._clock.now() + SNAPSHOT_EVERY
+                    self.snapshot = await self.store.snapshot()
             except Exception:
                 log.exception("outbox: looking for due sessions failed")
             await self._wake.wait(TICK)

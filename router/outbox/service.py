@@ -22,6 +22,7 @@ from router.errors import (
     Conflict,
     IdempotencyKeyReused,
     InvalidItems,
+    InvalidSessionId,
     NotFound,
 )
 from router.outbox.dispatcher import Dispatcher
@@ -299,9 +300,30 @@ class OutboxService:
         self.dispatcher.kick()
         return m.view()
 
+    # -- the admin view ----------------------------------------------------------------------
+
+    async def overview(self) -> dict[str, Any]:
+        """``GET /admin/outbox``: totals by state, the deepest session queues, campaigns."""
+        snap = await self.store.snapshot()
+        now = self._clock.wall()
+        return {
+            "enabled": self._config.current.outbox.enabled,
+            "durable": self.store.durable,
+            "totals": await self.store.totals(),
+            "oldest_seconds": None if snap.oldest is None else round(now - snap.oldest, 1),
+            "sessions_paused": snap.sessions_paused,
+            "deepest": [{"session": s, "queued": n} for s, n in await self.store.deepest(20)],
+            "campaigns": [c.view(self._eta(c)) for c in await self.store.campaigns(50)],
+        }
+
     # -- sessions --------------------------------------------------------------------------
 
+    def _check_session(self, session: str) -> None:
+        if not self._config.current.sessions.id_pattern.fullmatch(session):
+            raise InvalidSessionId("not a valid session id")
+
     async def session(self, session: str) -> dict[str, Any]:
+        self._check_session(session)
         pacing = await self.store.pacing(session)
         now = self._clock.wall()
         return {
@@ -314,6 +336,7 @@ class OutboxService:
         }
 
     async def pause_session(self, session: str, paused: bool) -> dict[str, Any]:
+        self._check_session(session)
         await self.store.set_paused(session, paused)
         if not paused:
             await self.store.schedule(session, self._clock.wall())

@@ -32,6 +32,15 @@ class Pacing:
     sent: list[float] = field(default_factory=list)  # recent send times, ascending
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Figures for metrics and the admin API, read at most once a second."""
+
+    backlog: int = 0  # queued messages
+    oldest: float | None = None  # wall time the oldest queued message was queued
+    sessions_paused: int = 0
+
+
 class OutboxStore(Protocol):
     durable: bool
 
@@ -86,6 +95,16 @@ class OutboxStore(Protocol):
         """Messages by state (those still kept)."""
         ...
 
+    async def snapshot(self) -> Snapshot: ...
+
+    async def deepest(self, limit: int) -> list[tuple[str, int]]:
+        """The sessions with the most queued messages: (session, queued)."""
+        ...
+
+    async def campaigns(self, limit: int) -> list[Campaign]:
+        """The newest campaigns."""
+        ...
+
 
 class MemoryOutbox:
     """The outbox in this process's memory."""
@@ -100,7 +119,7 @@ class MemoryOutbox:
         self._seq = itertools.count()
         self._pacing: dict[str, Pacing] = {}
         self._idem: dict[tuple[str, str], tuple[str, list[str]]] = {}
-        self.campaigns: dict[str, Campaign] = {}
+        self._campaigns: dict[str, Campaign] = {}
         self._paused: set[str] = set()
 
     def __repr__(self) -> str:
@@ -119,8 +138,8 @@ class MemoryOutbox:
             self._idem[(idem.scope, idem.key)] = (idem.fingerprint, [m.id for m in messages])
         for m in messages:
             self.messages[m.id] = m
-            if m.campaign is not None and m.campaign in self.campaigns:
-                self.campaigns[m.campaign].counts[str(m.state)] += 1
+            if m.campaign is not None and m.campaign in self._campaigns:
+                self._campaigns[m.campaign].counts[str(m.state)] += 1
             if m.state is State.QUEUED:
                 self._enqueue(m)
         return list(messages)
@@ -140,7 +159,7 @@ class MemoryOutbox:
     async def save(self, m: Message, old: State) -> None:
         if old is not m.state:
             check(old, m.state)
-            if m.campaign is not None and (c := self.campaigns.get(m.campaign)) is not None:
+            if m.campaign is not None and (c := self._campaigns.get(m.campaign)) is not None:
                 c.counts[str(old)] -= 1
                 c.counts[str(m.state)] += 1
         self.messages[m.id] = m
@@ -179,13 +198,13 @@ class MemoryOutbox:
         p.not_before = not_before
 
     async def add_campaign(self, c: Campaign) -> None:
-        self.campaigns[c.id] = c
+        self._campaigns[c.id] = c
 
     async def get_campaign(self, campaign_id: str) -> Campaign | None:
-        return self.campaigns.get(campaign_id)
+        return self._campaigns.get(campaign_id)
 
     async def save_campaign(self, c: Campaign) -> None:
-        self.campaigns[c.id] = c
+        self._campaigns[c.id] = c
 
     async def queued(self, campaign_id: str) -> list[Message]:
         return [m for m in self.messages.values()
@@ -210,6 +229,18 @@ class MemoryOutbox:
         for m in self.messages.values():
             out[str(m.state)] += 1
         return out
+
+    async def snapshot(self) -> Snapshot:
+        queued = [m.created for m in self.messages.values() if m.state is State.QUEUED]
+        return Snapshot(len(queued), min(queued, default=None), len(self._paused))
+
+    async def deepest(self, limit: int) -> list[tuple[str, int]]:
+        depth = {s: sum(1 for _, mid in q if (m := self.messages.get(mid)) is not None
+                        and m.state is State.QUEUED) for s, q in self._queues.items()}
+        return sorted(((s, n) for s, n in depth.items() if n), key=lambda x: (-x[1], x[0]))[:limit]
+
+    async def campaigns(self, limit: int) -> list[Campaign]:
+        return sorted(self._campaigns.values(), key=lambda c: -c.created)[:limit]
 
     def sessions(self) -> Iterable[str]:
         return list(self._queues)
