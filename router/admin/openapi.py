@@ -80,6 +80,9 @@ def _op(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[st
 
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 _SESSION = {"name": "session", "in": "path", "required": True, "schema": {"type": "string"}}
+# A session id as sessions.id_pattern allows by default (others: 400 invalid_session_id).
+_SESSION_ID = {"name": "session", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.@:-]{1,128}$"}}
 _INT = {"type": "integer"}
 
 
@@ -149,9 +152,9 @@ def spec() -> dict[str, Any]:
                 "queued sends: totals by state, deepest session queues, campaigns",
                 _json({"type": "object", "required": ["totals", "deepest", "campaigns"]}))},
             "/admin/outbox/sessions/{session}/pause": {"post": _op(
-                "hold a session's queue", _json(_OUTBOX_SESSION), parameters=[_SESSION])},
+                "hold a session's queue", _json(_OUTBOX_SESSION), 400, parameters=[_SESSION_ID])},
             "/admin/outbox/sessions/{session}/resume": {"post": _op(
-                "let a session's queue send again", _json(_OUTBOX_SESSION), parameters=[_SESSION])},
+                "let a session's queue send again", _json(_OUTBOX_SESSION), 400, parameters=[_SESSION_ID])},
             "/admin/events": {"get": _op(
                 "recent events, newest first", _json({"type": "array", "items": {"type": "object"}}), 400,
                 parameters=[{"name": "limit", "in": "query", "schema": {**_INT, "minimum": 1, "maximum": 1000}},
