@@ -27,12 +27,13 @@ from tests.procs import free_port
 pytestmark = pytest.mark.component
 
 NAMES = ("node-1", "node-2", "node-3")
+ADMIN_TOKEN = "component-admin-token"
 
 
 def config_text(fakes: FakeInstances, ports: tuple[int, int], names: tuple[str, ...] = NAMES,
                 extra: str = "") -> str:
     lines = [f"listen: {{host: 127.0.0.1, port: {ports[0]}}}",
-             f"admin: {{host: 127.0.0.1, port: {ports[1]}}}", "instances:"]
+             f"admin: {{host: 127.0.0.1, port: {ports[1]}, token: {ADMIN_TOKEN}}}", "instances:"]
     lines += [f"  - {{name: {n}, url: '{fakes.url(n)}'}}" for n in names]
     return "\n".join(lines) + "\n" + extra
 

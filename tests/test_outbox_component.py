@@ -3,6 +3,9 @@ order, pacing, limits, fairness, retries, waits, unknown, campaigns, idempotency
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import io
 import itertools
 import json
 from collections.abc import AsyncIterator
@@ -10,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from router.admin.client import add_commands, run
 from router.errors import BodyTooLarge, Conflict, IdempotencyKeyReused, InvalidItems, NotFound
 from tests.fakes import FakeInstances
-from tests.test_component import World, make_world
+from tests.test_component import ADMIN_TOKEN, World, make_world
 
 pytestmark = pytest.mark.component
 
@@ -278,3 +282,39 @@ async def test_every_change_after_queued_reaches_the_webhook_targets() -> None:
         assert len({h["id"] for h in mine}) == 4  # one id per change: receivers can dedupe
     finally:
         await w.app.stop()
+
+
+async def test_the_cli_shows_and_steers_campaigns_through_the_admin_port(world: World) -> None:
+    await world.place(["s"])
+    body = {"name": "cli", "messages": [{"path": "/api/sendText",
+                                         "body": {"session": "s", "chatId": "1@c.us", "text": str(i)}}
+                                        for i in range(4)]}
+    cid = (await world.app.outbox.create_campaign(body, {}))["id"]
+    admin = f"http://127.0.0.1:{world.ports[1]}"
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        parser = argparse.ArgumentParser()
+        add_commands(parser.add_subparsers(dest="command"), lambda a: 0)
+        parsed = parser.parse_args([*args, "--admin", admin, "--token", ADMIN_TOKEN])
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.to_thread(run, parsed, out, err)
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, _ = await cli("outbox", "pause", cid, "--json")
+    assert code == 0 and json.loads(out)["state"] == "paused"
+    code, out, _ = await cli("outbox", "campaigns")
+    assert code == 0 and cid in out and "paused" in out
+    code, out, _ = await cli("outbox", "session", "s", "--json")
+    assert code == 0 and json.loads(out)["depth"]["normal"] in (3, 4)  # one may have gone
+    code, out, _ = await cli("outbox", "resume", cid, "--json")
+    assert code == 0 and json.loads(out)["state"] == "running"
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 4, limit=60)
+    await world.clock.advance(0.5)
+    code, out, _ = await cli("outbox", "campaign", cid, "--json")
+    assert code == 0 and json.loads(out)["state"] == "finished"
+    code, _, err = await cli("outbox", "cancel", cid)
+    assert code == 1 and "409" in err  # a finished campaign cannot be cancelled
+    code, _, err = await cli("outbox", "campaign", "cmp_nope")
+    assert code == 1 and "404" in err
+    code, _, err = await cli("outbox", "campaign")
+    assert code == 2 and "needs an id" in err

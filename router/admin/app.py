@@ -373,6 +373,22 @@ async def outbox_overview(request: web.Request) -> web.Response:
     return _json(await request.app[PARTS].outbox.overview())
 
 
+async def outbox_session_view(request: web.Request) -> web.Response:
+    """One session's queue: depth by priority, paused or not, recent sends."""
+    return _json(await request.app[PARTS].outbox.session(request.match_info["session"]))
+
+
+async def outbox_campaign(request: web.Request) -> web.Response:
+    return _json(await request.app[PARTS].outbox.campaign(request.match_info["campaign"]))
+
+
+async def outbox_campaign_action(request: web.Request) -> web.Response:
+    """Pause, resume or cancel a campaign (also on the proxy port, for the app)."""
+    outbox = request.app[PARTS].outbox
+    action = request.path.rsplit("/", 1)[1]
+    return _json(await outbox.set_campaign_state(request.match_info["campaign"], action))
+
+
 async def pause_outbox_session(request: web.Request) -> web.Response:
     """Hold one session's queue (an operator's decision, e.g. after a ban signal)."""
     return _json(await request.app[PARTS].outbox.pause_session(request.match_info["session"], True))
@@ -408,6 +424,10 @@ def create_admin_app(parts: Components) -> web.Application:
     r.add_get("/admin/webhooks/dead", dead_webhooks)
     r.add_post("/admin/webhooks/dead/replay", replay_webhooks)
     r.add_get("/admin/outbox", outbox_overview)
+    r.add_get("/admin/outbox/sessions/{session}", outbox_session_view)
+    r.add_get("/admin/outbox/campaigns/{campaign}", outbox_campaign)
+    for action in ("pause", "resume", "cancel"):
+        r.add_post(f"/admin/outbox/campaigns/{{campaign}}/{action}", outbox_campaign_action)
     r.add_post("/admin/outbox/sessions/{session}/pause", pause_outbox_session)
     r.add_post("/admin/outbox/sessions/{session}/resume", resume_outbox_session)
     app[SAMPLER] = Sampler(parts.router.stats_sources, time.monotonic)

@@ -33,6 +33,10 @@ class Refused(Exception):
         self.body = body
 
 
+class Usage(Exception):
+    """The command line is incomplete."""
+
+
 def _target(args: argparse.Namespace) -> tuple[str, str | None]:
     url: str | None = args.admin
     token: str | None = args.token or os.environ.get("ROUTER_ADMIN_TOKEN") or None
@@ -100,7 +104,23 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, str] | None,
         return "POST", "/admin/rebalance", (None if args.execute else {"dry_run": "1"}), None
     if cmd == "reload":
         return "POST", "/admin/reload", None, None
+    if cmd == "outbox":
+        return _outbox_request(args)
     return "GET", "/admin/events", {"limit": str(args.limit)}, None
+
+
+def _outbox_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str] | None, Any]:
+    q = urllib.parse.quote
+    action, target = args.action, args.target
+    if action == "campaigns":
+        return "GET", "/admin/outbox", None, None
+    if target is None:
+        raise Usage(f"wa-router outbox {action} needs an id")
+    if action == "campaign":
+        return "GET", f"/admin/outbox/campaigns/{q(target, safe='')}", None, None
+    if action == "session":
+        return "GET", f"/admin/outbox/sessions/{q(target, safe='')}", None, None
+    return "POST", f"/admin/outbox/campaigns/{q(target, safe='')}/{action}", None, None
 
 
 def _show(args: argparse.Namespace, answer: Any, out: TextIO) -> None:
@@ -118,6 +138,12 @@ def _show(args: argparse.Namespace, answer: Any, out: TextIO) -> None:
             _table(answer["moves"], ("session", "from", "to"), out)
     elif cmd == "reload":
         print("reloaded: " + (", ".join(answer["changes"]) or "no change"), file=out)
+    elif cmd == "outbox" and args.action == "campaigns":
+        totals = answer.get("totals", {})
+        print("messages: " + ", ".join(f"{k} {v}" for k, v in totals.items() if v), file=out)
+        rows = [{**c, **{k: c["counts"].get(k, 0) for k in ("queued", "sent", "failed")}}
+                for c in answer.get("campaigns", [])]
+        _table(rows, ("id", "name", "state", "total", "queued", "sent", "failed", "eta_seconds"), out)
     elif cmd == "events":
         for ev in answer:
             print(f"{ev.get('ts', '')}  {ev.get('severity', ''):8}  {ev.get('kind', ''):20}  "
@@ -147,6 +173,9 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.st
     except Unreachable as e:
         print(f"wa-router: {e}", file=err)
         return 3
+    except Usage as e:
+        print(f"wa-router: {e}", file=err)
+        return 2
     _show(args, answer, out)
     if args.command == "drain" and args.wait and not answer.get("drained"):
         print(f"wa-router: {answer.get('sessions')} session(s) still on {args.name}", file=err)
@@ -181,3 +210,7 @@ def add_commands(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
         "--execute", action="store_true", help="start the moves (default: dry run)")
     add("reload", "reload the router's config file")
     add("events", "recent events, newest first").add_argument("--limit", type=int, default=50)
+    outbox = add("outbox", "queued sends: campaigns | campaign ID | pause ID | resume ID | "
+                           "cancel ID | session S")
+    outbox.add_argument("action", choices=["campaigns", "campaign", "pause", "resume", "cancel", "session"])
+    outbox.add_argument("target", nargs="?", help="campaign id (or session, for `session`)")

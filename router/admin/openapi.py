@@ -54,6 +54,18 @@ _OUTBOX_SESSION = {
         "sent": {"type": "object"},
     },
 }
+_CAMPAIGN = {
+    "type": "object",
+    "required": ["id", "name", "state", "total", "counts", "created"],
+    "properties": {
+        "id": {"type": "string"}, "name": {"type": "string"},
+        "state": {"type": "string", "enum": ["running", "paused", "cancelled", "finished"]},
+        "total": {"type": "integer"}, "counts": {"type": "object"}, "created": {"type": "number"},
+        "finished": {"type": "number", "nullable": True},
+        "eta_seconds": {"type": "number", "nullable": True},
+    },
+}
+_CAMPAIGN_ID = {"name": "campaign", "in": "path", "required": True, "schema": {"type": "string"}}
 _DRAIN_VIEW = {
     "type": "object",
     "required": ["instance", "state", "sessions", "drained"],
@@ -151,6 +163,13 @@ def spec() -> dict[str, Any]:
             "/admin/outbox": {"get": _op(
                 "queued sends: totals by state, deepest session queues, campaigns",
                 _json({"type": "object", "required": ["totals", "deepest", "campaigns"]}))},
+            "/admin/outbox/sessions/{session}": {"get": _op(
+                "one session's queue", _json(_OUTBOX_SESSION), 400, parameters=[_SESSION_ID])},
+            "/admin/outbox/campaigns/{campaign}": {"get": _op(
+                "one campaign", _json(_CAMPAIGN), 404, parameters=[_CAMPAIGN_ID])},
+            **{f"/admin/outbox/campaigns/{{campaign}}/{action}": {"post": _op(
+                f"{action} a campaign", _json(_CAMPAIGN), 404, 409, parameters=[_CAMPAIGN_ID])}
+               for action in ("pause", "resume", "cancel")},
             "/admin/outbox/sessions/{session}/pause": {"post": _op(
                 "hold a session's queue", _json(_OUTBOX_SESSION), 400, parameters=[_SESSION_ID])},
             "/admin/outbox/sessions/{session}/resume": {"post": _op(
