@@ -111,7 +111,8 @@ class Dispatcher:
         try:
             m = await self.store.head(session)
             if m is None:
-                return  # nothing queued: the next enqueue schedules the session again
+                await self.store.schedule(session, None)  # the next enqueue schedules it
+                return
             now = self._clock.wall()
             if m.state is State.SENDING:
                 # Left by a router that died while sending it: it may have gone out.

@@ -46,6 +46,19 @@ def new_id(prefix: str, ms: int | None = None) -> str:
     return prefix + "".join(reversed(chars))
 
 
+def message_id(session: str) -> str:
+    """``msg_<ULID>.<session>``: the session is in the id, so a store finds the message's
+    queue (and its Redis hash slot) from the id alone."""
+    return f"{new_id('msg_')}.{session}"
+
+
+def session_of_id(message_id: str) -> str | None:
+    """The session a message id names, or None for a malformed id."""
+    if not message_id.startswith("msg_") or len(message_id) < 32 or message_id[30] != ".":
+        return None
+    return message_id[31:]
+
+
 def parse_time(value: str, now: float, *, durations: bool) -> float:
     """RFC 3339, Unix seconds, or (``durations``) a duration from now such as ``2h``."""
     text = value.strip()
@@ -150,7 +163,7 @@ class OutboxService:
         return Item(session, request, _priority(priority), _ref(ref), nb, ex)
 
     def _message(self, item: Item, now: float, campaign: str | None) -> Message:
-        return Message(new_id("msg_"), item.session, item.request, created=now,
+        return Message(message_id(item.session), item.session, item.request, created=now,
                        seq=time.monotonic_ns(), priority=item.priority, campaign=campaign,
                        ref=item.ref, not_before=item.not_before, expires=item.expires)
 
@@ -164,7 +177,7 @@ class OutboxService:
             raise BadRequest("name must be a string of at most 200 characters")
         now = self._clock.wall()
         items = self._items(body, headers, now)
-        c = Campaign(new_id("cmp_"), name, created=now, total=len(items))
+        c = Campaign(new_id("cmp_"), name, created=now)
         await self.store.add_campaign(c)
         await self._queue_items(c, items, now)
         return {"id": c.id, "queued": len(items)}
@@ -178,7 +191,6 @@ class OutboxService:
             raise BadRequest('the body must be {"messages": [...]}')
         now = self._clock.wall()
         items = self._items(body, headers, now)
-        c.total += len(items)
         await self._queue_items(c, items, now)
         return {"id": c.id, "queued": len(items)}
 
@@ -223,7 +235,6 @@ class OutboxService:
 
     async def _queue_items(self, c: Campaign, items: Sequence[Item], now: float) -> None:
         await self.store.add([self._message(item, now, c.id) for item in items])
-        await self.store.save_campaign(c)
         self.enqueued += len(items)
         self.dispatcher.kick()
 

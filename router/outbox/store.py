@@ -62,11 +62,13 @@ class OutboxStore(Protocol):
         ...
 
     async def due(self, now: float, limit: int) -> list[str]:
-        """Sessions whose turn has come (their time <= ``now``), earliest first."""
+        """Sessions whose turn has come (their time <= ``now``), earliest first, each now
+        this process's to serve until it calls ``schedule`` (with several routers: a lease)."""
         ...
 
-    async def schedule(self, session: str, at: float) -> None:
-        """The session's next turn (earlier or later than the one it had)."""
+    async def schedule(self, session: str, at: float | None) -> None:
+        """The session's next turn (earlier or later than the one it had); None when its
+        queue is empty (the next ``add`` schedules it). Ends the turn ``due`` gave."""
         ...
 
     async def pacing(self, session: str) -> Pacing: ...
@@ -77,7 +79,9 @@ class OutboxStore(Protocol):
 
     async def get_campaign(self, campaign_id: str) -> Campaign | None: ...
 
-    async def save_campaign(self, c: Campaign) -> None: ...
+    async def save_campaign(self, c: Campaign) -> None:
+        """Its name, state and end (counts and total follow the messages)."""
+        ...
 
     async def queued(self, campaign_id: str) -> list[Message]:
         """The campaign's messages still queued (to cancel them)."""
@@ -140,6 +144,7 @@ class MemoryOutbox:
             self.messages[m.id] = m
             if m.campaign is not None and m.campaign in self._campaigns:
                 self._campaigns[m.campaign].counts[str(m.state)] += 1
+                self._campaigns[m.campaign].total += 1
             if m.state is State.QUEUED:
                 self._enqueue(m)
         return list(messages)
@@ -186,8 +191,11 @@ class MemoryOutbox:
             out.append(session)
         return out
 
-    async def schedule(self, session: str, at: float) -> None:
-        self._set_turn(session, at)
+    async def schedule(self, session: str, at: float | None) -> None:
+        if at is None:
+            self._turn_at.pop(session, None)
+        else:
+            self._set_turn(session, at)
 
     async def pacing(self, session: str) -> Pacing:
         return self._pacing.setdefault(session, Pacing())
@@ -204,7 +212,11 @@ class MemoryOutbox:
         return self._campaigns.get(campaign_id)
 
     async def save_campaign(self, c: Campaign) -> None:
-        self._campaigns[c.id] = c
+        kept = self._campaigns.get(c.id)
+        if kept is not None and kept is not c:
+            kept.state, kept.finished, kept.name = c.state, c.finished, c.name
+        else:
+            self._campaigns[c.id] = c
 
     async def queued(self, campaign_id: str) -> list[Message]:
         return [m for m in self.messages.values()
