@@ -33,7 +33,6 @@ from router.proxy.framing import (
     CLOSE,
     CONTINUE,
     CRLF,
-    EOF_DELIMITED,
     LAST_CHUNK,
     OUT_CHUNKED,
     RequestHead,
@@ -41,7 +40,7 @@ from router.proxy.framing import (
     response_head,
 )
 from router.proxy.phase import ENTER_FROM, FINAL, Phase, PhaseError
-from router.proxy.resend import REPLAY_LIMIT, Resend, after_failure
+from router.proxy.resend import REPLAY_LIMIT
 from router.proxy.responses import error_response, json_response
 from router.proxy.upstream import UpstreamConnection
 from router.sessions import NEEDS_BODY
@@ -55,11 +54,12 @@ log = logging.getLogger("wa_router.proxy")
 _QUEUED, _ROUTING, _SENT, _STREAMING, _DONE = (
     Phase.QUEUED, Phase.ROUTING, Phase.SENT, Phase.STREAMING, Phase.DONE
 )
+_WAIT_BODY, _WEBHOOK, _ABORTED = Phase.WAIT_BODY, Phase.WEBHOOK, Phase.ABORTED
 _TO_ROUTING = ENTER_FROM[Phase.ROUTING]
 _TO_SENT = ENTER_FROM[Phase.SENT]
 _TO_STREAMING = ENTER_FROM[Phase.STREAMING]
 _TO_DONE = ENTER_FROM[Phase.DONE]
-_STARTED = ~(Phase.STREAMING - 1)  # STREAMING and every phase after it: the response began
+_STARTED = Phase.STREAMING | FINAL  # the response began: too late for the router's own
 
 
 class Exchange(RequestHead):
@@ -118,7 +118,7 @@ class Exchange(RequestHead):
         self.upstream: UpstreamConnection | None = None
         self.instance: Instance | None = None
         self.task: asyncio.Task[None] | None = None
-        self.tunnel_pending: list[bytes] = []
+        self.tunnel_pending: list[bytes] | None = None  # client bytes after an Upgrade
 
     def __repr__(self) -> str:
         # The path only: the query may carry a key (x-api-key=...), headers are never shown.
@@ -137,10 +137,6 @@ class Exchange(RequestHead):
         if not self.phase & ENTER_FROM[new]:
             raise PhaseError(self.phase, new)
         self.phase = new
-
-    @property
-    def finished(self) -> bool:
-        return bool(self.phase & FINAL)
 
     @property
     def response_started(self) -> bool:
@@ -233,11 +229,11 @@ class Exchange(RequestHead):
                 up.write(data)
             return
         self.body_parts.append(data)
-        if phase is Phase.WEBHOOK:
+        if phase is _WEBHOOK:
             err = intake.too_large(self.body_size, self.router.config.webhooks)
             if err is not None:
                 self.fail(err, close=True)
-        elif phase is Phase.WAIT_BODY:
+        elif phase is _WAIT_BODY:
             if self.body_size > self.router.config.sessions.json_body_limit:
                 self._route_with_body(b"")
         elif self.body_size > PREBUFFER_LIMIT:
@@ -247,22 +243,25 @@ class Exchange(RequestHead):
         self.request_done = True
         phase = self.phase
         if phase & FINAL:
-            if phase is not Phase.ABORTED:
+            if phase is not _ABORTED:
                 self.conn.exchange_done(self)
             return
         up = self.upstream
         if up is not None:
             if self.chunked_in:
                 up.write(LAST_CHUNK)
-        elif phase is Phase.WAIT_BODY:
+        elif phase is _WAIT_BODY:
             self._route_with_body(b"".join(self.body_parts))
-        elif phase is Phase.WEBHOOK:
+        elif phase is _WEBHOOK:
             intake.accept(self)
         if self.phase is _DONE:
             self.conn.exchange_done(self)
 
     def tunnel_data(self, data: bytes) -> None:
-        self.tunnel_pending.append(data)
+        if self.tunnel_pending is None:
+            self.tunnel_pending = [data]
+        else:
+            self.tunnel_pending.append(data)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -305,41 +304,6 @@ class Exchange(RequestHead):
 
     def hold_deadline(self) -> float:
         return self.started + self.router.config.failover.hold_timeout
-
-    def after_failure(self, err: UpstreamError, inst: Instance, up: UpstreamConnection | None) -> None:
-        """The instance failed this request: connecting to it (``up`` None), or on ``up``."""
-        if self.phase & FINAL:
-            return
-        decision = after_failure(
-            reached=err.reached_instance,
-            responded=self.response_started,
-            eof_delimited=bool(self.framing & EOF_DELIMITED),
-            reused=up is not None and up.used > 1,
-            retries=self.retries,
-            body_sent=self.body_size,
-            body_complete=self.request_done,
-            body_at_hand=self.replay is not None,
-            method=self.method,
-            time_left=self.hold_deadline() - self.conn.loop_time(),
-        )
-        if decision is Resend.FINISH:
-            if self.framing & OUT_CHUNKED:
-                self.conn.write(LAST_CHUNK)
-            self.close_after = True
-            self._response_finished()
-        elif decision is Resend.CUT:
-            self.enter(Phase.ABORTED)
-            self.conn.abort()  # truncated: the client must see it, not a short body
-        elif decision is Resend.RECONNECT:
-            self.retries += 1
-            waits.spawn(self, Phase.CONNECTING, waits.connect(self, inst))
-        else:
-            self.router.passive_failure(inst, connect_error=not err.reached_instance)
-            if decision is Resend.REROUTE:
-                self.retries += 1
-                waits.spawn(self, Phase.BACKOFF, waits.resend(self, inst))
-            else:
-                self.fail(err)
 
     def attach(self, inst: Instance, up: UpstreamConnection) -> None:
         if not self.phase & _TO_SENT:
@@ -428,7 +392,7 @@ class Exchange(RequestHead):
         up = self._detach()
         if up is not None:
             up.release(keep_alive and self.request_done and not self.phase & FINAL)
-        self._response_finished()
+        self.finish()
 
     def upstream_upgraded(self, rest: bytes) -> None:
         up = self._detach()
@@ -440,8 +404,8 @@ class Exchange(RequestHead):
         self.enter(Phase.TUNNEL)
         if self.instance is not None:
             self.instance.stats.observe(101, self.conn.loop_time() - self.started)
-        self.conn.start_tunnel(up, self.tunnel_pending)
-        self.tunnel_pending = []
+        self.conn.start_tunnel(up, self.tunnel_pending or [])
+        self.tunnel_pending = None
 
     def upstream_failed(self, err: UpstreamError) -> None:
         up = self._detach()
@@ -452,7 +416,7 @@ class Exchange(RequestHead):
         if inst is None:
             self.fail(err)
             return
-        self.after_failure(err, inst, up)
+        waits.after_failure(self, err, inst, up)
 
     def upstream_pause_writing(self) -> None:
         self.conn.pause(PAUSE_BACKPRESSURE)
@@ -462,7 +426,8 @@ class Exchange(RequestHead):
 
     # -- endings -------------------------------------------------------------------------
 
-    def _response_finished(self) -> None:
+    def finish(self) -> None:
+        """The response is complete: account for it, then next request or close."""
         if not self.phase & _TO_DONE:
             raise PhaseError(self.phase, _DONE)
         self.phase = _DONE
@@ -495,7 +460,7 @@ class Exchange(RequestHead):
                 extra=extra,
             )
         )
-        self._response_finished()
+        self.finish()
 
     def fail(self, err: RouterError, *, close: bool = False) -> None:
         """Answer with the router's own JSON error, or cut the connection if the response
@@ -523,7 +488,7 @@ class Exchange(RequestHead):
                 head_only=self.method == b"HEAD",
             )
         )
-        self._response_finished()
+        self.finish()
 
     def abort(self) -> None:
         """The client went away."""

@@ -1,9 +1,10 @@
-"""The exchange's waits: everything on the data path that needs a task.
+"""The exchange's slow paths: failures of the instance, and everything that needs a task.
 
-Holding a request until its session is routable, opening an upstream connection, backing
-off before a resend, and fan-out. Each runs as one task per exchange (``spawn``), under a
-guard that turns an error into the router's answer; the exchange's phase says which wait
-it is in. The common case never comes here.
+``after_failure`` applies the pure resend decision (``resend.after_failure``). The waits
+(holding a request until its session is routable, opening an upstream connection, backing
+off before a resend, fan-out) run as one task per exchange (``spawn``), under a guard that
+turns an error into the router's answer; the exchange's phase says which wait it is in.
+The common case (a known session, a warm pooled connection) never comes here.
 """
 
 from __future__ import annotations
@@ -15,13 +16,53 @@ from typing import TYPE_CHECKING, Any
 
 from router.errors import RouterError, UpstreamError
 from router.instances import Instance
+from router.proxy.framing import EOF_DELIMITED, LAST_CHUNK, OUT_CHUNKED
 from router.proxy.phase import FINAL, Phase
-from router.proxy.resend import backoff
+from router.proxy.resend import Resend, backoff
+from router.proxy.resend import after_failure as decide
+from router.proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from router.proxy.exchange import Exchange
 
 log = logging.getLogger("wa_router.proxy")
+
+
+def after_failure(ex: Exchange, err: UpstreamError, inst: Instance, up: UpstreamConnection | None) -> None:
+    """The instance failed this request: connecting to it (``up`` None), or on ``up``."""
+    if ex.phase & FINAL:
+        return
+    decision = decide(
+        reached=err.reached_instance,
+        responded=ex.response_started,
+        eof_delimited=bool(ex.framing & EOF_DELIMITED),
+        reused=up is not None and up.used > 1,
+        retries=ex.retries,
+        body_sent=ex.body_size,
+        body_complete=ex.request_done,
+        body_at_hand=ex.replay is not None,
+        method=ex.method,
+        time_left=ex.hold_deadline() - ex.conn.loop_time(),
+    )
+    if decision is Resend.FINISH:
+        if ex.framing & OUT_CHUNKED:
+            ex.conn.write(LAST_CHUNK)
+        ex.close_after = True
+        ex.finish()
+    elif decision is Resend.CUT:
+        ex.enter(Phase.ABORTED)
+        ex.conn.abort()  # truncated: the client must see it, not a short body
+    elif decision is Resend.RECONNECT:
+        ex.retries += 1
+        spawn(ex, Phase.CONNECTING, connect(ex, inst))
+    else:
+        if up is not None:  # a connect error was counted when connecting
+            ex.router.passive_failure(inst, connect_error=False)
+        if decision is Resend.REROUTE:
+            ex.retries += 1
+            spawn(ex, Phase.BACKOFF, resend(ex, inst))
+        else:
+            ex.fail(err)
 
 
 def spawn(ex: Exchange, phase: Phase, coro: Coroutine[Any, Any, None]) -> None:
@@ -52,7 +93,7 @@ async def connect(ex: Exchange, inst: Instance) -> None:
         up = await inst.pool.connect(ex.router.config.limits.upstream_connect_timeout)
     except UpstreamError as e:
         ex.router.passive_failure(inst, connect_error=True)
-        ex.after_failure(e, inst, None)
+        after_failure(ex, e, inst, None)
         return
     if ex.phase & FINAL:
         up.release(True)
