@@ -45,13 +45,12 @@ class _Req:
 
 
 def head_of(raw: bytes) -> tuple[RequestHead, list[bytes], bool]:
-    """``raw`` parsed as the proxy parses a client's request; read like ``Exchange.start``."""
+    """``raw`` parsed as the proxy parses a client's request, and its head read."""
     r = _Req()
     p = httptools.HttpRequestParser(r)
     with contextlib.suppress(httptools.HttpParserUpgrade):
         p.feed_data(raw)
     head = RequestHead(p.get_method(), r.url, r.headers, p.should_upgrade())
-    head.read()
     return head, r.body, r.complete
 
 

@@ -67,6 +67,19 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel: UpstreamConnection | None = None
         self.closed = False
 
+    def __repr__(self) -> str:
+        if self.closed:
+            state = "closed"
+        elif self.tunnel is not None:
+            state = "tunnel"
+        elif self.exchange is not None:
+            state = repr(self.exchange)
+        else:
+            state = "reading" if self.head_size else "idle"
+        queued = f" queued={len(self.pipeline)}" if self.pipeline else ""
+        paused = f" paused={self.paused}" if self.paused else ""
+        return f"<ClientConnection {self.peer.decode('latin-1') or '?'} {state}{queued}{paused}>"
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -121,8 +121,8 @@ class Exchange(RequestHead):
         self.tunnel_pending: list[bytes] | None = None  # client bytes after an Upgrade
 
     def __repr__(self) -> str:
-        # The path only: the query may carry a key (x-api-key=...), headers are never shown.
-        path = self.path or self.url.split(b"?", 1)[0].decode("latin-1")
+        # The path only: the query may carry a key (x-api-key=...); headers are never shown.
+        path = self.path
         where = f" instance={self.instance.name}" if self.instance is not None else ""
         session = f" session={self.session!r}" if self.session is not None else ""
         return (
@@ -149,7 +149,6 @@ class Exchange(RequestHead):
         if not self.phase & _TO_ROUTING:
             raise PhaseError(self.phase, _ROUTING)
         self.phase = _ROUTING
-        self.read()
         if not self.request_id:
             self.request_id = self.conn.server.next_request_id()
         config = self.router.config
@@ -160,14 +159,9 @@ class Exchange(RequestHead):
             self.fail(BadRequest("request target must be a path"), close=True)
             return
         path = self.path
-        keys = config.listen.api_keys
-        if keys and path != config.webhooks.path and path not in access.OPEN_PATHS:
-            # Webhooks from instances are checked by inbound_hmac_key, not client keys.
-            if not access.allowed(access.client_key(self.header_map, self.query), keys):
-                self.fail(Unauthorized("missing or wrong API key (X-Api-Key)"))
-                return
-            self.client_key_line = b""  # the router's key: never forwarded
-            self.target = access.strip_query_key(self.target)
+        if config.listen.api_keys and not access.admit(self, config.listen.api_keys, config.webhooks.path):
+            self.fail(Unauthorized("missing or wrong API key (X-Api-Key)"))
+            return
         if path == config.webhooks.path and self.router.relay is not None:
             intake.start(self)
             return

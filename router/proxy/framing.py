@@ -9,7 +9,7 @@
 
 No I/O and no state beyond the request's own: the table tests feed bytes and compare bytes.
 The exchange extends ``RequestHead`` rather than holding one, so that the hot path
-allocates no second object per request.
+allocates no second object per request; the head is read when the exchange is made.
 """
 
 from __future__ import annotations
@@ -45,11 +45,9 @@ class RequestHead:
         "method_str",
         "path",
         "query",
-        "raw_headers",
         "request_id",
         "target",
         "upgrade",
-        "url",
         "xff",
         "xfh",
     )
@@ -57,30 +55,19 @@ class RequestHead:
     def __init__(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], upgrade: bool
     ) -> None:
+        """One pass over the head: what to forward, what to note. The target becomes
+        origin-form (an absolute-form URL is cut to its path and query)."""
         self.method = method
-        self.url = url
-        self.raw_headers = headers
         self.upgrade = upgrade
-        self.request_id = ""  # the client's X-Request-Id when valid, set by ``read``
-        self.method_str = ""
-        self.path = ""
+        self.request_id = ""  # the client's X-Request-Id when valid
         self.query = ""
-        self.target = b""
-        self.forward_lines: list[bytes] = []
-        self.header_map: dict[str, str] = {}
         self.client_key_line = b""
         self.xff = b""
         self.xfh = b""
         self.content_length: int | None = None
         self.chunked_in = False
         self.expect_continue = False
-
-    def read(self) -> None:
-        """One pass over the head: what to forward, what to note. The target becomes
-        origin-form (an absolute-form URL is cut to its path and query)."""
-        m = self.method
-        self.method_str = _METHODS.get(m) or m.decode("latin-1")
-        url = self.url
+        self.method_str = _METHODS.get(method) or method.decode("latin-1")
         if url[:1] != b"/" and url != b"*":
             try:
                 parsed = httptools.parse_url(url)
@@ -94,9 +81,11 @@ class RequestHead:
             self.query = url[q + 1 :].decode("latin-1")
         else:
             self.path = url.decode("latin-1")
-        lines = self.forward_lines
-        hmap = self.header_map
-        for name, value in self.raw_headers:
+        lines: list[bytes] = []
+        hmap: dict[str, str] = {}
+        self.forward_lines = lines
+        self.header_map = hmap
+        for name, value in headers:
             low = name.lower()
             if low in REQUEST_DROP:
                 if low == b"host":
@@ -114,7 +103,7 @@ class RequestHead:
                     self.xff = value + b", "
                 elif low == b"expect":
                     self.expect_continue = value.lower() == b"100-continue"
-                elif low == b"upgrade" and self.upgrade:
+                elif low == b"upgrade" and upgrade:
                     lines += [b"Connection: Upgrade\r\nUpgrade: ", value, CRLF]
                 continue
             hmap[low.decode("latin-1")] = value.decode("latin-1")

@@ -35,6 +35,13 @@ class ProxyServer:
         self._rid_counter = itertools.count(1)
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def __repr__(self) -> str:
+        where = ",".join(
+            f"{s.getsockname()[0]}:{s.getsockname()[1]}" for srv in self._servers for s in srv.sockets
+        )
+        closing = " closing" if self.closing else ""
+        return f"<ProxyServer {where or 'not started'} connections={len(self.connections)}{closing}>"
+
     def next_request_id(self) -> str:
         return f"{self._rid_prefix}{next(self._rid_counter):x}"
 
