@@ -85,7 +85,9 @@ async def _guard(ex: Exchange, coro: Coroutine[Any, Any, None]) -> None:
 async def hold(ex: Exchange) -> None:
     """New here, moving, or on an instance that is down: wait (bounded) for the session."""
     assert ex.session is not None
-    ex.use(await ex.router.routable(ex.session, ex.hold_deadline()))
+    inst = await ex.router.routable(ex.session, ex.hold_deadline())
+    if not ex.phase & FINAL:  # else answered meanwhile (say, its body stalled)
+        ex.use(inst)
 
 
 async def connect(ex: Exchange, inst: Instance) -> None:
@@ -106,6 +108,8 @@ async def resend(ex: Exchange, failed: Instance) -> None:
     deadline = ex.hold_deadline()
     router = ex.router
     await router.changed.wait(max(0.0, min(backoff(ex.retries), deadline - ex.conn.loop_time())))
+    if ex.phase & FINAL:
+        return
     if ex.replay:
         ex.body_parts = ex.replay
         ex.body_size = sum(map(len, ex.replay))
@@ -115,7 +119,8 @@ async def resend(ex: Exchange, failed: Instance) -> None:
         inst = await router.routable(ex.session, deadline)
     else:
         inst = router.fleet.least_busy(exclude=failed) or failed
-    ex.use(inst)
+    if not ex.phase & FINAL:
+        ex.use(inst)
 
 
 async def fan_out(ex: Exchange) -> None:
