@@ -68,14 +68,11 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
 
     def __repr__(self) -> str:
-        if self.closed:
-            state = "closed"
-        elif self.tunnel is not None:
-            state = "tunnel"
-        elif self.exchange is not None:
-            state = repr(self.exchange)
-        else:
-            state = "reading" if self.head_size else "idle"
+        ex = self.exchange
+        state = (
+            "closed" if self.closed else "tunnel" if self.tunnel is not None
+            else repr(ex) if ex is not None else "reading" if self.head_size else "idle"
+        )
         queued = f" queued={len(self.pipeline)}" if self.pipeline else ""
         paused = f" paused={self.paused}" if self.paused else ""
         return f"<ClientConnection {self.peer.decode('latin-1') or '?'} {state}{queued}{paused}>"
