@@ -290,8 +290,8 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.exchange:
             return
         self.exchange = None
-        if ex.close_after or self.server.closing:
-            self.close()
+        if ex.close_after or self.closed or self.server.closing:
+            self.close()  # and requests queued behind it are never sent
             return
         if self.pipeline:
             nxt = self.pipeline.popleft()

@@ -147,6 +147,8 @@ class Exchange(RequestHead):
     def start(self) -> None:
         """Its turn on the connection: validate, pick the instance, and send or wait."""
         if not self.phase & _TO_ROUTING:
+            if self.phase & FINAL:  # answered (an error) or aborted while it was queued
+                return
             raise PhaseError(self.phase, _ROUTING)
         self.phase = _ROUTING
         if not self.request_id:
