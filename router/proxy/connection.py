@@ -50,6 +50,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, server: ProxyServer) -> None:
         self.server = server
+        self.router = server.router
         self.loop_time = asyncio.get_running_loop().time
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -61,6 +62,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_size = 0
+        self.in_head = False  # between on_message_begin and on_headers_complete
         self.deadline = _INF
         self.deadline_kind = DL_NONE
         self.upgraded = False
@@ -130,13 +132,13 @@ class ClientConnection(asyncio.Protocol):
     # -- deadlines -----------------------------------------------------------------------
 
     def set_deadline(self, kind: int) -> None:
-        limits = self.server.router.config
-        if kind == DL_HEADERS:
-            self.deadline = self.loop_time() + limits.limits.client_header_timeout
+        limits = self.router.config
+        if kind == DL_ACTIVE:
+            self.deadline = self.loop_time() + limits.limits.upstream_timeout
         elif kind == DL_IDLE:
             self.deadline = self.loop_time() + limits.listen.keepalive_timeout
-        elif kind == DL_ACTIVE:
-            self.deadline = self.loop_time() + limits.limits.upstream_timeout
+        elif kind == DL_HEADERS:
+            self.deadline = self.loop_time() + limits.limits.client_header_timeout
         elif kind == DL_BODY:
             self.deadline = self.loop_time() + limits.limits.client_body_timeout
         else:
@@ -208,6 +210,10 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.in_head and self.exchange is None and self.deadline_kind != DL_HEADERS:
+                # A head began in this read and is not complete: it has client_header_timeout.
+                # (Set here, not when it begins: most heads complete in the read they begin.)
+                self.set_deadline(DL_HEADERS)
         except httptools.HttpParserUpgrade as u:
             self.upgraded = True
             rest = data[u.args[0] :]
@@ -236,8 +242,7 @@ class ClientConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.head_size = 0
-        if self.exchange is None:
-            self.set_deadline(DL_HEADERS)
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -252,6 +257,7 @@ class ClientConnection(asyncio.Protocol):
             raise HeadersTooLarge("request headers too large")
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         p = self.parser
         ex = Exchange(
             self,

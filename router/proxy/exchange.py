@@ -51,14 +51,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("wa_router.proxy")
 
 # The hot path's transitions, checked inline (a method call each would cost ~1% of a request).
-_QUEUED, _ROUTING, _SENT, _STREAMING, _DONE = (
-    Phase.QUEUED, Phase.ROUTING, Phase.SENT, Phase.STREAMING, Phase.DONE
+_QUEUED, _ROUTING, _WAIT_BODY, _WEBHOOK, _SENT, _STREAMING, _DONE, _ABORTED = (
+    Phase.QUEUED, Phase.ROUTING, Phase.WAIT_BODY, Phase.WEBHOOK, Phase.SENT, Phase.STREAMING,
+    Phase.DONE, Phase.ABORTED,
 )
-_WAIT_BODY, _WEBHOOK, _ABORTED = Phase.WAIT_BODY, Phase.WEBHOOK, Phase.ABORTED
-_TO_ROUTING = ENTER_FROM[Phase.ROUTING]
-_TO_SENT = ENTER_FROM[Phase.SENT]
-_TO_STREAMING = ENTER_FROM[Phase.STREAMING]
-_TO_DONE = ENTER_FROM[Phase.DONE]
+_TO_ROUTING, _TO_SENT, _TO_STREAMING, _TO_DONE = (
+    ENTER_FROM[p] for p in (_ROUTING, _SENT, _STREAMING, _DONE)
+)
 _STARTED = Phase.STREAMING | FINAL  # the response began: too late for the router's own
 
 
@@ -318,10 +317,12 @@ class Exchange(RequestHead):
             inst.address.base_path, inst.host_line, inst.api_key_line, self.conn.peer, body,
             self.request_done,
         ))
+        conn = self.conn
         if self.expect_continue and not self.request_done:
             self.expect_continue = False
-            self.conn.write(CONTINUE)
-        self.conn.resume(PAUSE_PREBUFFER)
+            conn.write(CONTINUE)
+        if conn.paused & PAUSE_PREBUFFER:
+            conn.resume(PAUSE_PREBUFFER)
 
     def _detach(self) -> UpstreamConnection | None:
         up = self.upstream
@@ -352,7 +353,9 @@ class Exchange(RequestHead):
             router.passive_success(inst)
         if status == 404 and self.session is not None:
             router.not_found(self.session)  # maybe the instance lost it: reconcile
-        close = self.close_after or (status != 101 and (self.upgrade or self._body_pending()))
+        close = self.close_after or (
+            status != 101 and (self.upgrade or (not self.request_done and self.has_body()))
+        )
         head, framing = response_head(
             status, reason_phrase, headers, body, self.http11, close, inst.name_bytes,
             self.request_id.encode(),
@@ -382,9 +385,14 @@ class Exchange(RequestHead):
             out.clear()
 
     def upstream_done(self, keep_alive: bool) -> None:
+        out = self.out
         if self.framing & OUT_CHUNKED:
-            self.out.append(LAST_CHUNK)
-        self.upstream_flush()
+            out.append(LAST_CHUNK)
+        conn = self.conn
+        if out and not conn.closed:  # the last bytes: the deadline is the next request's now
+            assert conn.transport is not None
+            conn.transport.writelines(out)
+        out.clear()
         up = self._detach()
         if up is not None:
             up.release(keep_alive and self.request_done and not self.phase & FINAL)
@@ -446,16 +454,10 @@ class Exchange(RequestHead):
         if self._body_pending():
             self.close_after = True
         self.status = status
-        self.conn.write(
-            json_response(
-                status,
-                body,
-                request_id=self.request_id,
-                keep_alive=not self.close_after,
-                head_only=self.method == b"HEAD",
-                extra=extra,
-            )
-        )
+        self.conn.write(json_response(
+            status, body, request_id=self.request_id, keep_alive=not self.close_after,
+            head_only=self.method == b"HEAD", extra=extra,
+        ))
         self.finish()
 
     def fail(self, err: RouterError, *, close: bool = False) -> None:
@@ -476,14 +478,10 @@ class Exchange(RequestHead):
             log.warning("request %s: %s %s", self.request_id, err.code, err.message,
                         extra={"request_id": self.request_id})
         self.status = err.status
-        self.conn.write(
-            error_response(
-                err,
-                request_id=self.request_id or self.conn.server.next_request_id(),
-                keep_alive=not self.close_after,
-                head_only=self.method == b"HEAD",
-            )
-        )
+        self.conn.write(error_response(
+            err, request_id=self.request_id or self.conn.server.next_request_id(),
+            keep_alive=not self.close_after, head_only=self.method == b"HEAD",
+        ))
         self.finish()
 
     def abort(self) -> None:
