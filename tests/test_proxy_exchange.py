@@ -18,6 +18,7 @@ from router.instances import Instance
 from router.proxy import connection as connection_module
 from router.proxy.connection import ClientConnection
 from router.proxy.exchange import Exchange
+from router.proxy.flow import DL_ACTIVE, DL_HEADERS, DL_IDLE
 from router.proxy.phase import Phase
 from router.proxy.server import ProxyServer
 from router.proxy.upstream import UpstreamConnection, UpstreamPool
@@ -274,3 +275,18 @@ async def test_a_pipelined_request_answered_while_queued_is_never_sent(
     assert rig.client.closed and rig.sent() == b""  # the POST never went to the instance
     assert Traced.trails == [[P.QUEUED, P.ROUTING, P.SENT, P.STREAMING, P.DONE],
                              [P.QUEUED, P.DONE]]
+
+
+async def test_the_header_deadline_runs_from_the_first_byte_of_a_head(rig: Rig) -> None:
+    up = rig.pooled()
+    rig.conn.data_received(b"GET /api/x HTTP/1.1\r\nX-Sess")
+    assert rig.conn.deadline_kind == DL_HEADERS
+    first = rig.conn.deadline
+    rig.conn.data_received(b"ion-Id: alice\r\n")  # more bytes do not extend it (slowloris)
+    assert (rig.conn.deadline_kind, rig.conn.deadline) == (DL_HEADERS, first)
+    rig.conn.data_received(b"\r\n")
+    assert rig.conn.deadline_kind == DL_ACTIVE
+    up.data_received(OK_2)
+    assert rig.conn.deadline_kind == DL_IDLE
+    rig.conn.data_received(GET)  # a whole head in one read: straight to the answer's deadline
+    assert rig.conn.deadline_kind == DL_ACTIVE
