@@ -24,6 +24,7 @@ class Phase(enum.IntEnum):
     WAIT_BODY = 1 << 2  # the session is named in the body: reading it (bounded) first
     WEBHOOK = 1 << 3  # a webhook from an instance: reading its body
     STORING = 1 << 4  # the webhook was handed to the relay: waiting for it to be stored
+    # HOLDING, CONNECTING, FAN_OUT, BACKOFF: a task of the exchange runs (``waits``).
     HOLDING = 1 << 5  # the session is new, moving or on a down instance: waiting (bounded)
     CONNECTING = 1 << 6  # opening a connection to the instance
     FAN_OUT = 1 << 7  # asking every instance (a list of sessions, say)
@@ -36,8 +37,6 @@ class Phase(enum.IntEnum):
 
 
 FINAL = Phase.DONE | Phase.TUNNEL | Phase.ABORTED
-# Phases in which a task of the exchange may be running.
-WAITING = Phase.HOLDING | Phase.CONNECTING | Phase.FAN_OUT | Phase.BACKOFF
 
 # Where each phase may go. The router's own answer (an error, a local endpoint, a stored
 # webhook) ends in DONE from any phase before STREAMING; the client going away ends any
