@@ -7,7 +7,7 @@ import json
 import math
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -114,7 +114,7 @@ async def test_body_over_max_body_is_413(
             assert resp.status == 413
             assert (await resp.json())["error"] == "body_too_large"
 
-        async def chunks():  # type: ignore[no-untyped-def]
+        async def chunks() -> AsyncIterator[bytes]:
             for _ in range(32):
                 yield b"y" * 65536
 
@@ -268,7 +268,7 @@ async def test_chunked_upload_and_head_and_keepalive(
         async with http.post(r.url + "/api/sessions", json={"name": "up"}) as resp:
             assert resp.status == 201
 
-        async def gen():  # type: ignore[no-untyped-def]
+        async def gen() -> AsyncIterator[bytes]:
             for i in range(10):
                 yield b"part%d-" % i
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl
 
 from router.config.model import Secret
+from router.proxy.framing import RequestHead
 
 QUERY_KEY = b"x-api-key"
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -48,3 +49,16 @@ def strip_query_key(target: bytes) -> bytes:
         return target
     kept = [p for p in target[q + 1 :].split(b"&") if p.split(b"=", 1)[0].lower() != QUERY_KEY]
     return target[:q] + (b"?" + b"&".join(kept) if kept else b"")
+
+
+def admit(head: RequestHead, keys: Sequence[Secret], webhooks_path: str) -> bool:
+    """Does the request carry one of ``keys``? Then the key is taken off it (never
+    forwarded). Webhooks from instances (checked by ``inbound_hmac_key``) and the open
+    paths need none."""
+    if head.path == webhooks_path or head.path in OPEN_PATHS:
+        return True
+    if not allowed(client_key(head.header_map, head.query), keys):
+        return False
+    head.client_key_line = b""  # the router's key: never forwarded
+    head.target = strip_query_key(head.target)
+    return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-from router.errors import ConfigError, RouterError
+from router.errors import RouterError
 
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -19,8 +19,8 @@ def reason(status: int) -> bytes:
 
 def error_body(err: RouterError, request_id: str) -> bytes:
     body: dict[str, object] = {"error": err.code, "message": err.message, "request_id": request_id}
-    if isinstance(err, ConfigError):
-        body["problems"] = err.problems  # every one, as check-config lists them
+    if err.problems is not None:
+        body["problems"] = list(err.problems)  # every one (check-config's, a campaign's items)
     return json.dumps(body, separators=(",", ":")).encode()
 
 

@@ -87,6 +87,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False
         self._keep_alive = False
 
+    def __repr__(self) -> str:
+        if self.closed:
+            state = "closed"
+        elif self.tunnel is not None:
+            state = "tunnel"
+        else:
+            state = "idle" if self.listener is None else f"serving {self.listener!r}"
+        sock = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        local = f" from :{sock[1]}" if isinstance(sock, tuple) and len(sock) > 1 else ""
+        paused = " read-paused" if self.read_paused else ""
+        return (f"<UpstreamConnection {self.pool.address.origin}{local} {state}"
+                f" requests={self.used}{paused}>")
+
     # -- use by an exchange --------------------------------------------------------------
 
     def bind(self, listener: UpstreamListener, head_request: bool) -> None:
@@ -251,6 +264,10 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.max_idle = max_idle
         self.closed = False  # replaced (instance removed or its URL changed): keep nothing
+
+    def __repr__(self) -> str:
+        closed = " closed" if self.closed else ""
+        return f"<UpstreamPool {self.address.origin} idle={len(self.idle)}/{self.max_idle}{closed}>"
 
     def acquire_idle(self) -> UpstreamConnection | None:
         idle = self.idle
