@@ -31,6 +31,7 @@ from router.monitor import HealthMonitor
 from router.moves import Mover
 from router.outbox.dispatcher import Dispatcher
 from router.outbox.events import OutboxEvents
+from router.outbox.redis_store import RedisOutbox
 from router.outbox.service import OutboxService
 from router.outbox.store import MemoryOutbox, OutboxStore
 from router.placer import Placer
@@ -103,14 +104,16 @@ class App:
         self.worker_stats = WorkerStats(self.store, worker or 0, config.listen.workers,
                                         self.router.stats_sources, lambda: self.router.held,
                                         self.clock)
-        self.outbox_store: OutboxStore = MemoryOutbox()
+        self.outbox_store: OutboxStore = (
+            MemoryOutbox() if config.store.url is None
+            else RedisOutbox(config.store.url.value, config.store.prefix))
         self.outbox_events = OutboxEvents(self.relay)
         self.dispatcher = Dispatcher(holder, self.outbox_store, self.router, self.transport,
                                      self.clock, on_change=self.outbox_events.message,
                                      on_campaign=self.outbox_events.campaign)
         self.outbox = OutboxService(holder, self.outbox_store, self.dispatcher, self.clock,
                                     self.router.session_of)
-        self.proxy = ProxyServer(self.router)
+        self.proxy = ProxyServer(self.router, self.outbox if config.outbox.enabled else None)
         self.components = Components(
             config=holder, router=self.router, events=self.events, mover=self.mover,
             failover=self.failover, drainer=self.drainer, leadership=self.leadership,
@@ -171,10 +174,15 @@ class App:
                 "those not yet delivered are lost if the router stops; set store.url (Redis) "
                 "for durable delivery"
             )
+        if isinstance(self.outbox_store, RedisOutbox):
+            await self.outbox_store.open()
+            stack.push_async_callback(self.outbox_store.close)
         if cfg.outbox.enabled:
-            # In memory for now (one process): queued messages are lost if it stops.
+            if not self.outbox_store.durable:
+                log.warning("outbox: no store.url, so queued messages wait in memory: those not "
+                            "yet sent are lost if the router stops; set store.url (Redis)")
             self.dispatcher.start()
-            self._stack.push_async_callback(self.dispatcher.stop)
+            stack.push_async_callback(self.dispatcher.stop)
         for part in (self.monitor, self.alerter, self.leadership, self.drainer):
             part.start()
             if part is not self.leadership:  # its stop runs after failover's (above)

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from router.errors import StoreUnavailable
 from router.outbox import codec
-from router.outbox.model import FINAL, Campaign, Message, State
+from router.outbox.model import FINAL, Campaign, Message, State, check
 from router.outbox.store import IdempotencyKey, KeyReused, Pacing, Snapshot
 from router.store.redis_client import RedisClients
 
@@ -238,6 +238,8 @@ class RedisOutbox:
         return codec.decode(message_id, meta, body or b"")
 
     async def save(self, m: Message, old: State) -> None:
+        if old is not m.state:
+            check(old, m.state)
         stamp = m.finished if m.state in FINAL and m.finished else m.created
         argv: list[Any] = [self.p, m.session, m.id, codec.encode(m), str(old), str(m.state),
                 m.campaign or "", self._score(m), repr(stamp)]

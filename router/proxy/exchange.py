@@ -27,6 +27,7 @@ from router.errors import (
     UpstreamError,
 )
 from router.instances import Instance
+from router.outbox.routes import is_outbox
 from router.proxy import access, intake, local, waits
 from router.proxy.flow import DL_BODY, PAUSE_BACKPRESSURE, PAUSE_PREBUFFER, PREBUFFER_LIMIT
 from router.proxy.framing import (
@@ -166,6 +167,9 @@ class Exchange(RequestHead):
         if path == config.webhooks.path and self.router.relay is not None:
             intake.start(self)
             return
+        if self.conn.server.outbox is not None and is_outbox(path):
+            intake.start(self, outbox=True)
+            return
         if path in local.PATHS:
             self.respond_json(*local.answer(path, self.router))
             return
@@ -224,7 +228,7 @@ class Exchange(RequestHead):
                 up.write(data)
             return
         self.body_parts.append(data)
-        if phase is _WEBHOOK:
+        if phase is _WEBHOOK and not is_outbox(self.path):
             err = intake.too_large(self.body_size, self.router.config.webhooks)
             if err is not None:
                 self.fail(err, close=True)

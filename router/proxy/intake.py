@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from router.config.model import WebhooksConfig
 from router.errors import BodyTooLarge, MethodNotAllowed, RouterError, ShuttingDown
+from router.outbox.routes import is_outbox
+from router.proxy import outbox
 from router.proxy.framing import CONTINUE
 from router.proxy.inbound import parse_webhook, session_status
 from router.proxy.phase import Phase
@@ -32,15 +34,17 @@ def too_large(size: int | None, config: WebhooksConfig) -> BodyTooLarge | None:
     return None
 
 
-def start(ex: Exchange) -> None:
-    """The head of a webhook is in: check it, then read its body."""
-    if ex.method_str != "POST":
-        ex.fail(MethodNotAllowed("webhooks are POSTed"))
-        return
-    err = too_large(ex.content_length, ex.router.config.webhooks)
-    if err is not None:
-        ex.fail(err, close=True)
-        return
+def start(ex: Exchange, *, outbox: bool = False) -> None:
+    """The head of a webhook (or an ``/outbox`` request, also answered by the router) is
+    in: check it, then read its body (``limits.max_body`` bounds both)."""
+    if not outbox:
+        if ex.method_str != "POST":
+            ex.fail(MethodNotAllowed("webhooks are POSTed"))
+            return
+        err = too_large(ex.content_length, ex.router.config.webhooks)
+        if err is not None:
+            ex.fail(err, close=True)
+            return
     ex.enter(Phase.WEBHOOK)
     if ex.expect_continue:
         ex.expect_continue = False
@@ -50,7 +54,12 @@ def start(ex: Exchange) -> None:
 
 
 def accept(ex: Exchange) -> None:
-    """The whole body is in: parse and verify it, hand it to the relay."""
+    """The whole body is in: parse and verify it, hand it to the relay (an ``/outbox``
+    request: to the outbox)."""
+    outbox_service = ex.conn.server.outbox
+    if outbox_service is not None and is_outbox(ex.path):
+        outbox.answer(ex, outbox_service)
+        return
     router = ex.router
     relay = router.relay
     assert relay is not None

@@ -14,9 +14,13 @@ import asyncio
 import itertools
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 from router.proxy.connection import ClientConnection
 from router.routing import Router
+
+if TYPE_CHECKING:
+    from router.outbox.service import OutboxService
 
 log = logging.getLogger("wa_router.proxy")
 
@@ -24,8 +28,9 @@ log = logging.getLogger("wa_router.proxy")
 class ProxyServer:
     """Listening sockets, live connections, request ids and the deadline sweeper."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, outbox: OutboxService | None = None) -> None:
         self.router = router
+        self.outbox = outbox  # answers /outbox/... (None: those paths are proxied as any)
         self.connections: set[ClientConnection] = set()
         self.closing = False
         self.all_closed = asyncio.Event()  # set when closing and the last connection ends
