@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.config.model import DelayRange, SendLimits
-from router.outbox.model import FINAL, TRANSITIONS, IllegalTransition, State, check
+from router.outbox.model import (
+    FINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    State,
+    check,
+    message_id,
+    session_of,
+)
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import gap, next_allowed, trim, windows
 
@@ -116,3 +124,15 @@ def test_transitions() -> None:
     with pytest.raises(IllegalTransition):
         check(State.SENT, State.QUEUED)
     assert State.SENDING not in FINAL and State.QUEUED not in FINAL
+
+
+@pytest.mark.parametrize("session", ["s1", "a.b@c:d-e_f", "x" * 128])
+def test_message_ids_carry_their_session(session: str) -> None:
+    mid = message_id(session)
+    assert mid.startswith("msg_") and session_of(mid) == session
+    assert message_id(session) != mid
+
+
+@pytest.mark.parametrize("bad", ["", "msg_", "cmp_01HZZZZZZZZZZZZZZZZZZZZZZZ.s", "msg_short.s", "msg_" + "0" * 26 + "s"])
+def test_malformed_message_ids_name_no_session(bad: str) -> None:
+    assert session_of(bad) is None

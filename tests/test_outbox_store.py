@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from router.outbox.model import Campaign, CampaignState, Message, Priority, Request, State
+from router.outbox.model import (
+    Campaign,
+    CampaignState,
+    Message,
+    Priority,
+    Request,
+    State,
+    message_id,
+)
 from router.outbox.redis_store import RedisOutbox
-from router.outbox.service import message_id
 from router.outbox.store import IdempotencyKey, KeyReused, MemoryOutbox, OutboxStore
 from tests.redis_server import RedisServer
 

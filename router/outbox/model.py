@@ -6,6 +6,26 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from router.ids import ulid
+
+
+def new_id(prefix: str) -> str:
+    """``cmp_`` / ``msg_`` + a ULID: time-ordered, unique across routers."""
+    return prefix + ulid()
+
+
+def message_id(session: str) -> str:
+    """``msg_<ULID>.<session>``: the session is in the id, so a store finds the message's
+    queue (and its Redis hash slot) from the id alone."""
+    return f"{new_id('msg_')}.{session}"
+
+
+def session_of(message_id: str) -> str | None:
+    """The session a message id names, or None for a malformed id."""
+    if not message_id.startswith("msg_") or len(message_id) < 32 or message_id[30] != ".":
+        return None
+    return message_id[31:]
+
 
 class State(enum.StrEnum):
     QUEUED = "queued"

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from router.errors import StoreUnavailable
 from router.outbox import codec
-from router.outbox.model import FINAL, Campaign, Message, State, check
+from router.outbox.model import FINAL, Campaign, Message, State, check, session_of
 from router.outbox.store import IdempotencyKey, KeyReused, Pacing, Snapshot
 from router.store.redis_client import RedisClients
 
@@ -136,13 +136,6 @@ redis.call('ZREMRANGEBYSCORE', t .. 'sent', '-inf', '(' .. ARGV[5])
 redis.call('HSET', t .. 'pace', 'nb', ARGV[4])
 return 1
 """
-
-
-def session_of(message_id: str) -> str | None:
-    """``msg_<ULID>.<session>`` -> the session."""
-    if not message_id.startswith("msg_") or len(message_id) < 32 or message_id[30] != ".":
-        return None
-    return message_id[31:]
 
 
 class RedisOutbox:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,37 +24,23 @@ from router.errors import (
     NotFound,
 )
 from router.outbox.dispatcher import Dispatcher
-from router.outbox.model import Campaign, CampaignState, Message, Priority, Request, State
+from router.outbox.model import (
+    Campaign,
+    CampaignState,
+    Message,
+    Priority,
+    Request,
+    State,
+    message_id,
+    new_id,
+)
 from router.outbox.store import IdempotencyKey, KeyReused, OutboxStore
 
 Extract = Callable[[str, str, str, Mapping[str, str], bytes], str | None]
 """(method, path, query, headers, body) -> the session the request names, or None."""
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def new_id(prefix: str, ms: int | None = None) -> str:
-    """``msg_`` / ``cmp_`` + a ULID: time-ordered, unique across routers."""
-    value = (((int(time.time() * 1000) if ms is None else ms) & (2**48 - 1)) << 80)
-    value |= int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return prefix + "".join(reversed(chars))
-
-
-def message_id(session: str) -> str:
-    """``msg_<ULID>.<session>``: the session is in the id, so a store finds the message's
-    queue (and its Redis hash slot) from the id alone."""
-    return f"{new_id('msg_')}.{session}"
-
-
-def session_of_id(message_id: str) -> str | None:
-    """The session a message id names, or None for a malformed id."""
-    if not message_id.startswith("msg_") or len(message_id) < 32 or message_id[30] != ".":
-        return None
-    return message_id[31:]
+# Sequence numbers count microseconds from here: below the priority rank (1e15) until 2055.
+SEQ_EPOCH = 1_700_000_000.0
 
 
 def parse_time(value: str, now: float, *, durations: bool) -> float:
@@ -109,6 +93,13 @@ class OutboxService:
         self._clock = clock
         self._extract = extract
         self.enqueued = 0
+        self._last_seq = 0
+
+    def _seq(self, now: float) -> int:
+        """Enqueue order: microseconds since SEQ_EPOCH (comparable between routers),
+        strictly increasing in this process (a batch keeps its order)."""
+        self._last_seq = max(self._last_seq + 1, int((now - SEQ_EPOCH) * 1_000_000))
+        return self._last_seq
 
     def __repr__(self) -> str:
         return f"<OutboxService enqueued={self.enqueued} store={self.store!r}>"
@@ -164,7 +155,7 @@ class OutboxService:
 
     def _message(self, item: Item, now: float, campaign: str | None) -> Message:
         return Message(message_id(item.session), item.session, item.request, created=now,
-                       seq=time.monotonic_ns(), priority=item.priority, campaign=campaign,
+                       seq=self._seq(now), priority=item.priority, campaign=campaign,
                        ref=item.ref, not_before=item.not_before, expires=item.expires)
 
     # -- campaigns -------------------------------------------------------------------------

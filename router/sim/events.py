@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from router.ids import ulid
 from router.sim.model import ENGINE, now_ms
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-def ulid(ms: int | None = None) -> str:
-    """A 26-character ULID: 48-bit millisecond time + 80 random bits, Crockford base32."""
-    value = ((now_ms() if ms is None else ms) & (2**48 - 1)) << 80
-    value |= int.from_bytes(os.urandom(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(out))
-
+__all__ = ["Event", "Hub", "Subscriber", "ulid"]
 
 @dataclass(frozen=True, slots=True)
 class Event:
