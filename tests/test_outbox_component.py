@@ -318,3 +318,32 @@ async def test_the_cli_shows_and_steers_campaigns_through_the_admin_port(world: 
     assert code == 1 and "404" in err
     code, _, err = await cli("outbox", "campaign")
     assert code == 2 and "needs an id" in err
+
+
+async def test_typing_comes_first_and_lasts_with_the_text() -> None:
+    w = await make_world(extra="outbox: {typing: true, delay: {min: 0s, max: 0s}}")
+    try:
+        where = await w.place(["s"])
+        inst = w.fakes[where["s"]]
+        t0 = w.clock.now()
+        await enqueue(w, "s", "x" * 40)  # 40 characters: 2 s of "typing..."
+        await w.clock.run_until(lambda: sent(w.fakes) == ["x" * 40], limit=10)
+        calls = [p for m, p in inst.calls if m == "POST"]
+        assert calls[-3:] == ["/api/startTyping", "/api/stopTyping", "/api/sendText"]
+        assert 2.0 <= inst.sent[0][2] - t0 <= 2.5
+    finally:
+        await w.app.stop()
+
+
+async def test_finished_messages_are_forgotten_after_keep() -> None:
+    w = await make_world(extra="outbox: {keep: 90s, delay: {min: 0s, max: 0s}}")
+    try:
+        await w.place(["s"])
+        m = await enqueue(w, "s", "old")
+        await w.clock.run_until(lambda: sent(w.fakes) == ["old"], limit=10)
+        assert (await w.app.outbox.message(m["id"]))["state"] == "sent"
+        await w.clock.advance(150)  # past keep, and a sweep (every 60 s) has run
+        with pytest.raises(NotFound):
+            await w.app.outbox.message(m["id"])
+    finally:
+        await w.app.stop()

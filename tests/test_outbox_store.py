@@ -166,3 +166,16 @@ async def test_pacing_paused_and_deepest(store: OutboxStore) -> None:
     assert not await store.paused("s")
     await store.add([msg("deep", i) for i in range(3)] + [msg("shallow", 9)])
     assert (await store.deepest(5))[:2] == [("deep", 3), ("shallow", 1)]
+
+
+async def test_a_renewed_turn_is_not_taken_and_sweep_forgets_old_messages(store: OutboxStore) -> None:
+    m = msg("s", 1)
+    await store.add([m])
+    assert await store.due(NOW, 10) == ["s"]
+    await store.renew("s", NOW + 5)
+    assert await store.due(NOW + 6, 10) == []  # still ours (Redis: pushed back with the lease)
+    await sent(store, m)
+    await store.schedule("s", None)
+    assert await store.sweep(NOW + 5, 100) == 0  # it ended at NOW + 10
+    assert await store.sweep(NOW + 11, 100) == 1
+    assert await store.get(m.id) is None

@@ -17,7 +17,7 @@ from typing import Any
 
 from router.clock import Clock
 from router.config.holder import ConfigHolder
-from router.errors import UpstreamError
+from router.errors import RouterError, UpstreamError
 from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import trim
@@ -34,6 +34,11 @@ TICK = 0.05  # how often due sessions are looked for (enqueues wake it at once)
 CONCURRENCY = 256  # sessions served at once: one send each
 MAX_RESPONSE = 1024 * 1024
 SNAPSHOT_EVERY = 1.0
+SWEEP_EVERY = 60.0  # finished messages older than outbox.keep are forgotten, this many at a time:
+SWEEP_BATCH = 10_000
+RENEW_EVERY = 3.0  # a third of the Redis lease
+TYPING_PER_CHAR = 0.05  # seconds of "typing..." per character of the text
+TYPING_MAX = 4.0
 NOT_READY = frozenset({"STOPPED", "STARTING", "SCAN_QR_CODE", "FAILED"})
 
 
@@ -57,6 +62,7 @@ class Dispatcher:
         self.finished: dict[str, int] = {str(s): 0 for s in FINAL}
         self.snapshot = Snapshot()  # refreshed every SNAPSHOT_EVERY seconds, for metrics
         self._snapshot_at = 0.0
+        self._sweep_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Dispatcher serving={len(self._serving)} finished={self.finished}>"
@@ -87,6 +93,10 @@ class Dispatcher:
                 if self._clock.now() >= self._snapshot_at:
                     self._snapshot_at = self._clock.now() + SNAPSHOT_EVERY
                     self.snapshot = await self.store.snapshot()
+                if self._clock.now() >= self._sweep_at:
+                    self._sweep_at = self._clock.now() + SWEEP_EVERY
+                    keep = self._config.current.outbox.keep
+                    await self.store.sweep(self._clock.wall() - keep, SWEEP_BATCH)
             except Exception:
                 log.exception("outbox: looking for due sessions failed")
             await self._wake.wait(TICK)
@@ -176,8 +186,16 @@ class Dispatcher:
         m.state, m.instance = State.SENDING, instance
         await self.store.save(m, State.QUEUED)
         self._on_change(m)
-        attempt, error, answer = await self._post(m, inst.address.origin + inst.address.base_path,
-                                                  inst.auth_headers, cfg.limits.upstream_timeout)
+        base = inst.address.origin + inst.address.base_path
+        renewing = self.tasks.spawn(self._renew(m.session), name=f"outbox-lease-{m.session}")
+        try:
+            if cfg.outbox.typing:
+                await self._type(m, base, inst.auth_headers)
+            attempt, error, answer = await self._post(m, base, inst.auth_headers,
+                                                      cfg.limits.upstream_timeout)
+        finally:
+            if renewing is not None:
+                renewing.cancel()
         # What the proxy would report of this answer (a refused connection gets the instance
         # probed at once, so a crashed one is seen down and the queue waits).
         if attempt.status is None:
@@ -210,6 +228,41 @@ class Dispatcher:
         self._on_change(m)
         if m.state in FINAL:
             await self._campaign_done(m, done)
+
+    async def _renew(self, session: str) -> None:
+        """Keep the session's lease while its send runs (another router must not think this
+        one died and take the session meanwhile)."""
+        while True:
+            await self._clock.sleep(RENEW_EVERY)
+            try:
+                await self.store.renew(session, self._clock.wall())
+            except RouterError as e:
+                log.warning("outbox: renewing the lease of %s: %s", session, e.message)
+
+    async def _type(self, m: Message, base: str, auth: dict[str, str]) -> None:
+        """WAHA's anti-blocking advice: typing, a pause that grows with the text, then the
+        send. Best effort: a failure here never stops the send."""
+        req = m.request
+        if req.path != "/api/sendText":
+            return
+        try:
+            data = json.loads(req.body)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+        who = json.dumps({"session": m.session, "chatId": data.get("chatId")}).encode()
+        headers = {"Content-Type": "application/json", **auth}
+        text = data.get("text")
+        pause = min(TYPING_MAX, TYPING_PER_CHAR * len(text)) if isinstance(text, str) else 1.0
+        for step in ("startTyping", "stopTyping"):
+            try:
+                await self._transport.request("POST", f"{base}/api/{step}", who, headers,
+                                              timeout=5.0)
+            except UpstreamError as e:
+                log.info("outbox: %s for %s: %s", step, m.session, e.message)
+            if step == "startTyping":
+                await self._clock.sleep(pause)
 
     async def _post(self, m: Message, base: str, auth: dict[str, str], timeout: float
                     ) -> tuple[Attempt, str | None, dict[str, Any] | None]:

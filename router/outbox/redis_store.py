@@ -38,7 +38,8 @@ from router.store.redis_client import RedisClients
 
 _LOST: Final = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError, TimeoutError)
 RANK: Final = 1e15  # priority rank * RANK + seq: high first, then enqueue order
-LEASE_MS: Final = 30_000  # a turn's lease; a router that dies frees its sessions after this
+LEASE_MS: Final = 10_000  # a turn's lease (renewed while a send runs); a router that dies frees
+# its sessions after this
 DAY: Final = 86400.0
 
 _ADD = """
@@ -129,6 +130,35 @@ end
 return 1
 """
 
+_RENEW = """
+local t = ARGV[1] .. '{s:' .. ARGV[2] .. '}:'
+if redis.call('GET', t .. 'lease') ~= ARGV[3] then return 0 end
+redis.call('PEXPIRE', t .. 'lease', ARGV[4])
+redis.call('ZADD', ARGV[1] .. 'due', 'XX', ARGV[5], ARGV[2])
+return 1
+"""
+
+_SWEEP = """
+local P, before, limit = ARGV[1], ARGV[2], ARGV[3]
+local ids = redis.call('ZRANGEBYSCORE', P .. 'done', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  local s = string.sub(id, 32)
+  local t = P .. '{s:' .. s .. '}:'
+  redis.call('HDEL', t .. 'm', id)
+  redis.call('HDEL', t .. 'b', id)
+  redis.call('ZREM', P .. 'done', id)
+end
+local old = redis.call('ZRANGEBYSCORE', P .. 'campaigns', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, c in ipairs(old) do
+  local f = redis.call('HGET', P .. 'c:' .. c, 'finished')
+  if f and f ~= '' and tonumber(f) < tonumber(before) then
+    redis.call('DEL', P .. 'c:' .. c, P .. 'c:' .. c .. ':m')
+    redis.call('ZREM', P .. 'campaigns', c)
+  end
+end
+return #ids
+"""
+
 _RECORD = """
 local t = ARGV[1] .. '{s:' .. ARGV[2] .. '}:'
 redis.call('ZADD', t .. 'sent', ARGV[3], ARGV[3])
@@ -159,6 +189,8 @@ class RedisOutbox:
         self._due = self._client.register_script(_DUE)
         self._schedule = self._client.register_script(_SCHEDULE)
         self._record = self._client.register_script(_RECORD)
+        self._renew = self._client.register_script(_RENEW)
+        self._sweep = self._client.register_script(_SWEEP)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -255,6 +287,14 @@ class RedisOutbox:
     async def schedule(self, session: str, at: float | None) -> None:
         argv: list[Any] = [self.p, session, "" if at is None else repr(at), self.holder]
         await self._call(lambda: self._schedule(args=argv))
+
+    async def renew(self, session: str, now: float) -> None:
+        argv: list[Any] = [self.p, session, self.holder, LEASE_MS, repr(now + LEASE_MS / 1000)]
+        await self._call(lambda: self._renew(args=argv))
+
+    async def sweep(self, before: float, limit: int) -> int:
+        argv: list[Any] = [self.p, repr(before), limit]
+        return int(await self._call(lambda: self._sweep(args=argv)))
 
     async def pacing(self, session: str) -> Pacing:
         t = self._t(session)

@@ -71,6 +71,15 @@ class OutboxStore(Protocol):
         queue is empty (the next ``add`` schedules it). Ends the turn ``due`` gave."""
         ...
 
+    async def renew(self, session: str, now: float) -> None:
+        """Keep serving a session whose turn takes long (a slow send)."""
+        ...
+
+    async def sweep(self, before: float, limit: int) -> int:
+        """Forget up to ``limit`` messages (and campaigns) that ended before ``before``
+        (``outbox.keep``); how many messages went."""
+        ...
+
     async def pacing(self, session: str) -> Pacing: ...
 
     async def record_send(self, session: str, at: float, not_before: float) -> None: ...
@@ -196,6 +205,19 @@ class MemoryOutbox:
             self._turn_at.pop(session, None)
         else:
             self._set_turn(session, at)
+
+    async def renew(self, session: str, now: float) -> None:
+        pass  # one process: nobody else could take the session
+
+    async def sweep(self, before: float, limit: int) -> int:
+        old = [m.id for m in self.messages.values()
+               if m.finished is not None and m.finished < before][:limit]
+        for mid in old:
+            del self.messages[mid]
+        for cid, c in list(self._campaigns.items()):
+            if c.finished is not None and c.finished < before:
+                del self._campaigns[cid]
+        return len(old)
 
     async def pacing(self, session: str) -> Pacing:
         return self._pacing.setdefault(session, Pacing())
