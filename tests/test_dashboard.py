@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,15 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def post_json(url: str, body: object) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
 
 
 def sim_pid(demo_pid: int, name: str) -> int:
@@ -124,6 +134,19 @@ async def test_dashboard_shows_the_fleet_live_and_drains(
         states = await asyncio.to_thread(instance_states, admin, token)
         assert states["node-1"] == "draining"
         await browser.screenshot(shots / "dashboard-3-drained.png")
+
+        # A campaign queued through the proxy port shows with its progress; pause it there.
+        proxy = re.search(r"proxy:\s+(\S+)", banner)
+        assert proxy
+        body = {"name": "dash-campaign", "messages": [
+            {"path": "/api/sendText", "body": {"session": "carol", "chatId": "1@c.us", "text": f"t{i}"}}
+            for i in range(20)]}
+        created = await asyncio.to_thread(post_json, proxy.group(1) + "/outbox/campaigns", body)
+        row = f"document.querySelector('#campaigns tr[data-campaign=\"{created['id']}\"]')"
+        await browser.wait_for(f"{row} !== null", 15, "the campaign's row")
+        await browser.evaluate(f"{row}.querySelector('button[data-verb=pause]').click()")
+        await browser.wait_for(f"{row}.children[1].textContent === 'paused'", 10, "campaign paused")
+        await browser.screenshot(shots / "dashboard-4-campaign-paused.png")
         print(f"screenshots: {shots}")
     finally:
         await browser.close()
