@@ -138,6 +138,14 @@ STEPS = [
         2400,
     ),
     Step(
+        "outbox",
+        "Outbox: enqueue (vs aiohttp + XADD), campaign batches, dispatch (vs posting directly)",
+        "outbox_bench.py",
+        [],
+        ["--duration", "3", "--dispatch", "2000", "--batches", "1"],
+        900,
+    ),
+    Step(
         "extract",
         "Session id extraction (micro-benchmark)",
         "extract_bench.py",

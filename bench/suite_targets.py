@@ -340,6 +340,32 @@ def rows_webhook(o: Outcome) -> list[Row]:
     return rows
 
 
+def rows_outbox(o: Outcome) -> list[Row]:
+    raw = o.json_one()
+    if raw is None:
+        return [Row("outbox: enqueue messages/s with Redis (issue 16)", "-", ">= 5,000", "n/a", o.step.key)]
+    rows = []
+    rounds = raw.get("enqueue", [])
+    if rounds:
+        rps = statistics.median(r["router"]["rps"] for r in rounds)
+        p99 = statistics.median(r["router"]["p99_ms"] for r in rounds)
+        ratio = statistics.median(r["ratio"] for r in rounds)
+        rows.append(Row("outbox: enqueue messages/s with Redis, AOF everysec (issue 16)",
+                        f"{rps:,.0f} (p99 {p99:.1f} ms)", ">= 5,000, p99 <= 20 ms",
+                        _verdict(rps >= 5000 and p99 <= 20), o.step.key))
+        rows.append(Row("outbox: enqueue / naive aiohttp + XADD baseline (issue 16)", f"{ratio:.2f}",
+                        ">= 0.8", _verdict(ratio >= 0.8), o.step.key))
+    if "campaigns" in raw:
+        mps = raw["campaigns"]["messages_per_s"]
+        rows.append(Row("outbox: campaign batches, messages/s stored (issue 16)", f"{mps:,.0f}",
+                        ">= 50,000", _verdict(mps >= 50_000), o.step.key))
+    if "dispatch_ratio" in raw:
+        rows.append(Row("outbox: dispatch, pacing off / posting straight to the sims (issue 16)",
+                        f"{raw['dispatch_ratio']:.2f} ({raw['dispatch']['messages_per_s']:,.0f} msg/s)",
+                        ">= 0.5", _verdict(raw["dispatch_ratio"] >= 0.5), o.step.key))
+    return rows
+
+
 def rows_extract(o: Outcome) -> list[Row]:
     raw = o.json_one()
     if raw is None:
@@ -364,6 +390,7 @@ SUMMARIES: dict[str, Callable[[Outcome], list[Row]]] = {
     "failover": rows_failover,
     "failover-500": rows_failover,
     "webhook": rows_webhook,
+    "outbox": rows_outbox,
     "extract": rows_extract,
 }
 

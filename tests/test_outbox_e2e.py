@@ -83,3 +83,16 @@ async def test_queued_sends_go_out_once_in_order(
     await asyncio.sleep(0.5)  # a window for a wrong send to show: every one above was refused
     async with aiohttp.ClientSession() as http:
         assert len(await sent_by(three_sims, http, "camp")) == 5
+
+
+async def test_a_large_campaign_body_is_read_whole(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc],
+) -> None:
+    """A campaign body far beyond the proxy's pre-buffer (it once paused reading for ever)."""
+    r = router_factory(router_config(three_sims, extra="outbox: {max_batch: 10000}\n"))
+    body = {"name": "big", "messages": [
+        {"path": "/api/sendText", "body": {"session": f"big-{i % 50}", "chatId": "1@c.us", "text": "x" * 40}}
+        for i in range(8000)]}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+            http.post(r.url + "/outbox/campaigns", json=body) as resp:
+        assert resp.status == 202 and (await resp.json())["queued"] == 8000

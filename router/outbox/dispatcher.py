@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from router.backoff import Backoff
 from router.clock import Clock
 from router.config.holder import ConfigHolder
-from router.errors import RouterError, UpstreamError
+from router.errors import RouterError, StoreUnavailable, UpstreamError
 from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import trim
@@ -31,12 +32,13 @@ from router.transport import Transport
 log = logging.getLogger("wa_router.outbox")
 
 TICK = 0.05  # how often due sessions are looked for (enqueues wake it at once)
-CONCURRENCY = 256  # sessions served at once: one send each
+CONCURRENCY = 128  # sessions served at once: one send each
 MAX_RESPONSE = 1024 * 1024
 SNAPSHOT_EVERY = 1.0
 SWEEP_EVERY = 60.0  # finished messages older than outbox.keep are forgotten, this many at a time:
 SWEEP_BATCH = 10_000
 RENEW_EVERY = 3.0  # a third of the Redis lease
+PERSIST_ATTEMPTS = 8
 TYPING_PER_CHAR = 0.05  # seconds of "typing..." per character of the text
 TYPING_MAX = 4.0
 NOT_READY = frozenset({"STOPPED", "STARTING", "SCAN_QR_CODE", "FAILED"})
@@ -215,7 +217,7 @@ class Dispatcher:
             m.response = answer
         if verdict is Verdict.SENT:
             m.sent_at, m.waiting_since, m.error = done, None, None
-            await self.store.record_send(m.session, done, result.gap_until or done)
+            await self._persist(lambda: self.store.record_send(m.session, done, result.gap_until or done))
         elif verdict is Verdict.WAIT:
             m.waiting_since = m.waiting_since if m.waiting_since is not None else done
             if attempt.status == 404:
@@ -223,11 +225,23 @@ class Dispatcher:
         if m.state in FINAL:
             m.finished = done
             self.finished[str(m.state)] += 1
-        await self.store.save(m, State.SENDING)
+        await self._persist(lambda: self.store.save(m, State.SENDING))
         await self.store.schedule(m.session, result.next_turn)
         self._on_change(m)
         if m.state in FINAL:
             await self._campaign_done(m, done)
+
+    async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
+        """A write after the send: a store that fails now must not turn a message that went
+        out into an ``unknown`` one if it comes back soon, so it is tried for a while."""
+        retry = Backoff(base=0.1, cap=2.0)
+        for _ in range(PERSIST_ATTEMPTS - 1):
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                await self._clock.sleep(retry.next())
+        await write()
 
     async def _renew(self, session: str) -> None:
         """Keep the session's lease while its send runs (another router must not think this

@@ -41,6 +41,7 @@ RANK: Final = 1e15  # priority rank * RANK + seq: high first, then enqueue order
 LEASE_MS: Final = 10_000  # a turn's lease (renewed while a send runs); a router that dies frees
 # its sessions after this
 DAY: Final = 86400.0
+MAX_IN_FLIGHT: Final = 48
 
 _ADD = """
 local P = ARGV[1]
@@ -177,6 +178,9 @@ class RedisOutbox:
         self._clients = RedisClients(url, connect_timeout=connect_timeout)
         self._op_timeout = op_timeout
         self._client: Redis | None = None
+        # Bounded calls in flight: the dispatcher serves hundreds of sessions at once, and a
+        # pool that runs out of connections fails calls instead of queueing them.
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
     def __repr__(self) -> str:
@@ -208,7 +212,7 @@ class RedisOutbox:
         ``Any``: redis-py types them differently from release to release, so each caller
         converts what it reads."""
         try:
-            async with asyncio.timeout(self._op_timeout * 2):
+            async with self._slots, asyncio.timeout(self._op_timeout * 2):
                 return await make()
         except _LOST as e:
             raise StoreUnavailable("redis unavailable for the outbox") from e

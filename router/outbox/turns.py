@@ -17,8 +17,15 @@ from router.outbox.model import Message, State
 from router.outbox.outcome import Verdict
 from router.outbox.pacing import gap, next_allowed
 
-# A session that cannot send is looked at again this often (and at once when routing changes).
+# A session that cannot send is looked at again after a quarter of the time it has waited,
+# between these bounds: a failover's wait resumes within a second or two, while thousands of
+# sessions waiting for hours (never placed, paused) cost little.
 WAIT_RECHECK = 1.0
+WAIT_RECHECK_MAX = 15.0
+
+
+def recheck(waited: float) -> float:
+    return min(WAIT_RECHECK_MAX, max(WAIT_RECHECK, waited / 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,7 @@ def decide(m: Message, session: SessionView, now: float, not_before: float,
     if m.expires and now >= m.expires:
         return Finish(State.EXPIRED, "expired before it could be sent")
     if session.paused:
-        return Later(now + WAIT_RECHECK)
+        return Later(now + WAIT_RECHECK_MAX / 3)  # resuming also schedules it at once
     at = max(m.not_before, m.retry_at, next_allowed(now, not_before, sent, config.limits))
     if at > now:
         return Later(at)
@@ -76,7 +83,7 @@ def decide(m: Message, session: SessionView, now: float, not_before: float,
         since = m.waiting_since if m.waiting_since is not None else now
         if now - since >= config.max_wait:
             return Finish(State.FAILED, f"waited {config.max_wait:g}s for the session: {session.why_not}")
-        return Wait(now + WAIT_RECHECK, session.why_not)
+        return Wait(now + recheck(now - since), session.why_not)
     return Send(session.instance)
 
 

@@ -228,10 +228,13 @@ class Exchange(RequestHead):
                 up.write(data)
             return
         self.body_parts.append(data)
-        if phase is _WEBHOOK and not is_outbox(self.path):
-            err = intake.too_large(self.body_size, self.router.config.webhooks)
-            if err is not None:
-                self.fail(err, close=True)
+        if phase is _WEBHOOK:
+            # Read whole (never paused): a webhook within webhooks.max_body, an /outbox
+            # request (a campaign of thousands of messages) within limits.max_body.
+            if not is_outbox(self.path):
+                err = intake.too_large(self.body_size, self.router.config.webhooks)
+                if err is not None:
+                    self.fail(err, close=True)
         elif phase is _WAIT_BODY:
             if self.body_size > self.router.config.sessions.json_body_limit:
                 self._route_with_body(b"")
