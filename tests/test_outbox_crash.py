@@ -247,3 +247,34 @@ async def test_a_long_queue_does_not_delay_another_session(
         took = loop.time() - t0
     assert took <= 0.5 + 0.3, took  # at most one pacing gap, not behind 200 messages
     print(f"\nquiet session's message sent {took * 1000:.0f} ms after it was queued behind 200")
+
+
+async def test_workers_share_one_outbox_through_redis(
+    three_sims: list[Proc], router_factory: Callable[..., RouterProc], redis_server: RedisServer,
+) -> None:
+    """``listen.workers: 2``: two processes behind one port, one Redis outbox; every message
+    once, each session's order and gap kept."""
+    cfg = router_config(three_sims, extra=GAPS + f"store: {{url: '{redis_server.url}', prefix: 'ob3:'}}\n")
+    cfg = cfg.replace("listen: {host: 127.0.0.1, port: {port}}", "listen: {host: 127.0.0.1, port: {port}, workers: 2}")
+    r = router_factory(cfg)
+    sessions = [f"w{i}" for i in range(3)]
+    async with aiohttp.ClientSession() as http:
+        for s in sessions:
+            async with http.post(r.url + "/api/sessions", json={"name": s}) as resp:
+                assert resp.status == 201
+        ids = []
+        for n in range(6):
+            for s in sessions:
+                # A new connection each time: the kernel spreads them over both workers.
+                async with aiohttp.ClientSession() as fresh:
+                    ids.append(await enqueue(fresh, r, s, f"{s}-{n}"))
+
+        async def ended() -> bool:
+            return (await states(http, r, ids))["sent"] == len(ids)
+
+        await poll(ended, 60, "every message sent")
+        sent = await sim_sent(http, three_sims)
+    assert Counter(m["text"] for m in sent).most_common(1)[0][1] == 1
+    check_order(sent)
+    for s in sessions:
+        assert min(gaps(sent, s)) >= 0.3 - 0.02, (s, gaps(sent, s))
