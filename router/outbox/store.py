@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router.outbox.model import FINAL, Campaign, Message, State, check
+from router.outbox.model import Campaign, Message, State, check
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,10 +275,3 @@ class MemoryOutbox:
 
     async def campaigns(self, limit: int) -> list[Campaign]:
         return sorted(self._campaigns.values(), key=lambda c: -c.created)[:limit]
-
-    def sessions(self) -> Iterable[str]:
-        return list(self._queues)
-
-
-def is_final(m: Message) -> bool:
-    return m.state in FINAL
