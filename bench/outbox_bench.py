@@ -21,6 +21,8 @@ if __name__ == "__main__" and not __package__:  # python bench/x.py: run as pyth
 import argparse
 import asyncio
 import datetime as dt
+import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +33,7 @@ import aiohttp
 
 from bench.lib import BENCH_DIR, HOST, OUT_DIR, REPO
 from bench.lib.configs import instance_url, redis_args, redis_url, router_yaml
+from bench.lib.cpu import rss_kib
 from bench.lib.ports import free_port
 from bench.lib.procs import Processes, module_argv, router_argv, wait_http, wait_redis
 from bench.lib.report import machine_info, write_report
@@ -45,24 +48,50 @@ log: {level: WARNING}
 """
 
 
-def wrk_rate(url: str, duration: float, sessions: int) -> dict[str, float]:
-    argv = [*wrk_base(64, duration), "-s", str(SCRIPT), url, "--", str(sessions)]
+def wrk_rate(url: str, duration: float, sessions: int, prefix: str = "ob",
+             not_before: float | None = None) -> dict[str, float]:
+    """wrk -c64 POSTing sends for ``sessions`` sessions; with ``not_before`` (Unix seconds)
+    the messages stay queued until then (enqueue measured alone)."""
+    args = [str(sessions)] + ([] if not_before is None else [repr(not_before)])
+    script = SCRIPT if prefix == "ob" else _prefixed_script(prefix)
+    argv = [*wrk_base(64, duration), "-s", str(script), url, "--", *args]
     r, _ = run_wrk(argv, duration)
     return {"rps": round(r.rps, 1), "p99_ms": round(r.latency_us["99"] / 1000, 2),
-            "p50_ms": round(r.latency_us["50"] / 1000, 2), "errors": r.non2xx}
+            "p50_ms": round(r.latency_us["50"] / 1000, 2), "errors": r.non2xx,
+            "requests": r.requests}
 
 
-async def campaigns(base: str, batches: int, size: int, sessions: int) -> dict[str, float]:
+def _prefixed_script(prefix: str) -> Path:
+    """The wrk script with sessions named ``<prefix>-N`` (a copy in the output folder)."""
+    out = OUT_DIR / f"outbox-{prefix}.lua"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(SCRIPT.read_text().replace('"ob-', f'"{prefix}-'))
+    return out
+
+
+async def campaigns(base: str, batches: int, size: int, sessions: int,
+                    not_before: float | None = None) -> dict[str, float]:
+    """``batches`` campaigns of ``size`` messages; the rate they were stored at, and the
+    bytes of the message bodies as stored (for memory per message beyond its body)."""
+    body_bytes = 0
     async with aiohttp.ClientSession() as http:
         t0 = time.perf_counter()
         for b in range(batches):
-            body = {"name": f"bench-{b}", "messages": [
-                {"path": "/api/sendText", "body": {"session": f"ob-{i % sessions + 1}", "chatId": "1@c.us", "text": f"{b}-{i}"}}
-                for i in range(size)]}
-            async with http.post(base + "/outbox/campaigns", json=body) as resp:
+            items: list[dict[str, Any]] = [{"path": "/api/sendText", "body": {"session": f"ob-{i % sessions + 1}",
+                                                        "chatId": "4915112345678@c.us",
+                                                        "text": f"Your order #{b}-{i} has shipped"}}
+                     for i in range(size)]
+            if not_before is not None:
+                for item in items:
+                    item["not_before"] = not_before
+            body_bytes += sum(len(json.dumps(item["body"], separators=(",", ":"))) for item in items)
+            raw = json.dumps({"name": f"bench-{b}", "messages": items}).encode()
+            async with http.post(base + "/outbox/campaigns", data=raw,
+                                 headers={"Content-Type": "application/json"}) as resp:
                 assert resp.status == 202, await resp.text()
         took = time.perf_counter() - t0
-    return {"messages_per_s": round(batches * size / took, 1), "batches": batches, "size": size}
+    return {"messages_per_s": round(batches * size / took, 1), "batches": batches, "size": size,
+            "body_bytes": body_bytes}
 
 
 async def sent_total(http: aiohttp.ClientSession, sims: list[int]) -> int:
@@ -81,14 +110,20 @@ async def place(base: str, sessions: int) -> None:
                 assert resp.status == 201, await resp.text()
 
 
-async def drained(admin: str, timeout: float = 600) -> float:
-    """Wait until nothing is queued or sending; how long it took."""
+async def queued(admin: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(admin + "/admin/outbox") as resp:
+        return int((await resp.json())["totals"]["queued"])
+
+
+async def drained(admin: str, keep: int = 0, timeout: float = 600) -> float:
+    """Wait until nothing is sending and only ``keep`` messages (scheduled for later) are
+    queued; how long it took."""
     t0 = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         while True:
             async with http.get(admin + "/admin/outbox") as resp:
                 totals = (await resp.json())["totals"]
-            if totals["queued"] + totals["sending"] == 0:
+            if totals["queued"] <= keep and totals["sending"] == 0:
                 return time.perf_counter() - t0
             if time.perf_counter() - t0 > timeout:
                 raise RuntimeError(f"the outbox did not drain in {timeout:.0f} s: {totals}")
@@ -138,12 +173,61 @@ async def direct(sims: list[int], sessions: int, total: int) -> dict[str, float]
     return {"messages_per_s": round(total / took, 1), "seconds": round(took, 2)}
 
 
+async def sent_rate(sims: list[int], seconds: float) -> float:
+    """Sends per second the sims received over ``seconds`` (from their first one on)."""
+    async with aiohttp.ClientSession() as http:
+        before, t0 = await sent_total(http, sims), time.perf_counter()
+        while await sent_total(http, sims) == before:
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError("no sends within 600 s")
+            await asyncio.sleep(0.05)
+        start, t0 = await sent_total(http, sims), time.perf_counter()
+        await asyncio.sleep(seconds)
+        end, took = await sent_total(http, sims), time.perf_counter() - t0
+    return round((end - start) / took, 1)
+
+
+def redis_memory(port: int) -> int:
+    out = subprocess.run(["redis-cli", "-p", str(port), "info", "memory"], capture_output=True,
+                         text=True, check=True).stdout
+    return int(next(line.split(":")[1] for line in out.splitlines() if line.startswith("used_memory:")))
+
+
+def million(base: str, admin: str, sims: list[int], rport: int, router_pid: int, args: argparse.Namespace,
+            deferred_rate: float, dispatch_rate: float) -> dict[str, Any]:
+    """``--million N``: N messages queued (scheduled a little later, so they stay queued
+    while measured), then Redis memory per message beyond its body, router RSS growth, and
+    the enqueue and dispatch rates at that depth against the shallow figures."""
+    n = args.million
+    batches = n // 10_000
+    asyncio.run(drained(admin, keep=asyncio.run(queued(admin))))
+    mem0, rss0 = redis_memory(rport), rss_kib(router_pid)
+    due = time.time() + n / 15_000 + 2 * args.duration + 30  # after the enqueue steps
+    stored = asyncio.run(campaigns(base, batches, 10_000, args.sessions, not_before=due))
+    mem1, rss1 = redis_memory(rport), rss_kib(router_pid)
+    deep = wrk_rate(base + "/outbox/api/sendText", args.duration, args.sessions, prefix="eq",
+                    not_before=time.time() + 86400)
+    late = time.time() > due
+    time.sleep(max(0.0, due - time.time()))
+    rate = asyncio.run(sent_rate(sims, args.duration * 2))
+    per = (mem1 - mem0 - stored["body_bytes"]) / (batches * 10_000)
+    return {"messages": batches * 10_000, "campaign_messages_per_s": stored["messages_per_s"],
+            "redis_bytes": mem1 - mem0, "body_bytes": stored["body_bytes"],
+            "redis_bytes_per_message_beyond_body": round(per, 1),
+            "router_rss_growth_mib": round((rss1 - rss0) / 1024, 1),
+            "enqueue": deep, "enqueue_vs_shallow": round(deep["rps"] / deferred_rate, 3),
+            "dispatch_messages_per_s": rate, "dispatch_vs_shallow": round(rate / dispatch_rate, 3),
+            "dispatch_started_during_enqueue": late}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--sessions", type=int, default=1000)
     p.add_argument("--dispatch", type=int, default=10_000)
     p.add_argument("--batches", type=int, default=5)
+    p.add_argument("--million", type=int, default=0, metavar="N",
+                   help="also queue N messages (1000000) and measure memory and rates at that depth")
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = p.parse_args(argv)
     started = dt.datetime.now(dt.UTC)
@@ -164,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = tmp / "router.yaml"
         conf.write_text(router_yaml(port, admin, [(f"node-{i + 1}", instance_url(s)) for i, s in enumerate(sims)],
                                     store_url=redis_url(rport), extra=PACING_OFF))
-        procs.start("router", router_argv(conf), tmp / "router.log", cwd=REPO)
+        router = procs.start("router", router_argv(conf), tmp / "router.log", cwd=REPO)
         wait_http(procs, port, "/healthz", "router")
         base, admin_url = f"http://{HOST}:{port}", f"http://{HOST}:{admin}"
         asyncio.run(place(base, args.sessions))
@@ -172,19 +256,28 @@ def main(argv: list[str] | None = None) -> int:
         procs.start("baseline", module_argv("bench.webhook_peers", "_baseline", "--port", str(bport),
                                             "--redis-port", str(rport)), tmp / "baseline.log", cwd=REPO)
         wait_http(procs, bport, "/healthz", "baseline")
-        rounds = []
+        rounds: list[dict[str, Any]] = []
+        later = time.time() + 86400  # enqueue alone: these stay queued (sessions eq-N, unplaced)
         for _ in range(2):  # interleaved: the machine's speed drifts
             b = wrk_rate(f"http://{HOST}:{bport}/webhooks", args.duration, args.sessions)
-            r = wrk_rate(base + "/outbox/api/sendText", args.duration, args.sessions)
+            r = wrk_rate(base + "/outbox/api/sendText", args.duration, args.sessions, prefix="eq",
+                         not_before=later)
             rounds.append({"baseline": b, "router": r, "ratio": round(r["rps"] / b["rps"], 3)})
-            asyncio.run(drained(admin_url))  # what was queued goes out before the next run
         results["enqueue"] = rounds
+        keep = asyncio.run(queued(admin_url))
+        busy = wrk_rate(base + "/outbox/api/sendText", args.duration, args.sessions)
+        results["enqueue_while_dispatching"] = busy
+        asyncio.run(drained(admin_url, keep))
         results["campaigns"] = asyncio.run(campaigns(base, args.batches, 10_000, args.sessions))
-        asyncio.run(drained(admin_url))
+        asyncio.run(drained(admin_url, keep))
         results["dispatch"] = asyncio.run(dispatch(base, sims, args.sessions, args.dispatch))
         results["direct"] = asyncio.run(direct(sims, args.sessions, args.dispatch))
         results["dispatch_ratio"] = round(results["dispatch"]["messages_per_s"]
                                           / results["direct"]["messages_per_s"], 3)
+        if args.million:
+            shallow = sum(e["router"]["rps"] for e in rounds) / len(rounds)
+            results["million"] = million(base, admin_url, sims, rport, router.pid, args, shallow,
+                                         results["dispatch"]["messages_per_s"])
     finally:
         problems = procs.stop_all()
     md = markdown(results)
@@ -196,15 +289,32 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(r: dict[str, Any]) -> str:
     lines = ["## Outbox", "", "| figure | router | baseline | ratio |", "| --- | ---: | ---: | ---: |"]
     for i, e in enumerate(r.get("enqueue", []), 1):
-        lines.append(f"| enqueue, round {i}: messages/s (p99) | {e['router']['rps']:,.0f} "
+        lines.append(f"| enqueue alone, round {i}: messages/s (p99) | {e['router']['rps']:,.0f} "
                      f"({e['router']['p99_ms']} ms) | {e['baseline']['rps']:,.0f} "
                      f"({e['baseline']['p99_ms']} ms, aiohttp + XADD) | {e['ratio']:.2f} |")
+    if "enqueue_while_dispatching" in r:
+        e = r["enqueue_while_dispatching"]
+        lines.append(f"| enqueue while dispatching them (pacing off): messages/s (p99) | {e['rps']:,.0f} "
+                     f"({e['p99_ms']} ms) | - | - |")
     if "campaigns" in r:
         lines.append(f"| campaign batches of 10,000: messages/s stored | {r['campaigns']['messages_per_s']:,.0f} | - | - |")
     if "dispatch" in r:
         lines.append(f"| dispatch, pacing off: messages/s sent | {r['dispatch']['messages_per_s']:,.0f} "
                      f"| {r['direct']['messages_per_s']:,.0f} (asyncio client straight to the sims) "
                      f"| {r['dispatch_ratio']:.2f} |")
+    m: dict[str, Any] | None = r.get("million")
+    if m:
+        lines += ["", f"With {m['messages']:,} messages queued:", "",
+                  "| figure | value |", "| --- | ---: |",
+                  f"| campaign batches: messages/s stored | {m['campaign_messages_per_s']:,.0f} |",
+                  f"| Redis memory per message beyond its body | {m['redis_bytes_per_message_beyond_body']:.0f} B "
+                  f"({m['redis_bytes'] / 2**20:,.0f} MiB for {m['body_bytes'] / 2**20:,.0f} MiB of bodies) |",
+                  f"| router RSS growth | {m['router_rss_growth_mib']} MiB |",
+                  f"| enqueue alone at that depth: messages/s (p99) | {m['enqueue']['rps']:,.0f} "
+                  f"({m['enqueue']['p99_ms']} ms): {m['enqueue_vs_shallow']:.2f}x the shallow figure |",
+                  f"| dispatch at that depth: messages/s | {m['dispatch_messages_per_s']:,.0f}: "
+                  f"{m['dispatch_vs_shallow']:.2f}x the 10,000-message figure"
+                  + (" (started before the enqueue ended)" if m["dispatch_started_during_enqueue"] else "") + " |"]
     return "\n".join(lines) + "\n"
 
 

@@ -6,12 +6,31 @@ import os
 import time
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_MAX = 2**80 - 1
+_last = (0, 0)  # (milliseconds, random part) of the last ULID made here
 
 
 def ulid(ms: int | None = None) -> str:
-    """A 26-character ULID: 48-bit millisecond time + 80 random bits, Crockford base32."""
-    value = ((int(time.time() * 1000) if ms is None else ms) & (2**48 - 1)) << 80
-    value |= int.from_bytes(os.urandom(10), "big")
+    """A 26-character ULID: 48-bit millisecond time + 80 random bits, Crockford base32.
+
+    Monotonic within this process (the ULID spec's monotonic mode): in the same millisecond
+    (or if the clock steps back) the random part of the last one plus one, so ids made one
+    after another sort in that order. Queues rely on it: messages due at the same moment go
+    out in the order their ids were made."""
+    global _last
+    if ms is not None:  # a given time (events of the past): random, and not remembered
+        return _encode((ms & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10), "big"))
+    now = int(time.time() * 1000) & (2**48 - 1)
+    last_ms, last_random = _last
+    if now <= last_ms and last_random < _RANDOM_MAX:
+        now, random = last_ms, last_random + 1
+    else:
+        random = int.from_bytes(os.urandom(10), "big")
+    _last = (now, random)
+    return _encode(now << 80 | random)
+
+
+def _encode(value: int) -> str:
     out = []
     for _ in range(26):
         out.append(_CROCKFORD[value & 31])

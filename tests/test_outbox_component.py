@@ -225,11 +225,15 @@ async def test_cancelling_a_campaign_cancels_what_is_still_queued(world: World) 
     cid = (await world.app.outbox.create_campaign(body, {}))["id"]
     await world.clock.run_until(lambda: len(sent(world.fakes)) >= 2, limit=30)
     view = await world.app.outbox.set_campaign_state(cid, "cancel")
+    # shown cancelled at once; each message is written so as its session's turn comes
+    assert view["state"] == "cancelled" and view["counts"]["queued"] == 0
     done = len(sent(world.fakes))
     await world.clock.advance(60)
     assert len(sent(world.fakes)) <= done + 1  # at most the one already being sent
     view = await world.app.outbox.campaign(cid)
     assert view["state"] == "cancelled" and view["counts"]["cancelled"] >= 7
+    totals = (await world.app.outbox.overview())["totals"]
+    assert totals["queued"] == 0 and totals["cancelled"] + totals["sent"] == 10
 
 
 async def test_bad_campaign_items_name_every_index_and_store_nothing(world: World) -> None:

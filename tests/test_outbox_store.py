@@ -4,6 +4,7 @@ idempotency keys, pacing."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,14 +19,24 @@ from router.outbox.model import (
     Request,
     State,
     message_id,
+    seq_at,
 )
 from router.outbox.redis_store import RedisOutbox
-from router.outbox.store import IdempotencyKey, KeyReused, MemoryOutbox, OutboxStore
+from router.outbox.store import (
+    Began,
+    IdempotencyKey,
+    KeyReused,
+    MemoryOutbox,
+    OutboxStore,
+    TurnEnd,
+    TurnStart,
+)
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.system  # the Redis half needs redis-server
 
 NOW = 1_800_000_000.0
+DAY = 86400.0
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -34,7 +45,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield MemoryOutbox()
         return
     server = RedisServer(tmp_path).start()
-    s = RedisOutbox(server.url, "t:")
+    s = RedisOutbox(server.url, "t:", wall=lambda: NOW)
     await s.open()
     try:
         yield s
@@ -43,103 +54,174 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         server.kill()
 
 
-def msg(session: str, seq: int, *, priority: Priority = Priority.NORMAL, campaign: str | None = None,
-        body: bytes = b'{"text":"x"}') -> Message:
+def msg(session: str, n: int, *, priority: Priority = Priority.NORMAL, campaign: str | None = None,
+        body: bytes = b'{"text":"x"}', not_before: float = 0.0) -> Message:
+    """The ``n``-th message queued (a microsecond apart)."""
+    seq = seq_at(NOW) + n
     return Message(message_id(session), session,
                    Request("POST", "/api/sendText", "a=1", body, "application/json", "rid-1"),
-                   created=NOW + seq, seq=seq, priority=priority, campaign=campaign)
+                   created=NOW + n / 1e6, seq=seq, priority=priority, campaign=campaign,
+                   not_before=not_before)
 
 
-async def sent(store: OutboxStore, m: Message) -> None:
-    """queued -> sending -> sent, as the dispatcher does."""
-    m.state = State.SENDING
-    await store.save(m, State.QUEUED)
-    m.state, m.finished = State.SENT, NOW + 10
-    await store.save(m, State.SENDING)
+async def turn(store: OutboxStore, session: str, now: float = NOW) -> TurnStart:
+    starts = [t for t in await store.turns(now, 100, DAY) if t.session == session]
+    assert len(starts) == 1, f"no turn for {session}"
+    return starts[0]
+
+
+async def send(store: OutboxStore, start: TurnStart, *, at: float | None = None) -> Message:
+    """One turn that sends its head, as the dispatcher does."""
+    m = start.head
+    at = NOW + 10 if at is None else at
+    m.state, m.instance = State.SENDING, "node-1"
+    assert await store.begin_send(m) is Began.OK
+    m.state, m.finished, m.sent_at = State.SENT, at, at
+    ended = await store.end_turn(TurnEnd(m.session, at, m.id, m, State.SENDING, sent_at=at,
+                                         not_before=at + 2, horizon=DAY))
+    assert ended.written
+    return m
 
 
 async def test_messages_round_trip_byte_for_byte(store: OutboxStore) -> None:
-    m = msg("s1", 1, body=b'{"text":"h\\u00e9llo \xf0\x9f\x91\x8b"}')
-    m.ref = "order-42"
+    m = msg("s1", 1, body=b'{"text":"h\\u00e9llo \xf0\x9f\x91\x8b\\n"}', campaign="cmp_x",
+            priority=Priority.HIGH, not_before=NOW + 5)
+    m.ref, m.expires = "order-42 \u00e9", NOW + 3600
+    m.request = dataclasses.replace(m.request, method="PUT", content_type="text/plain")
     await store.add([m])
     got = await store.get(m.id)
-    assert got is not None and got.request == m.request and got.ref == "order-42"
-    assert (got.state, got.session, got.created, got.seq) == (State.QUEUED, "s1", m.created, 1)
+    assert got is not None and got.request == m.request
+    assert (got.ref, got.campaign, got.priority, got.not_before, got.expires) == (
+        "order-42 \u00e9", "cmp_x", Priority.HIGH, NOW + 5, NOW + 3600)
+    assert (got.state, got.session, got.seq, got.order) == (State.QUEUED, "s1", m.seq, m.order)
+    assert got.created == pytest.approx(m.created, abs=1e-6)
     assert await store.get("msg_nope") is None
+    assert await store.get(message_id("s1")) is None
 
 
-async def test_queue_order_is_priority_then_enqueue_order(store: OutboxStore) -> None:
-    a, b = msg("s", 1), msg("s", 2)
-    c = msg("s", 3, priority=Priority.HIGH)
-    await store.add([a, b, c])
-    order = []
-    for _ in range(3):
-        head = await store.head("s")
-        assert head is not None
-        order.append(head.id)
-        await sent(store, head)
+async def test_queue_order_is_priority_then_due_time(store: OutboxStore) -> None:
+    a = msg("s", 1)
+    later = msg("s", 2, not_before=NOW + 100)  # scheduled: holds nobody back
+    b = msg("s", 3)
+    c = msg("s", 4, priority=Priority.HIGH)
+    await store.add([a, later, b, c])
+    order = [(await send(store, await turn(store, "s", NOW + 10 * k), at=NOW + 10 * k)).id
+             for k in range(3)]
     assert order == [c.id, a.id, b.id]
-    assert await store.head("s") is None
-    assert await store.depth("s") == {"high": 0, "normal": 0}
+    start = await turn(store, "s", NOW + 100)
+    assert start.head.id == later.id
+    assert await store.depth("s") == {"high": 0, "normal": 1}
 
 
-async def test_turns_and_schedule(store: OutboxStore) -> None:
-    await store.add([msg("a", 1), msg("b", 2)])
-    assert sorted(await store.due(NOW, 10)) == ["a", "b"]
-    assert await store.due(NOW, 10) == []  # both are being served
-    await store.schedule("a", NOW + 5)
-    await store.schedule("b", NOW + 1)
-    assert await store.due(NOW + 2, 10) == ["b"]
-    assert await store.due(NOW + 6, 10) == ["a"]
-    # a turn over an empty queue ends the session's turns until the next add
-    for s in ("a", "b"):
-        head = await store.head(s)
-        assert head is not None
-        await sent(store, head)
-        await store.schedule(s, None)
-    assert await store.due(NOW + 100, 10) == []
-    await store.add([msg("a", 3)])
-    assert await store.due(NOW + 100, 10) == ["a"]
-
-
-async def test_state_changes_keep_totals_and_campaign_counts(store: OutboxStore) -> None:
-    c = Campaign("cmp_1", "dec", created=NOW)
-    await store.add_campaign(c)
-    ms = [msg("s", i, campaign="cmp_1") for i in range(4)]
+async def test_messages_due_at_the_same_time_keep_their_order(store: OutboxStore) -> None:
+    ms = [msg("s", i, not_before=NOW + 5) for i in range(50)]
     await store.add(ms)
-    await sent(store, ms[0])
+    order = [(await send(store, await turn(store, "s", NOW + 10 * i + 5))).id for i in range(50)]
+    assert order == [m.id for m in ms]
+
+
+async def test_turns_are_leased_and_scheduled(store: OutboxStore) -> None:
+    a, b = msg("a", 1), msg("b", 2)
+    await store.add([a, b])
+    assert sorted(t.session for t in await store.turns(NOW, 10, 0)) == ["a", "b"]
+    assert await store.turns(NOW, 10, 0) == []  # both are being served
+    await store.end_turn(TurnEnd("a", NOW + 5, a.id))
+    await store.end_turn(TurnEnd("b", NOW + 1, b.id))
+    got_b = await store.turns(NOW + 2, 10, 0)
+    got_a = await store.turns(NOW + 6, 10, 0)
+    assert [t.session for t in got_b + got_a] == ["b", "a"]
+    # the last message sent: no more turns until the next add
+    await send(store, got_b[0])
+    await send(store, got_a[0])
+    assert await store.turns(NOW + 100, 10, 0) == []
+    await store.add([msg("a", 3)])
+    assert [t.session for t in await store.turns(NOW + 100, 10, 0)] == ["a"]
+
+
+async def test_a_new_head_during_a_turn_is_looked_at_at_once(store: OutboxStore) -> None:
+    a = msg("s", 1, not_before=NOW + 1000)
+    await store.add([a])
+    start = await turn(store, "s")
+    urgent = msg("s", 2, priority=Priority.HIGH)
+    await store.add([urgent])  # while the turn decides to wait for a's time
+    await store.end_turn(TurnEnd("s", NOW + 1000, start.head.id))
+    assert (await turn(store, "s")).head.id == urgent.id
+
+
+async def test_state_changes_keep_counts_and_finish_the_campaign(store: OutboxStore) -> None:
+    await store.add_campaign(Campaign("cmp_1", "dec", created=NOW))
+    ms = [msg("s", i, campaign="cmp_1") for i in range(3)]
+    await store.add(ms)
+    await send(store, await turn(store, "s"))
     cancel = ms[1]
     cancel.state, cancel.finished = State.CANCELLED, NOW + 1
-    await store.save(cancel, State.QUEUED)
+    assert (await store.change(cancel, State.QUEUED)).written
+    assert not (await store.change(cancel, State.QUEUED)).written  # compared and set
     got = await store.get_campaign("cmp_1")
-    assert got is not None and got.total == 4
-    assert {k: v for k, v in got.counts.items() if v} == {"queued": 2, "sent": 1, "cancelled": 1}
+    assert got is not None and got.total == 3 and got.state is CampaignState.RUNNING
+    assert {k: v for k, v in got.counts.items() if v} == {"queued": 1, "sent": 1, "cancelled": 1}
     totals = await store.totals()
-    assert (totals["queued"], totals["sent"], totals["cancelled"]) == (2, 1, 1)
-    assert sorted(x.id for x in await store.queued("cmp_1")) == sorted([ms[2].id, ms[3].id])
-    got.state, got.finished = CampaignState.CANCELLED, NOW + 2
-    await store.save_campaign(got)
-    again = await store.get_campaign("cmp_1")
-    assert again is not None and again.state is CampaignState.CANCELLED and again.total == 4
-    assert [x.id for x in await store.campaigns(10)] == ["cmp_1"]
+    assert (totals["queued"], totals["sent"], totals["cancelled"]) == (1, 1, 1)
     snap = await store.snapshot()
-    assert snap.backlog == 2 and snap.oldest is not None
+    assert snap.backlog == 1 and snap.oldest == pytest.approx(ms[2].created, abs=1e-5)
+    start = await turn(store, "s", NOW + 20)
+    assert start.head.id == ms[2].id and start.campaign is CampaignState.RUNNING
+    m = start.head
+    m.state = State.SENDING
+    assert await store.begin_send(m) is Began.OK
+    m.state, m.finished = State.FAILED, NOW + 21
+    ended = await store.end_turn(TurnEnd("s", NOW + 21, m.id, m, State.SENDING))
+    assert ended.written and ended.finished is not None
+    assert ended.finished.state is CampaignState.FINISHED and ended.finished.finished == NOW + 21
+    assert [x.id for x in await store.campaigns(10)] == ["cmp_1"]
+    assert (await store.snapshot()).oldest is None
+
+
+async def test_a_send_begins_only_if_nothing_changed(store: OutboxStore) -> None:
+    await store.add_campaign(Campaign("cmp_1", "dec", created=NOW))
+    ms = [msg("s", i, campaign="cmp_1") for i in range(2)]
+    await store.add(ms)
+    c = await store.get_campaign("cmp_1")
+    assert c is not None
+    for state, began in ((CampaignState.PAUSED, Began.PAUSED), (CampaignState.CANCELLED, Began.CANCELLED)):
+        c.state = state
+        await store.save_campaign(c)
+        start = await turn(store, "s")
+        assert start.campaign is state
+        start.head.state = State.SENDING
+        assert await store.begin_send(start.head) is began
+        await store.end_turn(TurnEnd("s", NOW, start.head.id))
+    c.state = CampaignState.RUNNING
+    await store.save_campaign(c)
+    start = await turn(store, "s")
+    # cancelled by the client between the turn's start and its send
+    kept = await store.get(start.head.id)
+    assert kept is not None
+    kept.state = State.CANCELLED
+    assert (await store.change(kept, State.QUEUED)).written
+    start.head.state = State.SENDING
+    assert await store.begin_send(start.head) is Began.LOST
+    await store.end_turn(TurnEnd("s", NOW, start.head.id))
+    # a turn that is not this store's (never given, or its lease gone)
+    other = msg("t", 1)
+    await store.add([other])
+    other.state = State.SENDING
+    assert await store.begin_send(other) is Began.LOST
 
 
 async def test_an_explicit_retry_puts_a_failed_message_back_in_its_queue(store: OutboxStore) -> None:
     m = msg("s", 1)
     await store.add([m])
-    await store.due(NOW, 10)
+    start = await turn(store, "s")
+    m = start.head
     m.state, m.finished = State.FAILED, NOW
-    await store.save(m, State.QUEUED)
-    await store.schedule("s", None)
-    assert await store.head("s") is None
+    await store.end_turn(TurnEnd("s", NOW, m.id, m, State.QUEUED))
+    assert await store.turns(NOW + 10, 10, 0) == []
+    assert (await store.totals())["failed"] == 1
     m.state, m.finished = State.QUEUED, None
-    await store.save(m, State.FAILED)
-    await store.schedule("s", NOW)
-    head = await store.head("s")
-    assert head is not None and head.id == m.id
-    assert await store.due(NOW, 10) == ["s"]
+    assert (await store.change(m, State.FAILED)).written
+    assert (await turn(store, "s", NOW + 10)).head.id == m.id
+    assert (await store.totals())["queued"] == 1
 
 
 async def test_idempotency_keys(store: OutboxStore) -> None:
@@ -154,28 +236,56 @@ async def test_idempotency_keys(store: OutboxStore) -> None:
     assert (await store.totals())["queued"] == 2
 
 
+async def test_concurrent_adds_each_keep_their_key(store: OutboxStore) -> None:
+    """Adds made at once share script calls (Redis): each still gets its own answer."""
+    keys = [IdempotencyKey("c", f"k{i % 50}", "fp") for i in range(200)]
+    got = await asyncio.gather(*(store.add([msg(f"s{i % 7}", i)], k, 60) for i, k in enumerate(keys)))
+    assert len({g[0].id for g in got}) == 50
+    assert (await store.totals())["queued"] == 50
+
+
 async def test_pacing_paused_and_deepest(store: OutboxStore) -> None:
-    await store.record_send("s", NOW, NOW + 3)
-    await store.record_send("s", NOW + 4, NOW + 8)
+    await store.add([msg("s", i) for i in range(3)])
+    await send(store, await turn(store, "s"), at=NOW)
+    start = await turn(store, "s", NOW + 4)
+    assert (start.not_before, start.sent) == (NOW + 2, [NOW])
+    await send(store, start, at=NOW + 4)
     p = await store.pacing("s")
-    assert p.not_before == NOW + 8 and p.sent == [NOW, NOW + 4]
+    assert p.not_before == NOW + 6 and p.sent == [NOW, NOW + 4]
+    start = await turn(store, "s", NOW + 70)
+    assert start.sent == [NOW, NOW + 4]  # within the horizon (a day)
+    assert (await store.turns(NOW + 70, 10, 0)) == []
+    await store.end_turn(TurnEnd("s", NOW + 70, start.head.id))
+    only_recent = await store.turns(NOW + 70, 10, 60)
+    assert only_recent[0].sent == []  # nothing within the last minute
     await store.set_paused("s", True)
     assert await store.paused("s") and not await store.paused("t")
     assert (await store.snapshot()).sessions_paused == 1
+    await store.end_turn(TurnEnd("s", NOW + 80, only_recent[0].head.id))
+    assert (await turn(store, "s", NOW + 80)).paused
     await store.set_paused("s", False)
     assert not await store.paused("s")
     await store.add([msg("deep", i) for i in range(3)] + [msg("shallow", 9)])
-    assert (await store.deepest(5))[:2] == [("deep", 3), ("shallow", 1)]
+    assert await store.deepest(5) == [("deep", 3), ("s", 1), ("shallow", 1)]
+
+
+async def test_wake_gives_a_waiting_session_its_turn_now(store: OutboxStore) -> None:
+    m = msg("s", 1)
+    await store.add([m])
+    start = await turn(store, "s")
+    await store.end_turn(TurnEnd("s", NOW + 500, start.head.id))
+    assert await store.turns(NOW + 1, 10, 0) == []
+    await store.wake("s", NOW + 1)
+    assert (await turn(store, "s", NOW + 1)).head.id == m.id
 
 
 async def test_a_renewed_turn_is_not_taken_and_sweep_forgets_old_messages(store: OutboxStore) -> None:
     m = msg("s", 1)
     await store.add([m])
-    assert await store.due(NOW, 10) == ["s"]
-    await store.renew("s", NOW + 5)
-    assert await store.due(NOW + 6, 10) == []  # still ours (Redis: pushed back with the lease)
-    await sent(store, m)
-    await store.schedule("s", None)
+    start = await turn(store, "s")
+    await store.renew(["s"], NOW + 5)
+    assert await store.turns(NOW + 6, 10, 0) == []  # still ours (Redis: pushed back with the lease)
+    await send(store, start)
     assert await store.sweep(NOW + 5, 100) == 0  # it ended at NOW + 10
     assert await store.sweep(NOW + 11, 100) == 1
     assert await store.get(m.id) is None

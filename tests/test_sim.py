@@ -640,6 +640,8 @@ def test_ulid_shape_and_order() -> None:
     assert len(a) == len(b) == 26
     assert a < b
     assert re.fullmatch(r"[0-9A-HJKMNP-TV-Z]{26}", ulid())
+    made = [ulid() for _ in range(2000)]  # many in one millisecond: still in order
+    assert made == sorted(made) and len(set(made)) == len(made)
 
 
 # -- stats -----------------------------------------------------------------------------

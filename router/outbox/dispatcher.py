@@ -9,6 +9,7 @@ have been sent) rather than sending it again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -18,12 +19,12 @@ from typing import Any
 from router.backoff import Backoff
 from router.clock import Clock
 from router.config.holder import ConfigHolder
-from router.errors import RouterError, StoreUnavailable, UpstreamError
+from router.errors import StoreUnavailable, UpstreamError
+from router.outbox import pacing
 from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
-from router.outbox.pacing import trim
-from router.outbox.store import OutboxStore, Snapshot
-from router.outbox.turns import Finish, Later, Send, SessionView, Wait, decide, settle
+from router.outbox.store import Began, Ended, OutboxStore, Snapshot, TurnEnd, TurnStart
+from router.outbox.turns import WAIT_RECHECK, Finish, Later, SessionView, Wait, decide, settle
 from router.pulse import Pulse
 from router.routing import Router
 from router.tasks import Tasks
@@ -38,6 +39,7 @@ SNAPSHOT_EVERY = 1.0
 SWEEP_EVERY = 60.0  # finished messages older than outbox.keep are forgotten, this many at a time:
 SWEEP_BATCH = 10_000
 RENEW_EVERY = 3.0  # a third of the Redis lease
+SENT_KEPT = 86400.0  # send times kept per session (the session view counts the last day)
 PERSIST_ATTEMPTS = 8
 TYPING_PER_CHAR = 0.05  # seconds of "typing..." per character of the text
 TYPING_MAX = 4.0
@@ -65,6 +67,7 @@ class Dispatcher:
         self.snapshot = Snapshot()  # refreshed every SNAPSHOT_EVERY seconds, for metrics
         self._snapshot_at = 0.0
         self._sweep_at = 0.0
+        self._renew_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Dispatcher serving={len(self._serving)} finished={self.finished}>"
@@ -80,28 +83,46 @@ class Dispatcher:
         self._on_change(m)
 
     def kick(self) -> None:
-        """Look for due sessions now (a message was queued, routing changed)."""
+        """Look for due sessions now (a message was queued, a turn ended, routing changed)."""
         self._wake.fire()
 
     async def _run(self) -> None:
+        failing = Backoff(base=TICK, cap=2.0)
         while True:
             try:
-                free = CONCURRENCY - len(self._serving)
-                if free > 0:
-                    for session in await self.store.due(self._clock.wall(), free):
-                        if session not in self._serving:
-                            self._serving.add(session)
-                            self.tasks.spawn(self._turn(session), name=f"outbox-{session}")
-                if self._clock.now() >= self._snapshot_at:
-                    self._snapshot_at = self._clock.now() + SNAPSHOT_EVERY
-                    self.snapshot = await self.store.snapshot()
-                if self._clock.now() >= self._sweep_at:
-                    self._sweep_at = self._clock.now() + SWEEP_EVERY
-                    keep = self._config.current.outbox.keep
-                    await self.store.sweep(self._clock.wall() - keep, SWEEP_BATCH)
+                await self._step()
+                if failing.failures:
+                    log.warning("outbox: the store answers again")
+                    failing.reset()
+                await self._wake.wait(TICK)
+            except StoreUnavailable as e:
+                # Redis is down or refusing: one line (not a traceback every tick), then
+                # slower retries until it is back.
+                if not failing.failures:
+                    log.warning("outbox: %s; retrying", e.message)
+                await self._clock.sleep(failing.next())
             except Exception:
                 log.exception("outbox: looking for due sessions failed")
-            await self._wake.wait(TICK)
+                await self._wake.wait(TICK)
+
+    async def _step(self) -> None:
+        now, wall = self._clock.now(), self._clock.wall()
+        free = CONCURRENCY - len(self._serving)
+        if free > 0:
+            reach = pacing.horizon(self._config.current.outbox.limits)
+            for start in await self.store.turns(wall, free, reach):
+                self._serving.add(start.session)
+                self.tasks.spawn(self._turn(start), name=f"outbox-{start.session}")
+        if now >= self._renew_at:
+            self._renew_at = now + RENEW_EVERY
+            # Turns that take long (slow sends) keep their sessions: one call for all.
+            await self.store.renew(sorted(self._serving), wall)
+        if now >= self._snapshot_at:
+            self._snapshot_at = now + SNAPSHOT_EVERY
+            self.snapshot = await self.store.snapshot()
+        if now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_EVERY
+            await self.store.sweep(wall - self._config.current.outbox.keep, SWEEP_BATCH)
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -119,85 +140,91 @@ class Dispatcher:
             return SessionView(None, f"the session is {status} on {a.instance}")
         return SessionView(inst.name)
 
-    async def _turn(self, session: str) -> None:
+    async def _turn(self, start: TurnStart) -> None:
+        m, session = start.head, start.session
+        now = self._clock.wall()
         try:
-            m = await self.store.head(session)
-            if m is None:
-                await self.store.schedule(session, None)  # the next enqueue schedules it
-                return
-            now = self._clock.wall()
-            if m.state is State.SENDING:
-                # Left by a router that died while sending it: it may have gone out.
-                await self._finish(m, State.UNKNOWN, "the router sending it stopped before an answer", now)
-                await self.store.schedule(session, now)
-                return
-            cfg = self._config.current.outbox
-            pacing = await self.store.pacing(session)
-            trim(pacing.sent, now, cfg.limits)
-            view = self._view(session)
-            if await self.store.paused(session) or await self._campaign_paused(m):
-                view = SessionView(view.instance, view.why_not, paused=True)
-            turn = decide(m, view, now, pacing.not_before, pacing.sent, cfg)
-            if isinstance(turn, Later):
-                await self.store.schedule(session, turn.at)
-            elif isinstance(turn, Finish):
-                await self._finish(m, turn.state, turn.why, now)
-                await self.store.schedule(session, now)
-            elif isinstance(turn, Wait):
-                if m.waiting_since is None:
-                    m.waiting_since = now
-                    await self.store.save(m, m.state)
-                await self.store.schedule(session, turn.until)
-            elif isinstance(turn, Send):
-                await self._send(m, turn.instance, now)
+            end = await self._decide(start, now)
+            await self._end(end)
         except Exception:
             log.exception("outbox: turn of session %s failed; trying again shortly", session)
-            await self.store.schedule(session, self._clock.wall() + 1.0)
+            with contextlib.suppress(Exception):  # else its lease runs out and it is retried
+                await self.store.end_turn(TurnEnd(session, self._clock.wall() + 1.0, m.id))
         finally:
             self._serving.discard(session)
+            self.kick()  # a slot is free
 
-    async def _campaign_paused(self, m: Message) -> bool:
-        if m.campaign is None:
-            return False
-        c = await self.store.get_campaign(m.campaign)
-        return c is not None and c.state is CampaignState.PAUSED
+    async def _decide(self, start: TurnStart, now: float) -> TurnEnd:
+        """What the turn does with its head message: the turn's end, to be written."""
+        m, session = start.head, start.session
+        if m.state is State.SENDING:
+            # Left by a router that died while sending it: it may have gone out.
+            return self._ending(m, State.UNKNOWN, "the router sending it stopped before an answer", now)
+        cfg = self._config.current.outbox
+        view = self._view(session)
+        if start.paused or start.campaign is not None:
+            view = SessionView(view.instance, view.why_not,
+                               paused=start.paused or start.campaign is CampaignState.PAUSED,
+                               cancelled=start.campaign is CampaignState.CANCELLED)
+        turn = decide(m, view, now, start.not_before, start.sent, cfg)
+        if isinstance(turn, Later):
+            return TurnEnd(session, turn.at, m.id)
+        if isinstance(turn, Finish):
+            return self._ending(m, turn.state, turn.why, now)
+        if isinstance(turn, Wait):
+            if m.waiting_since is not None:
+                return TurnEnd(session, turn.until, m.id)
+            m.waiting_since = now
+            return TurnEnd(session, turn.until, m.id, m, State.QUEUED)
+        return await self._send(m, turn.instance, now)
 
-    async def _finish(self, m: Message, state: State, why: str, now: float) -> None:
+    @staticmethod
+    def _ending(m: Message, state: State, why: str, now: float) -> TurnEnd:
         old, m.state, m.error, m.finished = m.state, state, why, now
-        await self.store.save(m, old)
-        self.finished[str(state)] += 1
-        self._on_change(m)
-        await self._campaign_done(m, now)
+        return TurnEnd(m.session, now, m.id, m, old)
 
-    async def _campaign_done(self, m: Message, now: float) -> None:
-        """A running campaign whose last message just ended is finished."""
-        if m.campaign is None:
+    async def _end(self, end: TurnEnd) -> None:
+        """Write the turn's end (after a send: tried for a while, see ``_persist``), then
+        report what changed."""
+        ended = Ended(False)
+
+        async def write() -> None:
+            nonlocal ended
+            ended = await self.store.end_turn(end)
+
+        if end.sent_at is not None or end.old is State.SENDING:
+            await self._persist(write)
+        else:
+            await write()
+        m = end.message
+        if m is None or not ended.written:
             return
-        c = await self.store.get_campaign(m.campaign)
-        if (c is not None and c.state is CampaignState.RUNNING
-                and not c.counts.get("queued") and not c.counts.get("sending")):
-            c.state, c.finished = CampaignState.FINISHED, now
-            await self.store.save_campaign(c)
-            self.on_campaign(c)
+        if end.old is not m.state:
+            if m.state in FINAL:
+                self.finished[str(m.state)] += 1
+            self._on_change(m)
+        if ended.finished is not None:
+            self.on_campaign(ended.finished)
 
-    async def _send(self, m: Message, instance: str, now: float) -> None:
+    async def _send(self, m: Message, instance: str, now: float) -> TurnEnd:
         inst = self._router.fleet.get(instance)
         assert inst is not None
         cfg = self._config.current
         # Written before the request is: a crash from here on leaves it `sending`.
         m.state, m.instance = State.SENDING, instance
-        await self.store.save(m, State.QUEUED)
+        began = await self.store.begin_send(m)
+        if began is not Began.OK:
+            m.state = State.QUEUED
+            if began is Began.CANCELLED:
+                return self._ending(m, State.CANCELLED, "its campaign was cancelled", now)
+            # Paused meanwhile, or no longer ours: the next turn looks again.
+            return TurnEnd(m.session, now + (WAIT_RECHECK if began is Began.PAUSED else 0.0), m.id)
         self._on_change(m)
         base = inst.address.origin + inst.address.base_path
-        renewing = self.tasks.spawn(self._renew(m.session), name=f"outbox-lease-{m.session}")
-        try:
-            if cfg.outbox.typing:
-                await self._type(m, base, inst.auth_headers)
-            attempt, error, answer = await self._post(m, base, inst.auth_headers,
-                                                      cfg.limits.upstream_timeout)
-        finally:
-            if renewing is not None:
-                renewing.cancel()
+        if cfg.outbox.typing:
+            await self._type(m, base, inst.auth_headers)
+        attempt, error, answer = await self._post(m, base, inst.auth_headers,
+                                                  cfg.limits.upstream_timeout)
         # What the proxy would report of this answer (a refused connection gets the instance
         # probed at once, so a crashed one is seen down and the queue waits).
         if attempt.status is None:
@@ -215,21 +242,17 @@ class Dispatcher:
         m.state, m.retry_at, m.error = result.state, result.retry_at, result.error
         if answer is not None:
             m.response = answer
+        sent_at = None
         if verdict is Verdict.SENT:
-            m.sent_at, m.waiting_since, m.error = done, None, None
-            await self._persist(lambda: self.store.record_send(m.session, done, result.gap_until or done))
+            m.sent_at, m.waiting_since, m.error, sent_at = done, None, None, done
         elif verdict is Verdict.WAIT:
             m.waiting_since = m.waiting_since if m.waiting_since is not None else done
             if attempt.status == 404:
                 self._router.not_found(m.session)  # the proxy's reconciliation
         if m.state in FINAL:
             m.finished = done
-            self.finished[str(m.state)] += 1
-        await self._persist(lambda: self.store.save(m, State.SENDING))
-        await self.store.schedule(m.session, result.next_turn)
-        self._on_change(m)
-        if m.state in FINAL:
-            await self._campaign_done(m, done)
+        return TurnEnd(m.session, result.next_turn, m.id, m, State.SENDING, sent_at=sent_at,
+                       not_before=result.gap_until or done, horizon=SENT_KEPT)
 
     async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
         """A write after the send: a store that fails now must not turn a message that went
@@ -242,16 +265,6 @@ class Dispatcher:
             except StoreUnavailable:
                 await self._clock.sleep(retry.next())
         await write()
-
-    async def _renew(self, session: str) -> None:
-        """Keep the session's lease while its send runs (another router must not think this
-        one died and take the session meanwhile)."""
-        while True:
-            await self._clock.sleep(RENEW_EVERY)
-            try:
-                await self.store.renew(session, self._clock.wall())
-            except RouterError as e:
-                log.warning("outbox: renewing the lease of %s: %s", session, e.message)
 
     async def _type(self, m: Message, base: str, auth: dict[str, str]) -> None:
         """WAHA's anti-blocking advice: typing, a pause that grows with the text, then the

@@ -14,6 +14,20 @@ def new_id(prefix: str) -> str:
     return prefix + ulid()
 
 
+# Sequence numbers count microseconds from here: below the priority rank (1e15) until 2055.
+SEQ_EPOCH = 1_700_000_000.0
+RANK = 1e15  # queue score = priority rank * RANK + the message's due sequence
+
+
+def seq_at(t: float) -> int:
+    """Wall time ``t`` as a sequence number (microseconds since SEQ_EPOCH)."""
+    return int((t - SEQ_EPOCH) * 1_000_000)
+
+
+def time_of(seq: float) -> float:
+    return SEQ_EPOCH + seq / 1_000_000
+
+
 def message_id(session: str) -> str:
     """``msg_<ULID>.<session>``: the session is in the id, so a store finds the message's
     queue (and its Redis hash slot) from the id alone."""
@@ -25,6 +39,11 @@ def session_of(message_id: str) -> str | None:
     if not message_id.startswith("msg_") or len(message_id) < 32 or message_id[30] != ".":
         return None
     return message_id[31:]
+
+
+def local_id(message_id: str) -> str:
+    """The ULID of ``msg_<ULID>.<session>``: unique within its session's keys."""
+    return message_id[4:30]
 
 
 class State(enum.StrEnum):
@@ -108,7 +127,15 @@ class Message:
 
     @property
     def order(self) -> tuple[int, int]:
-        return (self.priority.rank, self.seq)
+        """Queue order: high priority first, then by when the message is due (enqueue
+        order, or its ``not_before``: a message scheduled for tomorrow does not hold back
+        today's)."""
+        return (self.priority.rank, max(self.seq, seq_at(self.not_before)))
+
+    @property
+    def score(self) -> float:
+        rank, due = self.order
+        return rank * RANK + due
 
     def view(self) -> dict[str, Any]:
         """``GET /outbox/messages/{id}``."""
@@ -142,6 +169,11 @@ class Campaign:
     finished: float | None = None
 
     def view(self, eta_seconds: float | None) -> dict[str, Any]:
+        counts = dict(self.counts)
+        if self.state is CampaignState.CANCELLED:
+            # Its queued messages are never sent; the store marks them as their turns come.
+            counts["cancelled"] += counts["queued"]
+            counts["queued"] = 0
         return {"id": self.id, "name": self.name, "state": str(self.state), "total": self.total,
-                "counts": dict(self.counts), "created": self.created, "finished": self.finished,
+                "counts": counts, "created": self.created, "finished": self.finished,
                 "eta_seconds": eta_seconds}

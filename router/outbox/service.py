@@ -33,15 +33,12 @@ from router.outbox.model import (
     State,
     message_id,
     new_id,
+    seq_at,
 )
 from router.outbox.store import IdempotencyKey, KeyReused, OutboxStore
 
 Extract = Callable[[str, str, str, Mapping[str, str], bytes], str | None]
 """(method, path, query, headers, body) -> the session the request names, or None."""
-
-# Sequence numbers count microseconds from here: below the priority rank (1e15) until 2055.
-SEQ_EPOCH = 1_700_000_000.0
-
 
 def parse_time(value: str, now: float, *, durations: bool) -> float:
     """RFC 3339, Unix seconds, or (``durations``) a duration from now such as ``2h``."""
@@ -98,7 +95,7 @@ class OutboxService:
     def _seq(self, now: float) -> int:
         """Enqueue order: microseconds since SEQ_EPOCH (comparable between routers),
         strictly increasing in this process (a batch keeps its order)."""
-        self._last_seq = max(self._last_seq + 1, int((now - SEQ_EPOCH) * 1_000_000))
+        self._last_seq = max(self._last_seq + 1, seq_at(now))
         return self._last_seq
 
     def __repr__(self) -> str:
@@ -256,12 +253,10 @@ class OutboxService:
             c.state = CampaignState.RUNNING
             self.dispatcher.kick()
         else:
-            c.state = CampaignState.CANCELLED
-            c.finished = self._clock.wall()
-            for m in await self.store.queued(c.id):
-                m.state, m.error, m.finished = State.CANCELLED, "campaign cancelled", c.finished
-                await self.store.save(m, State.QUEUED)
-                self.dispatcher.changed(m)
+            # Its queued messages are cancelled as their sessions' turns come (none is sent
+            # after this: a send checks its campaign as it begins), shown cancelled already.
+            c.state, c.finished = CampaignState.CANCELLED, self._clock.wall()
+            self.dispatcher.kick()
         await self.store.save_campaign(c)
         if c.state is not CampaignState.RUNNING:
             self.dispatcher.on_campaign(c)
@@ -276,15 +271,28 @@ class OutboxService:
         m = await self.store.get(message_id)
         if m is None:
             raise NotFound(f"no message {message_id!r}")
+        if m.state is State.QUEUED and m.campaign is not None:
+            c = await self.store.get_campaign(m.campaign)
+            if c is not None and c.state is CampaignState.CANCELLED:
+                # Never sent now; stored as such when its session's turn comes.
+                m.state, m.error, m.finished = State.CANCELLED, "its campaign was cancelled", c.finished
         return m
+
+    async def _change(self, m: Message, old: State) -> None:
+        ended = await self.store.change(m, old)
+        if not ended.written:
+            now = await self._message_named(m.id)
+            raise Conflict(f"message {m.id} is {now.state} now")
+        self.dispatcher.changed(m)
+        if ended.finished is not None:
+            self.dispatcher.on_campaign(ended.finished)
 
     async def cancel(self, message_id: str) -> dict[str, Any]:
         m = await self._message_named(message_id)
         if m.state is not State.QUEUED:
             raise Conflict(f"message {message_id} is {m.state}: only a queued message can be cancelled")
         m.state, m.error, m.finished = State.CANCELLED, "cancelled by the client", self._clock.wall()
-        await self.store.save(m, State.QUEUED)
-        self.dispatcher.changed(m)
+        await self._change(m, State.QUEUED)
         return m.view()
 
     async def retry(self, message_id: str) -> dict[str, Any]:
@@ -297,8 +305,7 @@ class OutboxService:
         m.state, m.error, m.finished, m.retry_at, m.waiting_since = State.QUEUED, None, None, 0.0, None
         if m.expires and m.expires <= now:
             m.expires = now + self._config.current.outbox.ttl
-        await self.store.save(m, old)
-        await self.store.schedule(m.session, now)
+        await self._change(m, old)
         self.dispatcher.kick()
         return m.view()
 
@@ -341,7 +348,7 @@ class OutboxService:
         self._check_session(session)
         await self.store.set_paused(session, paused)
         if not paused:
-            await self.store.schedule(session, self._clock.wall())
+            await self.store.wake(session, self._clock.wall())
             self.dispatcher.kick()
         return await self.session(session)
 

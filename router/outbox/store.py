@@ -4,13 +4,16 @@
 
 from __future__ import annotations
 
+import bisect
+import copy
+import enum
 import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router.outbox.model import Campaign, Message, State, check
+from router.outbox.model import FINAL, Campaign, CampaignState, Message, State, check, time_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,51 @@ class KeyReused(Exception):
 class Pacing:
     not_before: float = 0.0  # the end of the last send's gap
     sent: list[float] = field(default_factory=list)  # recent send times, ascending
+
+
+@dataclass(slots=True)
+class TurnStart:
+    """A session's turn as ``turns`` hands it out: the session is this process's to serve
+    (with several routers: a lease) until ``end_turn``."""
+
+    session: str
+    head: Message  # the next message in queue order (a session with none gets no turn)
+    not_before: float  # pacing: the end of the last send's gap
+    sent: list[float]  # pacing: send times within the longest limited window, ascending
+    paused: bool  # the session is paused
+    campaign: CampaignState | None  # the head's campaign's state
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """What a turn leaves behind, written at once: the message's new state (compared and
+    set: ``old`` must still be stored), a send counted for pacing, the session's next turn."""
+
+    session: str
+    at: float  # the next turn (sooner, if another message became the head meanwhile)
+    head: str  # the id the turn decided on
+    message: Message | None = None
+    old: State | None = None
+    sent_at: float | None = None
+    not_before: float = 0.0  # with sent_at: the end of the pacing gap
+    horizon: float = 86400.0  # with sent_at: send times older than this are forgotten
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ``end_turn`` or ``change`` wrote."""
+
+    written: bool  # the message's change (False: none, or its state had changed meanwhile)
+    finished: Campaign | None = None  # the campaign this change finished
+
+
+class Began(enum.StrEnum):
+    """``begin_send``'s answer: go ahead, or why not."""
+
+    OK = "ok"
+    LOST = "lost"  # no longer ours: the lease expired, or the message changed meanwhile
+    CANCELLED = "cancelled"  # its campaign was cancelled
+    PAUSED = "paused"  # its campaign was paused
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,27 +100,32 @@ class OutboxStore(Protocol):
 
     async def get(self, message_id: str) -> Message | None: ...
 
-    async def save(self, m: Message, old: State) -> None:
-        """Write ``m`` after a change from ``old`` (campaign counts follow)."""
+    async def turns(self, now: float, limit: int, horizon: float) -> list[TurnStart]:
+        """Up to ``limit`` sessions whose turn has come, earliest first, each with what its
+        turn decides on; ``horizon``: how far back send times matter (0: none)."""
         ...
 
-    async def head(self, session: str) -> Message | None:
-        """The session's next message in queue order (high priority first, then enqueue
-        order), or None when it has none queued."""
+    async def begin_send(self, m: Message) -> Began:
+        """Write ``m`` (now ``sending``) if it is still queued, its session still this
+        process's, and its campaign neither paused nor cancelled."""
         ...
 
-    async def due(self, now: float, limit: int) -> list[str]:
-        """Sessions whose turn has come (their time <= ``now``), earliest first, each now
-        this process's to serve until it calls ``schedule`` (with several routers: a lease)."""
+    async def end_turn(self, end: TurnEnd) -> Ended:
+        """Write what the turn did and schedule the session's next one (none while its
+        queue is empty: the next ``add`` schedules it)."""
         ...
 
-    async def schedule(self, session: str, at: float | None) -> None:
-        """The session's next turn (earlier or later than the one it had); None when its
-        queue is empty (the next ``add`` schedules it). Ends the turn ``due`` gave."""
+    async def change(self, m: Message, old: State) -> Ended:
+        """Write ``m`` outside any turn (a cancel, an explicit retry) if its stored state is
+        still ``old``."""
         ...
 
-    async def renew(self, session: str, now: float) -> None:
-        """Keep serving a session whose turn takes long (a slow send)."""
+    async def renew(self, sessions: Sequence[str], now: float) -> None:
+        """Keep serving sessions whose turns take long (slow sends)."""
+        ...
+
+    async def wake(self, session: str, now: float) -> None:
+        """Give the session a turn now (it was resumed), unless one is under way."""
         ...
 
     async def sweep(self, before: float, limit: int) -> int:
@@ -82,18 +135,12 @@ class OutboxStore(Protocol):
 
     async def pacing(self, session: str) -> Pacing: ...
 
-    async def record_send(self, session: str, at: float, not_before: float) -> None: ...
-
     async def add_campaign(self, c: Campaign) -> None: ...
 
     async def get_campaign(self, campaign_id: str) -> Campaign | None: ...
 
     async def save_campaign(self, c: Campaign) -> None:
         """Its name, state and end (counts and total follow the messages)."""
-        ...
-
-    async def queued(self, campaign_id: str) -> list[Message]:
-        """The campaign's messages still queued (to cancel them)."""
         ...
 
     async def set_paused(self, session: str, paused: bool) -> None: ...
@@ -119,6 +166,15 @@ class OutboxStore(Protocol):
         ...
 
 
+def counts_changed(c: Campaign, old: State, new: State) -> bool:
+    """Move one message of ``c`` from ``old`` to ``new``; True when that finished a running
+    campaign (nothing of it queued or sending any more)."""
+    c.counts[str(old)] -= 1
+    c.counts[str(new)] += 1
+    return (new in FINAL and c.state is CampaignState.RUNNING
+            and not c.counts["queued"] and not c.counts["sending"])
+
+
 class MemoryOutbox:
     """The outbox in this process's memory."""
 
@@ -129,6 +185,7 @@ class MemoryOutbox:
         self._queues: dict[str, list[tuple[tuple[int, int], str]]] = {}  # session -> heap
         self._turns: list[tuple[float, int, str]] = []  # (at, seq, session), lazy
         self._turn_at: dict[str, float] = {}
+        self._serving: set[str] = set()
         self._seq = itertools.count()
         self._pacing: dict[str, Pacing] = {}
         self._idem: dict[tuple[str, str], tuple[str, list[str]]] = {}
@@ -147,40 +204,29 @@ class MemoryOutbox:
                 fingerprint, ids = known
                 if fingerprint != idem.fingerprint:
                     raise KeyReused(idem.key)
-                return [self.messages[i] for i in ids if i in self.messages]
+                return [copy.copy(self.messages[i]) for i in ids if i in self.messages]
             self._idem[(idem.scope, idem.key)] = (idem.fingerprint, [m.id for m in messages])
         for m in messages:
-            self.messages[m.id] = m
+            self.messages[m.id] = m = copy.copy(m)  # callers change theirs; this one is stored
             if m.campaign is not None and m.campaign in self._campaigns:
                 self._campaigns[m.campaign].counts[str(m.state)] += 1
                 self._campaigns[m.campaign].total += 1
-            if m.state is State.QUEUED:
-                self._enqueue(m)
+            self._enqueue(m)
         return list(messages)
 
     def _enqueue(self, m: Message) -> None:
-        heapq.heappush(self._queues.setdefault(m.session, []), (m.order, m.id))
-        if m.session not in self._turn_at:
-            self._set_turn(m.session, 0.0)
+        queue = self._queues.setdefault(m.session, [])
+        heapq.heappush(queue, (m.order, m.id))
+        if m.session in self._serving:
+            return  # its turn ends with a look at the head
+        if m.session not in self._turn_at or queue[0][1] == m.id:
+            self._set_turn(m.session, 0.0)  # a new head is looked at now
 
     def _set_turn(self, session: str, at: float) -> None:
         self._turn_at[session] = at
         heapq.heappush(self._turns, (at, next(self._seq), session))
 
-    async def get(self, message_id: str) -> Message | None:
-        return self.messages.get(message_id)
-
-    async def save(self, m: Message, old: State) -> None:
-        if old is not m.state:
-            check(old, m.state)
-            if m.campaign is not None and (c := self._campaigns.get(m.campaign)) is not None:
-                c.counts[str(old)] -= 1
-                c.counts[str(m.state)] += 1
-        self.messages[m.id] = m
-        if m.state is State.QUEUED and old is not State.QUEUED and old is not State.SENDING:
-            self._enqueue(m)  # an explicit retry of a failed or unknown message
-
-    async def head(self, session: str) -> Message | None:
+    def _head(self, session: str) -> Message | None:
         queue = self._queues.get(session)
         while queue:
             m = self.messages.get(queue[0][1])
@@ -190,24 +236,85 @@ class MemoryOutbox:
         self._queues.pop(session, None)
         return None
 
-    async def due(self, now: float, limit: int) -> list[str]:
-        out: list[str] = []
+    async def get(self, message_id: str) -> Message | None:
+        m = self.messages.get(message_id)
+        return None if m is None else copy.copy(m)
+
+    async def turns(self, now: float, limit: int, horizon: float) -> list[TurnStart]:
+        out: list[TurnStart] = []
         while self._turns and self._turns[0][0] <= now and len(out) < limit:
             at, _, session = heapq.heappop(self._turns)
             if self._turn_at.get(session) != at:
                 continue  # rescheduled since
             del self._turn_at[session]
-            out.append(session)
+            head = self._head(session)
+            if head is None:
+                continue
+            self._serving.add(session)
+            p = self._pacing.get(session) or Pacing()
+            c = self._campaigns.get(head.campaign) if head.campaign else None
+            out.append(TurnStart(session, copy.copy(head), p.not_before,
+                                 [t for t in p.sent if t > now - horizon] if horizon else [],
+                                 session in self._paused, c.state if c else None))
         return out
 
-    async def schedule(self, session: str, at: float | None) -> None:
-        if at is None:
-            self._turn_at.pop(session, None)
-        else:
-            self._set_turn(session, at)
+    async def begin_send(self, m: Message) -> Began:
+        kept = self.messages.get(m.id)
+        if m.session not in self._serving or kept is None or kept.state is not State.QUEUED:
+            return Began.LOST
+        c = self._campaigns.get(m.campaign) if m.campaign else None
+        if c is not None and c.state in (CampaignState.CANCELLED, CampaignState.PAUSED):
+            return Began.CANCELLED if c.state is CampaignState.CANCELLED else Began.PAUSED
+        self._write(m, State.QUEUED)
+        return Began.OK
 
-    async def renew(self, session: str, now: float) -> None:
+    def _write(self, m: Message, old: State) -> Campaign | None:
+        """Store ``m`` after a change from ``old``; the campaign that finished, if any."""
+        finished = None
+        if old is not m.state:
+            check(old, m.state)
+            c = self._campaigns.get(m.campaign) if m.campaign is not None else None
+            if c is not None and counts_changed(c, old, m.state):
+                c.state, c.finished = CampaignState.FINISHED, m.finished
+                finished = c
+        self.messages[m.id] = m = copy.copy(m)
+        if m.state is State.QUEUED and old in (State.FAILED, State.UNKNOWN):
+            self._enqueue(m)  # an explicit retry
+        return finished
+
+    async def end_turn(self, end: TurnEnd) -> Ended:
+        ended = Ended(False)
+        if end.message is not None:
+            kept = self.messages.get(end.message.id)
+            old = end.old or (kept.state if kept is not None else end.message.state)
+            ended = await self.change(end.message, old)
+        if end.sent_at is not None:
+            p = self._pacing.setdefault(end.session, Pacing())
+            p.sent.append(end.sent_at)
+            p.not_before = end.not_before
+            del p.sent[:bisect.bisect_right(p.sent, end.sent_at - end.horizon)]
+        self._serving.discard(end.session)
+        head = self._head(end.session)
+        if head is not None:
+            decided = self.messages.get(end.head)
+            went_ahead = head.id != end.head and decided is not None and decided.state is State.QUEUED
+            self._set_turn(end.session, 0.0 if went_ahead else end.at)  # a new head: at once
+        else:
+            self._turn_at.pop(end.session, None)
+        return ended
+
+    async def change(self, m: Message, old: State) -> Ended:
+        kept = self.messages.get(m.id)
+        if kept is None or kept.state is not old:
+            return Ended(False)
+        return Ended(True, self._write(m, old))
+
+    async def renew(self, sessions: Sequence[str], now: float) -> None:
         pass  # one process: nobody else could take the session
+
+    async def wake(self, session: str, now: float) -> None:
+        if session not in self._serving and self._head(session) is not None:
+            self._set_turn(session, now)
 
     async def sweep(self, before: float, limit: int) -> int:
         old = [m.id for m in self.messages.values()
@@ -220,12 +327,8 @@ class MemoryOutbox:
         return len(old)
 
     async def pacing(self, session: str) -> Pacing:
-        return self._pacing.setdefault(session, Pacing())
-
-    async def record_send(self, session: str, at: float, not_before: float) -> None:
-        p = self._pacing.setdefault(session, Pacing())
-        p.sent.append(at)
-        p.not_before = not_before
+        p = self._pacing.get(session) or Pacing()
+        return Pacing(p.not_before, list(p.sent))
 
     async def add_campaign(self, c: Campaign) -> None:
         self._campaigns[c.id] = c
@@ -239,10 +342,6 @@ class MemoryOutbox:
             kept.state, kept.finished, kept.name = c.state, c.finished, c.name
         else:
             self._campaigns[c.id] = c
-
-    async def queued(self, campaign_id: str) -> list[Message]:
-        return [m for m in self.messages.values()
-                if m.campaign == campaign_id and m.state is State.QUEUED]
 
     async def set_paused(self, session: str, paused: bool) -> None:
         (self._paused.add if paused else self._paused.discard)(session)
@@ -265,8 +364,9 @@ class MemoryOutbox:
         return out
 
     async def snapshot(self) -> Snapshot:
-        queued = [m.created for m in self.messages.values() if m.state is State.QUEUED]
-        return Snapshot(len(queued), min(queued, default=None), len(self._paused))
+        queued = [m.order[1] for m in self.messages.values() if m.state is State.QUEUED]
+        oldest = min(queued, default=None)
+        return Snapshot(len(queued), None if oldest is None else time_of(oldest), len(self._paused))
 
     async def deepest(self, limit: int) -> list[tuple[str, int]]:
         depth = {s: sum(1 for _, mid in q if (m := self.messages.get(mid)) is not None

@@ -65,13 +65,16 @@ class SessionView:
 
     instance: str | None  # where it can be sent now; None: unplaced, moving or down
     why_not: str = ""  # when ``instance`` is None
-    paused: bool = False
+    paused: bool = False  # the session, or the head message's campaign
+    cancelled: bool = False  # the head message's campaign
 
 
 def decide(m: Message, session: SessionView, now: float, not_before: float,
            sent: list[float], config: OutboxConfig) -> Turn:
     """The head message's turn. ``not_before``/``sent``: the session's pacing state (the
     end of its last gap; its recent send times, ascending)."""
+    if session.cancelled:
+        return Finish(State.CANCELLED, "its campaign was cancelled")
     if m.expires and now >= m.expires:
         return Finish(State.EXPIRED, "expired before it could be sent")
     if session.paused:

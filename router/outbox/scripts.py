@@ -1,0 +1,263 @@
+"""The outbox's Lua scripts (``router.outbox.redis_store`` names the keys they use)."""
+
+from __future__ import annotations
+
+# Shared by the scripts below. ``write`` stores a message's new head (state digit + meta)
+# in front of its stored body if its state is still ``old`` (compare-and-set), and keeps
+# the counts, the session's queue and ``oldest`` in step; it answers '' (written), 'state'
+# (the state had changed), 'gone' (no such message) or 'finished:<campaign>'.
+LIB = """
+local P = ARGV[1]
+local RANK = 1e15
+local NAME = {['0'] = 'queued', ['1'] = 'sending', ['2'] = 'sent', ['3'] = 'failed',
+              ['4'] = 'unknown', ['5'] = 'cancelled', ['6'] = 'expired'}
+local function tag(s) return P .. '{s:' .. s .. '}:' end
+local function due_of(score) if score >= RANK then return score - RANK end return score end
+local function oldest(s, t)
+  local a = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
+  if #a == 0 then redis.call('ZREM', P .. 'oldest', s) return end
+  local best = tonumber(a[2])
+  if best < RANK then
+    local b = redis.call('ZRANGEBYSCORE', t .. 'q', RANK, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #b > 0 then best = math.min(best, tonumber(b[2]) - RANK) end
+  else
+    best = best - RANK
+  end
+  redis.call('ZADD', P .. 'oldest', best, s)
+end
+local function wake(s, t, now)
+  -- a session nobody serves looks at its (maybe new) head now; one being served does when
+  -- its turn ends (lowering its time would crowd the due window with leased sessions)
+  if redis.call('EXISTS', t .. 'lease') == 0 then
+    redis.call('ZADD', P .. 'due', 'LT', now, s)
+  end
+end
+local function write(s, id, old, head, cmp, stamp, score, now)
+  local t = tag(s)
+  local v = redis.call('HGET', t .. 'm', id)
+  if not v then return 'gone' end
+  local cur = string.sub(v, 1, 1)
+  if old ~= '' and cur ~= old then return 'state' end
+  local new = string.sub(head, 1, 1)
+  redis.call('HSET', t .. 'm', id, head .. string.sub(v, (string.find(v, '\\n', 1, true))))
+  if cur == new then return '' end
+  redis.call('HINCRBY', P .. 'totals', NAME[cur], -1)
+  redis.call('HINCRBY', P .. 'totals', NAME[new], 1)
+  local live_before, live_after = cur <= '1', new <= '1'
+  if live_before and not live_after then
+    redis.call('ZREM', t .. 'q', id)
+    redis.call('ZADD', P .. 'done', stamp, 'msg_' .. id .. '.' .. s)
+    oldest(s, t)
+  elseif live_after and not live_before then  -- an explicit retry: back in its queue
+    redis.call('ZADD', t .. 'q', score, id)
+    redis.call('ZREM', P .. 'done', 'msg_' .. id .. '.' .. s)
+    redis.call('ZADD', P .. 'oldest', 'LT', due_of(tonumber(score)), s)
+    wake(s, t, now)
+  end
+  if cmp == '' then return '' end
+  local c = P .. 'c:' .. cmp
+  redis.call('HINCRBY', c, 'n:' .. NAME[cur], -1)
+  local left = redis.call('HINCRBY', c, 'n:' .. NAME[new], 1)
+  if live_after or redis.call('HGET', c, 'state') ~= 'running' then return '' end
+  if tonumber(redis.call('HGET', c, 'n:queued') or '0') > 0 then return '' end
+  if tonumber(redis.call('HGET', c, 'n:sending') or '0') > 0 then return '' end
+  redis.call('HSET', c, 'state', 'finished', 'finished', stamp)
+  return 'finished:' .. cmp
+end
+"""
+
+# ARGV: P, now, then groups of [idem digest, fingerprint, ttl ms, campaign, n, n x (id,
+# session, value, score)]; answers, per group, '' (queued) or what the key queued before.
+ADD = LIB + """
+local now = ARGV[2]
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local idem, fingerprint, ttl, cmp, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  i = i + 5
+  local prev = false
+  if idem ~= '' then prev = redis.call('GET', P .. 'idem:' .. idem) end
+  if prev then
+    out[#out + 1] = prev
+    i = i + 4 * n
+  else
+    local ids, first = {}, {}
+    for _ = 1, n do
+      local id, s, v, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+      i = i + 4
+      local t = tag(s)
+      redis.call('HSET', t .. 'm', id, v)
+      redis.call('ZADD', t .. 'q', score, id)
+      local d = due_of(tonumber(score))
+      if not first[s] or d < first[s] then first[s] = d end
+      ids[#ids + 1] = 'msg_' .. id .. '.' .. s
+    end
+    for s, d in pairs(first) do
+      redis.call('ZADD', P .. 'oldest', 'LT', d, s)
+      wake(s, tag(s), now)
+    end
+    redis.call('HINCRBY', P .. 'totals', 'queued', n)
+    if cmp ~= '' then
+      redis.call('HINCRBY', P .. 'c:' .. cmp, 'n:queued', n)
+      redis.call('HINCRBY', P .. 'c:' .. cmp, 'total', n)
+    end
+    if idem ~= '' then
+      redis.call('SET', P .. 'idem:' .. idem, fingerprint .. '\\n' .. table.concat(ids, ','), 'PX', ttl)
+    end
+    out[#out + 1] = ''
+  end
+end
+return out
+"""
+
+# ARGV: P, now, limit, holder, lease ms, horizon: leases up to ``limit`` due sessions and
+# answers, for each, 7 values: session, head id, head value, pacing not_before, paused
+# (0/1), the head's campaign's state, recent send times (comma-separated).
+TURNS = LIB + """
+local now, limit, holder, ttl, horizon = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, s in ipairs(due) do
+  local t = tag(s)
+  if redis.call('SET', t .. 'lease', holder, 'NX', 'PX', ttl) then
+    local h = redis.call('ZRANGE', t .. 'q', 0, 0)
+    local v = h[1] and redis.call('HGET', t .. 'm', h[1])
+    if not h[1] then
+      redis.call('ZREM', P .. 'due', s)
+      redis.call('DEL', t .. 'lease')
+    elseif not v then  -- a queue entry without its message: drop it
+      redis.call('ZREM', t .. 'q', h[1])
+      redis.call('DEL', t .. 'lease')
+    else
+      redis.call('ZADD', P .. 'due', now + tonumber(ttl) / 1000, s)
+      local meta = string.sub(v, 1, (string.find(v, '\\n', 1, true)))
+      local cmp = string.match(meta, '"c":"([^"]*)"')
+      local cs = cmp and redis.call('HGET', P .. 'c:' .. cmp, 'state') or ''
+      local sent = ''
+      if horizon > 0 then
+        sent = table.concat(redis.call('ZRANGEBYSCORE', t .. 'sent', '(' .. (now - horizon), '+inf'), ',')
+      end
+      out[#out + 1] = s
+      out[#out + 1] = h[1]
+      out[#out + 1] = v
+      out[#out + 1] = redis.call('HGET', t .. 'pace', 'nb') or ''
+      out[#out + 1] = redis.call('SISMEMBER', P .. 'paused', s)
+      out[#out + 1] = cs
+      out[#out + 1] = sent
+    end
+  end
+end
+return out
+"""
+
+# ARGV: P, now, then ops, each a kind and its fields:
+#   B session id holder head campaign score: begin a send (answers ok|lost|cancelled|paused)
+#   E session id holder old head campaign stamp score at decided sent_at nb trim: end a turn
+#   C session id old head campaign stamp score: a change outside any turn
+OPS = LIB + """
+local now = ARGV[2]
+local out = {}
+local i = 3
+while i <= #ARGV do
+  local kind, s, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local t = tag(s)
+  if kind == 'B' then
+    local holder, head, cmp, score = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+    i = i + 7
+    local answer = 'ok'
+    local cs = cmp ~= '' and redis.call('HGET', P .. 'c:' .. cmp, 'state')
+    if redis.call('GET', t .. 'lease') ~= holder then
+      answer = 'lost'
+    elseif cs == 'cancelled' or cs == 'paused' then
+      answer = cs
+    elseif write(s, id, '0', head, cmp, now, score, now) ~= '' then
+      answer = 'lost'
+    end
+    out[#out + 1] = answer
+  elseif kind == 'E' then
+    local holder, old, head, cmp, stamp, score, at, decided, sent_at, nb, trim =
+      ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8],
+      ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]
+    i = i + 14
+    local answer = ''
+    if head ~= '' then answer = write(s, id, old, head, cmp, stamp, score, now) end
+    if sent_at ~= '' then
+      redis.call('ZADD', t .. 'sent', sent_at, sent_at)
+      redis.call('ZREMRANGEBYSCORE', t .. 'sent', '-inf', '(' .. trim)
+      redis.call('HSET', t .. 'pace', 'nb', nb)
+    end
+    local lease = redis.call('GET', t .. 'lease')
+    if lease == holder then redis.call('DEL', t .. 'lease') end
+    if lease == holder or not lease then
+      local h = redis.call('ZRANGE', t .. 'q', 0, 0)
+      if not h[1] then
+        redis.call('ZREM', P .. 'due', s)
+      elseif h[1] ~= decided and redis.call('ZSCORE', t .. 'q', decided) then
+        redis.call('ZADD', P .. 'due', now, s)  -- a new head went ahead: look at it at once
+      else
+        redis.call('ZADD', P .. 'due', at, s)
+      end
+    end
+    out[#out + 1] = answer
+  else
+    local old, head, cmp, stamp, score = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+    i = i + 8
+    out[#out + 1] = write(s, id, old, head, cmp, stamp, score, now)
+  end
+end
+return out
+"""
+
+# ARGV: P, session, now: a turn now for a session with messages that nobody serves.
+WAKE = """
+local t = ARGV[1] .. '{s:' .. ARGV[2] .. '}:'
+if redis.call('EXISTS', t .. 'lease') == 0 and redis.call('ZCARD', t .. 'q') > 0 then
+  redis.call('ZADD', ARGV[1] .. 'due', 'LT', ARGV[3], ARGV[2])
+end
+return 1
+"""
+
+# ARGV: P, now, lease ms, holder, sessions...: keep serving them (only those still this holder's).
+RENEW = """
+local P, now, ttl, holder = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+for i = 5, #ARGV do
+  local t = P .. '{s:' .. ARGV[i] .. '}:'
+  if redis.call('GET', t .. 'lease') == holder then
+    redis.call('PEXPIRE', t .. 'lease', ttl)
+    redis.call('ZADD', P .. 'due', 'XX', now + tonumber(ttl) / 1000, ARGV[i])
+  end
+end
+return 1
+"""
+
+SWEEP = """
+local P, before, limit = ARGV[1], ARGV[2], ARGV[3]
+local ids = redis.call('ZRANGEBYSCORE', P .. 'done', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, id in ipairs(ids) do
+  redis.call('HDEL', P .. '{s:' .. string.sub(id, 32) .. '}:m', string.sub(id, 5, 30))
+  redis.call('ZREM', P .. 'done', id)
+end
+local old = redis.call('ZRANGEBYSCORE', P .. 'campaigns', '-inf', '(' .. before, 'LIMIT', 0, limit)
+for _, c in ipairs(old) do
+  local f = redis.call('HGET', P .. 'c:' .. c, 'finished')
+  if f and f ~= '' and tonumber(f) < tonumber(before) then
+    redis.call('DEL', P .. 'c:' .. c)
+    redis.call('ZREM', P .. 'campaigns', c)
+  end
+end
+return #ids
+"""
+
+# ARGV: P, limit: the deepest queues among the first ``limit`` scheduled sessions.
+DEEPEST = """
+local P = ARGV[1]
+local out = {}
+for _, s in ipairs(redis.call('ZRANGE', P .. 'due', 0, tonumber(ARGV[2]) - 1)) do
+  local n = redis.call('ZCARD', P .. '{s:' .. s .. '}:q')
+  if n > 0 then
+    out[#out + 1] = s
+    out[#out + 1] = n
+  end
+end
+return out
+"""
