@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from router.batcher import settle
 from router.errors import StoreUnavailable
 from router.webhooks import WebhookRelay
-from router.webhooks.batcher import settle
 from router.webhooks.filters import target_key
 from router.webhooks.model import InboundEvent
 from router.webhooks.queue_redis import GROUP, RedisQueue

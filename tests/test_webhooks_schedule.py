@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from router.batcher import Batcher
 from router.config.model import RetryConfig, RetryPolicy
-from router.webhooks.batcher import Batcher
 from router.webhooks.filters import EventFilter, target_key, target_keys
 from router.webhooks.schedule import Breaker, BreakerState, exhausted, retry_delay
 

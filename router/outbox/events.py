@@ -27,6 +27,8 @@ class OutboxEvents:
         return f"<OutboxEvents emitted={self.emitted} lost={self.lost}>"
 
     def message(self, m: Message) -> None:
+        if not self._relay.wants("outbox.message"):
+            return
         # The id names the change, so a receiver can drop a duplicate delivery.
         self._emit(f"{m.id}:{m.state}:{m.attempts}", m.session, "outbox.message", m.view())
 
@@ -34,6 +36,8 @@ class OutboxEvents:
         self._emit(f"{c.id}:{c.state}", None, "outbox.campaign", c.view(eta))
 
     def _emit(self, event_id: str, session: str | None, kind: str, payload: dict[str, Any]) -> None:
+        if not self._relay.wants(kind):
+            return  # no target takes it: not even built
         body = json.dumps({"id": event_id, "event": kind, "session": session, "payload": payload},
                           separators=(",", ":")).encode()
         try:

@@ -17,7 +17,7 @@ Keys (prefix ``P`` = ``store.prefix`` + ``outbox:``); a session's keys carry the
 A queued message costs one hash entry and one zset entry keyed by its 26-byte ULID, nothing
 global: a million of them fit in a few hundred MB. Every write is one Lua script, so a
 message, its queue entry, the counts and its campaign change together; writes from many
-callers at once share one script call (``Batcher``). A cancelled campaign's messages are
+callers at once share one script call (``router.batcher``). A cancelled campaign's messages are
 not touched one by one: each is cancelled when its session's turn comes (and shown
 cancelled meanwhile). (The scripts touch a session's keys and the global ones, which a
 Redis Cluster would refuse; wa-router runs on one Redis or Sentinel, see README.)
@@ -37,9 +37,9 @@ import redis.exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from router.batcher import Answered
 from router.errors import StoreUnavailable
 from router.outbox import codec
-from router.outbox.batcher import Batcher
 from router.outbox.model import (
     RANK,
     Campaign,
@@ -85,8 +85,10 @@ class RedisOutbox:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
         # Adds, and a turn's writes, from many callers at once go in one script call each.
-        self._adds: Batcher[list[Any], bytes] = Batcher(self._flush_adds, max_items=256)
-        self._ops: Batcher[list[Any], bytes] = Batcher(self._flush_ops, max_items=256)
+        self._adds: Answered[bytes, bytes] = Answered(self._flush_adds, max_items=256,
+                                                          name="outbox-adds")
+        self._ops: Answered[bytes, bytes] = Answered(self._flush_ops, max_items=256,
+                                                         name="outbox-writes")
 
     def __repr__(self) -> str:
         return f"<RedisOutbox prefix={self.p!r} {'open' if self._client else 'not connected'}>"
@@ -102,8 +104,8 @@ class RedisOutbox:
         self._wake = self._client.register_script(WAKE)
 
     async def close(self) -> None:
-        await self._adds.close()
-        await self._ops.close()
+        await self._adds.batcher.close()
+        await self._ops.batcher.close()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -129,18 +131,16 @@ class RedisOutbox:
     def _t(self, session: str) -> str:
         return f"{self.p}{{s:{session}}}:"
 
-    async def _batch(self, script: AsyncScript, parts: list[list[Any]]) -> list[bytes]:
-        """One call of ``script`` for what many callers asked (see ``Batcher``)."""
-        argv: list[Any] = [self.p, repr(self._wall())]
-        for part in parts:
-            argv += part
+    async def _batch(self, script: AsyncScript, calls: list[bytes]) -> list[bytes]:
+        """One call of ``script`` for what many callers asked (see ``router.batcher``)."""
+        argv: list[Any] = [self.p, repr(self._wall()), *calls]
         answer: list[bytes] = await self._call(lambda: script(args=argv))
         return answer
 
-    async def _flush_adds(self, groups: list[list[Any]]) -> list[bytes]:
+    async def _flush_adds(self, groups: list[bytes]) -> list[bytes]:
         return await self._batch(self._add, groups)
 
-    async def _flush_ops(self, ops: list[list[Any]]) -> list[bytes]:
+    async def _flush_ops(self, ops: list[bytes]) -> list[bytes]:
         return await self._batch(self._ops_script, ops)
 
     # -- messages --------------------------------------------------------------------------
@@ -151,13 +151,13 @@ class RedisOutbox:
         if idem is not None:
             digest = hashlib.sha256(f"{idem.scope}\n{idem.key}".encode()).hexdigest()
         campaign = messages[0].campaign if messages else None
-        group: list[Any] = [digest, idem.fingerprint if idem else "", int(idem_ttl * 1000) or 1,
-                            campaign or "", len(messages)]
+        parts = [pack(digest, idem.fingerprint if idem else "", str(int(idem_ttl * 1000) or 1),
+                      campaign or "")]
         for m in messages:
             if m.campaign != campaign:
                 raise ValueError("one add queues messages of one campaign")
-            group += [local_id(m.id), m.session, codec.encode(m), repr(m.score)]
-        prev = await self._adds(group)
+            parts.append(pack(local_id(m.id), m.session, repr(m.score), codec.encode(m)))
+        prev = await self._adds(b"".join(parts))
         if prev:
             fingerprint, _, ids = prev.decode().partition("\n")
             if idem is None or fingerprint != idem.fingerprint:
@@ -190,27 +190,26 @@ class RedisOutbox:
         return out
 
     async def begin_send(self, m: Message) -> Began:
-        answer = await self._ops(["B", m.session, local_id(m.id), self.holder, codec.encode_meta(m),
-                                  m.campaign or "", repr(m.score)])
+        answer = await self._ops(pack("B", m.session, local_id(m.id), self.holder,
+                                      codec.encode_meta(m), m.campaign or "", repr(m.score)))
         return Began(answer.decode())
 
     async def end_turn(self, end: TurnEnd) -> Ended:
         m = end.message
-        op: list[Any] = ["E", end.session, local_id(m.id) if m else "", self.holder,
-                         codec.CODE[end.old] if end.old else "",
-                         codec.encode_meta(m) if m else "", (m.campaign if m else None) or "",
-                         repr(_stamp(m)) if m else "", repr(m.score) if m else "", repr(end.at),
-                         local_id(end.head),
-                         "" if end.sent_at is None else repr(end.sent_at), repr(end.not_before),
-                         repr((end.sent_at or 0.0) - end.horizon)]
+        op = pack("E", end.session, local_id(m.id) if m else "", self.holder,
+                  codec.CODE[end.old] if end.old else "", codec.encode_meta(m) if m else "",
+                  (m.campaign if m else None) or "", repr(_stamp(m)) if m else "",
+                  repr(m.score) if m else "", repr(end.at), local_id(end.head),
+                  "" if end.sent_at is None else repr(end.sent_at), repr(end.not_before),
+                  repr((end.sent_at or 0.0) - end.horizon))
         return await self._ended(await self._ops(op), m is not None)
 
     async def change(self, m: Message, old: State) -> Ended:
         if old is not m.state:
             check(old, m.state)
-        answer = await self._ops(["C", m.session, local_id(m.id), codec.CODE[old],
-                                  codec.encode_meta(m), m.campaign or "", repr(_stamp(m)),
-                                  repr(m.score)])
+        answer = await self._ops(pack("C", m.session, local_id(m.id), codec.CODE[old],
+                                      codec.encode_meta(m), m.campaign or "", repr(_stamp(m)),
+                                      repr(m.score)))
         return await self._ended(answer, True)
 
     async def _ended(self, answer: bytes, wrote: bool) -> Ended:
@@ -316,6 +315,16 @@ class RedisOutbox:
         got: list[Any] = await self._call(lambda: self._deepest(args=[self.p, DEEPEST_SCAN]))
         pairs = [(got[i].decode(), int(got[i + 1])) for i in range(0, len(got), 2)]
         return sorted(pairs, key=lambda x: (-x[1], x[0]))[:limit]
+
+
+def pack(*fields: str | bytes) -> bytes:
+    """Fields as one script argument, each ``<length>:<bytes>`` (the scripts' ``fields``):
+    redis-py encodes every argument on its own, which costs more than the whole script."""
+    out = []
+    for f in fields:
+        raw = f.encode() if isinstance(f, str) else f
+        out.append(b"%d:%s" % (len(raw), raw))
+    return b"".join(out)
 
 
 def _stamp(m: Message) -> float:

@@ -12,6 +12,17 @@ local RANK = 1e15
 local NAME = {['0'] = 'queued', ['1'] = 'sending', ['2'] = 'sent', ['3'] = 'failed',
               ['4'] = 'unknown', ['5'] = 'cancelled', ['6'] = 'expired'}
 local function tag(s) return P .. '{s:' .. s .. '}:' end
+-- one argument carrying many fields, each "<length>:<bytes>" (``redis_store.pack``)
+local function fields(a)
+  local out, i = {}, 1
+  while i <= #a do
+    local c = string.find(a, ':', i, true)
+    local j = c + tonumber(string.sub(a, i, c - 1))
+    out[#out + 1] = string.sub(a, c + 1, j)
+    i = j + 1
+  end
+  return out
+end
 local function due_of(score) if score >= RANK then return score - RANK end return score end
 local function oldest(s, t)
   local a = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
@@ -57,7 +68,7 @@ local function write(s, id, old, head, cmp, stamp, score, now)
   if cmp == '' then return '' end
   local c = P .. 'c:' .. cmp
   redis.call('HINCRBY', c, 'n:' .. NAME[cur], -1)
-  local left = redis.call('HINCRBY', c, 'n:' .. NAME[new], 1)
+  redis.call('HINCRBY', c, 'n:' .. NAME[new], 1)
   if live_after or redis.call('HGET', c, 'state') ~= 'running' then return '' end
   if tonumber(redis.call('HGET', c, 'n:queued') or '0') > 0 then return '' end
   if tonumber(redis.call('HGET', c, 'n:sending') or '0') > 0 then return '' end
@@ -66,36 +77,42 @@ local function write(s, id, old, head, cmp, stamp, score, now)
 end
 """
 
-# ARGV: P, now, then groups of [idem digest, fingerprint, ttl ms, campaign, n, n x (id,
-# session, value, score)]; answers, per group, '' (queued) or what the key queued before.
+# ARGV: P, now, then one packed group per add: idem digest, fingerprint, ttl ms, campaign,
+# then (id, session, score, value) per message; answers, per group, '' (queued) or what the
+# key queued before.
 ADD = LIB + """
 local now = ARGV[2]
 local out = {}
-local i = 3
-while i <= #ARGV do
-  local idem, fingerprint, ttl, cmp, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
-  i = i + 5
+for g = 3, #ARGV do
+  local f = fields(ARGV[g])
+  local idem, fingerprint, ttl, cmp = f[1], f[2], f[3], f[4]
   local prev = false
   if idem ~= '' then prev = redis.call('GET', P .. 'idem:' .. idem) end
   if prev then
     out[#out + 1] = prev
-    i = i + 4 * n
   else
-    local ids, first = {}, {}
-    for _ = 1, n do
-      local id, s, v, score = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-      i = i + 4
+    local ids, first, low = {}, {}, {}  -- per session: earliest due, lowest score added
+    for i = 5, #f, 4 do
+      local id, s, score, v = f[i], f[i + 1], tonumber(f[i + 2]), f[i + 3]
       local t = tag(s)
       redis.call('HSET', t .. 'm', id, v)
-      redis.call('ZADD', t .. 'q', score, id)
-      local d = due_of(tonumber(score))
+      redis.call('ZADD', t .. 'q', f[i + 2], id)
+      local d = due_of(score)
       if not first[s] or d < first[s] then first[s] = d end
+      if not low[s] or score < low[s] then low[s] = score end
       ids[#ids + 1] = 'msg_' .. id .. '.' .. s
     end
     for s, d in pairs(first) do
+      local t = tag(s)
       redis.call('ZADD', P .. 'oldest', 'LT', d, s)
-      wake(s, tag(s), now)
+      local h = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
+      if tonumber(h[2]) == low[s] then
+        wake(s, t, now)  -- one of these is its new head
+      else
+        redis.call('ZADD', P .. 'due', 'NX', now, s)
+      end
     end
+    local n = #ids
     redis.call('HINCRBY', P .. 'totals', 'queued', n)
     if cmp ~= '' then
       redis.call('HINCRBY', P .. 'c:' .. cmp, 'n:queued', n)
@@ -150,22 +167,22 @@ end
 return out
 """
 
-# ARGV: P, now, then ops, each a kind and its fields:
+# ARGV: P, now, then one packed op each, a kind and its fields:
 #   B session id holder head campaign score: begin a send (answers ok|lost|cancelled|paused)
 #   E session id holder old head campaign stamp score at decided sent_at nb trim: end a turn
 #   C session id old head campaign stamp score: a change outside any turn
 OPS = LIB + """
 local now = ARGV[2]
 local out = {}
-local i = 3
-while i <= #ARGV do
-  local kind, s, id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for o = 3, #ARGV do
+  local f = fields(ARGV[o])
+  local kind, s, id = f[1], f[2], f[3]
   local t = tag(s)
+  local answer = ''
   if kind == 'B' then
-    local holder, head, cmp, score = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-    i = i + 7
-    local answer = 'ok'
+    local holder, head, cmp, score = f[4], f[5], f[6], f[7]
     local cs = cmp ~= '' and redis.call('HGET', P .. 'c:' .. cmp, 'state')
+    answer = 'ok'
     if redis.call('GET', t .. 'lease') ~= holder then
       answer = 'lost'
     elseif cs == 'cancelled' or cs == 'paused' then
@@ -173,13 +190,9 @@ while i <= #ARGV do
     elseif write(s, id, '0', head, cmp, now, score, now) ~= '' then
       answer = 'lost'
     end
-    out[#out + 1] = answer
   elseif kind == 'E' then
     local holder, old, head, cmp, stamp, score, at, decided, sent_at, nb, trim =
-      ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8],
-      ARGV[i + 9], ARGV[i + 10], ARGV[i + 11], ARGV[i + 12], ARGV[i + 13]
-    i = i + 14
-    local answer = ''
+      f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12], f[13], f[14]
     if head ~= '' then answer = write(s, id, old, head, cmp, stamp, score, now) end
     if sent_at ~= '' then
       redis.call('ZADD', t .. 'sent', sent_at, sent_at)
@@ -198,12 +211,10 @@ while i <= #ARGV do
         redis.call('ZADD', P .. 'due', at, s)
       end
     end
-    out[#out + 1] = answer
   else
-    local old, head, cmp, stamp, score = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-    i = i + 8
-    out[#out + 1] = write(s, id, old, head, cmp, stamp, score, now)
+    answer = write(s, id, f[4], f[5], f[6], f[7], f[8], now)
   end
+  out[#out + 1] = answer
 end
 return out
 """

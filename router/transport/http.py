@@ -32,6 +32,7 @@ class Response:
 # just as it is reused (a reused connection that fails is retried once anyway).
 IDLE_TIMEOUT = 4.0
 ONCE_IDLE = 1.0  # see ``HttpTransport.request(once=True)``
+EXPIRE_EVERY = 1.0  # idle connections past IDLE_TIMEOUT are looked for this often
 
 
 class _Answer:
@@ -102,6 +103,7 @@ class HttpTransport:
         self._idle_timeout = idle_timeout
         self._pools: dict[str, UpstreamPool] = {}
         self._idle_since: dict[UpstreamConnection, float] = {}
+        self._expire_at = 0.0
 
     def __repr__(self) -> str:
         return f"<HttpTransport {len(self._pools)} origins>"
@@ -137,8 +139,10 @@ class HttpTransport:
         head += [b"\r\n", body]
         request = b"".join(head)
         pool = self._pool(address)
-        if pool.idle:
-            self._expire(pool)
+        if pool.idle and (now := time.monotonic()) >= self._expire_at:
+            self._expire_at = now + EXPIRE_EVERY  # a scan per second, not per request
+            for each in self._pools.values():
+                self._expire(each)
         try:
             async with asyncio.timeout(timeout):
                 for _ in range(1 if once else 2):

@@ -38,10 +38,10 @@ from typing import Any, Final, TypeVar
 import redis.exceptions as rexc
 from redis.asyncio import Redis
 
+from router.batcher import Batcher
 from router.errors import StoreUnavailable
 from router.store.redis_client import RedisClients
 from router.webhooks.base import LEASE_OTHER, Done
-from router.webhooks.batcher import Batcher
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
 
 log = logging.getLogger(__name__)

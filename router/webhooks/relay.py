@@ -29,13 +29,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from router.batcher import settle
 from router.config.model import WebhooksConfig, WebhookTarget
 from router.errors import ShuttingDown, StoreUnavailable
 from router.events import EventLog
 from router.tasks import Tasks
 from router.transport import HttpTransport, Transport
 from router.webhooks.base import Done, Queue
-from router.webhooks.batcher import settle
 from router.webhooks.filters import EventFilter, target_keys
 from router.webhooks.model import Counters, DeadRecord, InboundEvent
 from router.webhooks.queue_memory import MemoryQueue
@@ -220,6 +220,11 @@ class WebhookRelay:
         await asyncio.gather(*(w.stop(self._stop_timeout) for w in removed), return_exceptions=True)
 
     # -- the receiver's call ----------------------------------------------------------
+
+    def wants(self, kind: str) -> bool:
+        """Whether any target would receive an event of ``kind`` (so a producer can skip
+        building one nobody wants)."""
+        return any(match(kind) for _, match in self._routes)
 
     def accept_nowait(self, events: Sequence[InboundEvent], done: Done) -> None:
         """Store ``events`` for every target whose ``events`` filter matches; ``done(None)``

@@ -1,11 +1,14 @@
-"""Coalesce concurrent writes into one round trip.
+"""Coalesce concurrent writes into one round trip (the webhook relay's accepts, the
+outbox's adds and turn writes).
 
 ``put(items, done)`` calls ``done(None)`` once a flush containing ``items`` succeeded, or
 ``done(error)`` with what the flush raised; ``submit(items)`` is the awaitable form. The
-receiver uses ``put``: no task or future per request on the accept path. One flush runs at a time: callers that arrive while it is in flight join the
-next one, so under load a batch is whatever accumulated during one round trip (no timer,
-no added latency when idle). A flush takes whole callers (at least one) while it stays
-within ``max_items`` items and ``max_bytes`` (by ``size``; bounds one Redis command).
+webhook receiver uses ``put``: no task or future per request on the accept path. One flush
+runs at a time: callers that arrive while it is in flight join the next one, so under load
+a batch is whatever accumulated during one round trip (no timer, no added latency when
+idle). A flush takes whole callers (at least one) while it stays within ``max_items`` items
+and ``max_bytes`` (by ``size``; bounds one Redis command). Calls that need an answer each
+use ``Answered``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 Done = Callable[[BaseException | None], None]
 
 
@@ -30,7 +35,9 @@ class Batcher(Generic[T]):
         max_items: int = 1024,
         max_bytes: int | None = None,
         size: Callable[[T], int] | None = None,
+        name: str = "webhook-batcher",
     ) -> None:
+        self._name = name
         self._flush = flush
         self._max = max_items
         self._max_bytes = max_bytes
@@ -45,7 +52,7 @@ class Batcher(Generic[T]):
         nbytes = sum(map(self._size, items)) if self._size is not None else 0
         self._queue.append((items, nbytes, done))
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="webhook-batcher")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self._name)
 
     async def submit(self, items: Sequence[T]) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -79,7 +86,7 @@ class Batcher(Generic[T]):
                     try:
                         done(error)
                     except Exception:  # one caller's bug must not strand the others
-                        log.exception("webhook batcher: completion callback failed")
+                        log.exception("%s: completion callback failed", self._name)
 
     def _fits(self, count: int, nbytes: int, nxt: tuple[Sequence[T], int, Done]) -> bool:
         if count + len(nxt[0]) > self._max:
@@ -90,6 +97,29 @@ class Batcher(Generic[T]):
         """Wait for the flush in flight and those queued (callers get their answers)."""
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Answered(Generic[A, R]):
+    """Calls with an answer each over a ``Batcher``: ``await answered(args)`` queues
+    ``(args, future)``; ``flush`` gets the args of a whole batch and returns one answer per
+    call, in order."""
+
+    def __init__(self, flush: Callable[[list[A]], Awaitable[Sequence[R]]], *, max_items: int,
+                 name: str) -> None:
+        self._flush = flush
+        self.batcher: Batcher[tuple[A, asyncio.Future[R]]] = Batcher(self._run, max_items=max_items,
+                                                                      name=name)
+
+    async def __call__(self, args: A) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        await self.batcher.submit([(args, fut)])
+        return fut.result()
+
+    async def _run(self, calls: list[tuple[A, asyncio.Future[R]]]) -> None:
+        answers = await self._flush([args for args, _ in calls])
+        for (_, fut), answer in zip(calls, answers, strict=True):
+            if not fut.done():
+                fut.set_result(answer)
 
 
 def settle(fut: asyncio.Future[None], error: BaseException | None) -> None:
