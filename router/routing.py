@@ -156,10 +156,11 @@ class Router:
                 self.held -= 1
 
     def session_of(self, method: str, path: str, query: str, headers: Mapping[str, str],
-                   body: bytes) -> str | None:
-        """The session a request names (with its body at hand), as the proxy would find it;
-        ``InvalidSessionId`` for a malformed one."""
-        found = self.extractor.extract(method, path, query, headers, body)
+                   body: bytes, doc: object = None) -> str | None:
+        """The session a request names (with its body at hand, and ``doc``, that body as
+        JSON if already parsed), as the proxy would find it; ``InvalidSessionId`` for a
+        malformed one."""
+        found = self.extractor.extract(method, path, query, headers, body, doc)
         return found if isinstance(found, str) else None
 
     def session_state(self, session: str) -> str:

@@ -7,14 +7,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.config.model import DelayRange, SendLimits
+from router.outbox import codec
 from router.outbox.model import (
     FINAL,
     TRANSITIONS,
     IllegalTransition,
+    Message,
+    Priority,
+    Request,
     State,
     check,
     message_id,
     session_of,
+    time_of,
 )
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import gap, next_allowed, trim, windows
@@ -136,3 +141,39 @@ def test_message_ids_carry_their_session(session: str) -> None:
 @pytest.mark.parametrize("bad", ["", "msg_", "cmp_01HZZZZZZZZZZZZZZZZZZZZZZZ.s", "msg_short.s", "msg_" + "0" * 26 + "s"])
 def test_malformed_message_ids_name_no_session(bad: str) -> None:
     assert session_of(bad) is None
+
+
+# -- the stored form (codec) ------------------------------------------------------------------
+
+_text = st.text(max_size=40)
+_opt_text = st.none() | st.text(min_size=1, max_size=40)
+_time = st.floats(min_value=1_700_000_000, max_value=2_000_000_000, allow_nan=False)
+
+
+@settings(max_examples=300)
+@given(
+    method=st.sampled_from(["POST", "PUT", "PATCH"]), path=_text, query=_text,
+    body=st.binary(max_size=64), content_type=st.sampled_from(["application/json", "text/plain", ""]),
+    request_id=_text, seq=st.integers(min_value=0, max_value=10**15 - 1),
+    high=st.booleans(), campaign=_opt_text, ref=_opt_text, not_before=st.just(0.0) | _time,
+    expires=st.just(0.0) | _time, state=st.sampled_from(list(State)),
+    attempts=st.integers(min_value=0, max_value=99), error=_opt_text, instance=_opt_text,
+    response=st.none() | st.fixed_dictionaries({"status": st.integers(100, 599), "body": _text}),
+    finished=st.none() | _time,
+)
+def test_a_message_survives_its_stored_form(
+        method: str, path: str, query: str, body: bytes, content_type: str, request_id: str,
+        seq: int, high: bool, campaign: str | None, ref: str | None, not_before: float,
+        expires: float, state: State, attempts: int, error: str | None, instance: str | None,
+        response: dict[str, object] | None, finished: float | None) -> None:
+    m = Message(message_id("s-1"), "s-1", Request(method, path, query, body, content_type, request_id),
+                created=time_of(seq), seq=seq, priority=Priority.HIGH if high else Priority.NORMAL,
+                campaign=campaign, ref=ref, not_before=not_before, expires=expires, state=state,
+                attempts=attempts, error=error, instance=instance, response=response,
+                finished=finished)
+    raw = codec.encode(m)
+    assert raw.index(b"\n") == len(codec.encode_meta(m))  # the body starts after the meta
+    got = codec.decode(m.id, "s-1", raw)
+    assert got.request == m.request and got.created == pytest.approx(m.created, abs=1e-6)
+    got.created = m.created
+    assert got == m

@@ -141,11 +141,12 @@ async def test_turns_are_leased_and_scheduled(store: OutboxStore) -> None:
 async def test_a_new_head_during_a_turn_is_looked_at_at_once(store: OutboxStore) -> None:
     a = msg("s", 1, not_before=NOW + 1000)
     await store.add([a])
-    start = await turn(store, "s")
+    assert await store.turns(NOW + 999, 10, 0) == []  # scheduled: no turn before its time
+    start = await turn(store, "s", NOW + 1000)
     urgent = msg("s", 2, priority=Priority.HIGH)
-    await store.add([urgent])  # while the turn decides to wait for a's time
-    await store.end_turn(TurnEnd("s", NOW + 1000, start.head.id))
-    assert (await turn(store, "s")).head.id == urgent.id
+    await store.add([urgent])  # while the turn decides to wait (its pacing, say)
+    await store.end_turn(TurnEnd("s", NOW + 2000, start.head.id))
+    assert (await turn(store, "s", NOW + 1000)).head.id == urgent.id
 
 
 async def test_state_changes_keep_counts_and_finish_the_campaign(store: OutboxStore) -> None:

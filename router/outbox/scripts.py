@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from router.outbox.model import SEQ_EPOCH
+
 # Shared by the scripts below. ``write`` stores a message's new head (state digit + meta)
 # in front of its stored body if its state is still ``old`` (compare-and-set), and keeps
 # the counts, the session's queue and ``oldest`` in step; it answers '' (written), 'state'
 # (the state had changed), 'gone' (no such message) or 'finished:<campaign>'.
-LIB = """
+LIB_SOURCE = """
 local P = ARGV[1]
 local RANK = 1e15
 local NAME = {['0'] = 'queued', ['1'] = 'sending', ['2'] = 'sent', ['3'] = 'failed',
@@ -23,6 +25,7 @@ local function fields(a)
   end
   return out
 end
+local SEQ_EPOCH = @SEQ_EPOCH@
 local function due_of(score) if score >= RANK then return score - RANK end return score end
 local function oldest(s, t)
   local a = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
@@ -76,6 +79,7 @@ local function write(s, id, old, head, cmp, stamp, score, now)
   return 'finished:' .. cmp
 end
 """
+LIB = LIB_SOURCE.replace("@SEQ_EPOCH@", repr(SEQ_EPOCH))
 
 # ARGV: P, now, then one packed group per add: idem digest, fingerprint, ttl ms, campaign,
 # then (id, session, score, value) per message; answers, per group, '' (queued) or what the
@@ -107,7 +111,10 @@ for g = 3, #ARGV do
       redis.call('ZADD', P .. 'oldest', 'LT', d, s)
       local h = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
       if tonumber(h[2]) == low[s] then
-        wake(s, t, now)  -- one of these is its new head
+        -- one of these is its new head: its turn now, or when it is due if scheduled
+        -- (more than a second from now: no turn that would only say "later")
+        local at = SEQ_EPOCH + d / 1e6
+        wake(s, t, at > tonumber(now) + 1 and at or now)
       else
         redis.call('ZADD', P .. 'due', 'NX', now, s)
       end

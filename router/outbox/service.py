@@ -37,8 +37,9 @@ from router.outbox.model import (
 )
 from router.outbox.store import IdempotencyKey, KeyReused, OutboxStore
 
-Extract = Callable[[str, str, str, Mapping[str, str], bytes], str | None]
-"""(method, path, query, headers, body) -> the session the request names, or None."""
+Extract = Callable[[str, str, str, Mapping[str, str], bytes, object], str | None]
+"""(method, path, query, headers, body, the body as JSON if parsed already) -> the session
+the request names, or None."""
 
 def parse_time(value: str, now: float, *, durations: bool) -> float:
     """RFC 3339, Unix seconds, or (``durations``) a duration from now such as ``2h``."""
@@ -62,14 +63,20 @@ def _ref(value: object) -> str | None:
     return value
 
 
+_PRIORITIES = {None: Priority.NORMAL, "": Priority.NORMAL, "normal": Priority.NORMAL, "high": Priority.HIGH}
+_FIELDS = frozenset({"path", "body", "method", "ref", "not_before", "priority", "expires"})
+
+
 def _priority(value: object) -> Priority:
-    try:
-        return Priority(str(value or "normal").lower())
-    except ValueError:
-        raise BadRequest("priority must be high or normal") from None
+    found = _PRIORITIES.get(value) if value is None or isinstance(value, str) else None
+    if found is None and isinstance(value, str):
+        found = _PRIORITIES.get(value.lower())
+    if found is None:
+        raise BadRequest("priority must be high or normal")
+    return found
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     """One message to queue, as read from a send or a campaign item."""
 
@@ -79,6 +86,9 @@ class Item:
     ref: str | None
     not_before: float
     expires: float
+
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class OutboxService:
@@ -134,10 +144,10 @@ class OutboxService:
 
     def _item(self, method: str, path: str, query: str, headers: Mapping[str, str],
               body: bytes, now: float, *, priority: object, ref: object, not_before: object,
-              expires: object) -> Item:
+              expires: object, doc: object = None) -> Item:
         if not path.startswith("/") or path.startswith("/outbox"):
             raise BadRequest("path must be an instance API path such as /api/sendText")
-        session = self._extract(method, path, query, headers, body)
+        session = self._extract(method, path, query, headers, body, doc)
         if session is None:
             raise BadRequest("the request names no session")
         cfg = self._config.current.outbox
@@ -206,7 +216,7 @@ class OutboxService:
                        expires: object) -> Item:
         if not isinstance(entry, dict):
             raise BadRequest("each message must be an object")
-        unknown = set(entry) - {"path", "body", "method", "ref", "not_before", "priority", "expires"}
+        unknown = entry.keys() - _FIELDS
         if unknown:
             raise BadRequest(f"unknown field(s): {sorted(unknown)}")
         path, method = entry.get("path"), entry.get("method", "POST")
@@ -215,11 +225,12 @@ class OutboxService:
         if method not in ("POST", "PUT", "PATCH"):
             raise BadRequest("method must be POST, PUT or PATCH")
         path, _, query = path.partition("?")
-        raw_body = json.dumps(entry.get("body", {}), separators=(",", ":")).encode()
+        doc = entry.get("body", {})
+        raw_body = _dumps(doc).encode()
         sub = {"content-type": "application/json", "x-request-id": headers.get("x-request-id", "")}
         return self._item(method, path, query, sub, raw_body, now, priority=entry.get("priority"),
                           ref=entry.get("ref"), not_before=entry.get("not_before"),
-                          expires=entry.get("expires", expires))
+                          expires=entry.get("expires", expires), doc=doc)
 
     async def _queue_items(self, c: Campaign, items: Sequence[Item], now: float) -> None:
         await self.store.add([self._message(item, now, c.id) for item in items])

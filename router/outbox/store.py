@@ -220,7 +220,8 @@ class MemoryOutbox:
         if m.session in self._serving:
             return  # its turn ends with a look at the head
         if m.session not in self._turn_at or queue[0][1] == m.id:
-            self._set_turn(m.session, 0.0)  # a new head is looked at now
+            # A new head is looked at now, or when it is due if scheduled for later.
+            self._set_turn(m.session, m.not_before if m.not_before > m.created + 1 else 0.0)
 
     def _set_turn(self, session: str, at: float) -> None:
         self._turn_at[session] = at

@@ -164,6 +164,13 @@ class BodyView:
         self._kind = _content_kind(headers)
         self._obj: dict[str, object] | Missing | NeedsBody | None = None
 
+    @classmethod
+    def parsed(cls, headers: Mapping[str, str], doc: object, size: int, limit: int) -> BodyView:
+        """A JSON body already parsed (``doc``, from ``size`` bytes): not parsed again."""
+        view = cls(headers, None, limit)
+        view._obj = doc if isinstance(doc, dict) and size <= limit else UNUSABLE
+        return view
+
     def field(self, path: tuple[str, ...], *, form: bool) -> object:
         """The value at the dotted ``path``, or NEEDS_BODY, UNUSABLE or ABSENT.
 

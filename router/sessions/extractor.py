@@ -79,9 +79,13 @@ class SessionExtractor:
         query: str,
         headers: Mapping[str, str],
         body: bytes | None,
+        doc: object = None,
     ) -> Extracted:
+        """``doc``: the JSON body already parsed, if the caller has it (not parsed again)."""
         check = self._check
         view: BodyView | None = None
+        if doc is not None and body is not None:
+            view = BodyView.parsed(headers, doc, len(body), self._limit)
         for rule in self._rules:
             if rule.methods is not None and method not in rule.methods:
                 continue
