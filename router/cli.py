@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -35,6 +36,9 @@ def _run(args: argparse.Namespace) -> int:
         app = create_app(config, worker=index)
         # Worker 0 serves the admin port; every worker shares the proxy port.
         await app.start(reuse_port=index is not None, admin=not index)
+        # What start-up built lives as long as the process: out of the collector's sight,
+        # full collections stay short (they scanned it all while a campaign was parsed).
+        gc.freeze()
         await app.run_until_signalled()
 
     try:

@@ -290,3 +290,12 @@ async def test_a_renewed_turn_is_not_taken_and_sweep_forgets_old_messages(store:
     assert await store.sweep(NOW + 5, 100) == 0  # it ended at NOW + 10
     assert await store.sweep(NOW + 11, 100) == 1
     assert await store.get(m.id) is None
+
+
+async def test_a_large_add_to_one_session_keeps_every_message(store: OutboxStore) -> None:
+    ms = [msg("big", i) for i in range(2500)]  # more than one write call's worth (1,000)
+    await store.add(ms)
+    assert await store.depth("big") == {"high": 0, "normal": 2500}
+    assert (await turn(store, "big")).head.id == ms[0].id
+    last = await store.get(ms[-1].id)
+    assert last is not None and last.request == ms[-1].request

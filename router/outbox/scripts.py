@@ -95,22 +95,36 @@ for g = 3, #ARGV do
   if prev then
     out[#out + 1] = prev
   else
-    local ids, first, low = {}, {}, {}  -- per session: earliest due, lowest score added
+    -- per session: its messages and queue entries (written with one HSET and one ZADD a
+    -- session: each command written is also one in the AOF), earliest due, lowest score
+    local hs, zs, first, low, n = {}, {}, {}, {}, 0
     for i = 5, #f, 4 do
-      local id, s, score, v = f[i], f[i + 1], tonumber(f[i + 2]), f[i + 3]
-      local t = tag(s)
-      redis.call('HSET', t .. 'm', id, v)
-      redis.call('ZADD', t .. 'q', f[i + 2], id)
+      local id, s, score = f[i], f[i + 1], tonumber(f[i + 2])
+      local h = hs[s]
+      if not h then
+        h = {}
+        hs[s], zs[s] = h, {}
+      end
+      local z = zs[s]
+      h[#h + 1] = id
+      h[#h + 1] = f[i + 3]
+      z[#z + 1] = f[i + 2]
+      z[#z + 1] = id
       local d = due_of(score)
       if not first[s] or d < first[s] then first[s] = d end
       if not low[s] or score < low[s] then low[s] = score end
-      ids[#ids + 1] = 'msg_' .. id .. '.' .. s
+      n = n + 1
     end
     for s, d in pairs(first) do
       local t = tag(s)
+      local h, z = hs[s], zs[s]
+      for j = 1, #h, 2000 do  -- unpack has a stack limit: at most 1,000 pairs a call
+        redis.call('HSET', t .. 'm', unpack(h, j, math.min(j + 1999, #h)))
+        redis.call('ZADD', t .. 'q', unpack(z, j, math.min(j + 1999, #z)))
+      end
       redis.call('ZADD', P .. 'oldest', 'LT', d, s)
-      local h = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
-      if tonumber(h[2]) == low[s] then
+      local head = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
+      if tonumber(head[2]) == low[s] then
         -- one of these is its new head: its turn now, or when it is due if scheduled
         -- (more than a second from now: no turn that would only say "later")
         local at = SEQ_EPOCH + d / 1e6
@@ -119,13 +133,14 @@ for g = 3, #ARGV do
         redis.call('ZADD', P .. 'due', 'NX', now, s)
       end
     end
-    local n = #ids
     redis.call('HINCRBY', P .. 'totals', 'queued', n)
     if cmp ~= '' then
       redis.call('HINCRBY', P .. 'c:' .. cmp, 'n:queued', n)
       redis.call('HINCRBY', P .. 'c:' .. cmp, 'total', n)
     end
     if idem ~= '' then
+      local ids = {}
+      for i = 5, #f, 4 do ids[#ids + 1] = 'msg_' .. f[i] .. '.' .. f[i + 1] end
       redis.call('SET', P .. 'idem:' .. idem, fingerprint .. '\\n' .. table.concat(ids, ','), 'PX', ttl)
     end
     out[#out + 1] = ''

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -76,18 +75,6 @@ def _priority(value: object) -> Priority:
     return found
 
 
-@dataclass(slots=True)
-class Item:
-    """One message to queue, as read from a send or a campaign item."""
-
-    session: str
-    request: Request
-    priority: Priority
-    ref: str | None
-    not_before: float
-    expires: float
-
-
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
@@ -118,19 +105,17 @@ class OutboxService:
         """``POST /outbox/<send>``: 202 with the queued message (200 with the one queued
         before under the same ``Idempotency-Key``). ``headers``: lower-case names."""
         now = self._clock.wall()
-        item = self._item(method, path, query, headers, body, now,
-                          priority=headers.get("x-outbox-priority"),
-                          ref=headers.get("x-outbox-ref"),
-                          not_before=headers.get("x-outbox-not-before"),
-                          expires=headers.get("x-outbox-expires"))
+        message = self._message(method, path, query, headers, body, now,
+                                headers.get("x-outbox-priority"), headers.get("x-outbox-ref"),
+                                headers.get("x-outbox-not-before"),
+                                self._expiry(headers.get("x-outbox-expires"), now), None)
         idem = None
         key = headers.get("idempotency-key")
         if key is not None:
             if not 0 < len(key) <= 255 or not key.isprintable():
                 raise BadRequest("Idempotency-Key must be 1 to 255 printable characters")
-            idem = IdempotencyKey(f"{client}\n{item.session}\n{method}\n{path}", key,
+            idem = IdempotencyKey(f"{client}\n{message.session}\n{method}\n{path}", key,
                                   hashlib.sha256(body).hexdigest())
-        message = self._message(item, now, campaign=None)
         try:
             stored = await self.store.add([message], idem, self._config.current.outbox.idempotency_ttl)
         except KeyReused:
@@ -142,28 +127,31 @@ class OutboxService:
             return 202, _queued(m)
         return 200, m.view()
 
-    def _item(self, method: str, path: str, query: str, headers: Mapping[str, str],
-              body: bytes, now: float, *, priority: object, ref: object, not_before: object,
-              expires: object, doc: object = None) -> Item:
+    def _message(self, method: str, path: str, query: str, headers: Mapping[str, str],
+                 body: bytes, now: float, priority: object, ref: object, not_before: object,
+                 expires: float, campaign: str | None, doc: object = None) -> Message:
+        """A send to queue, validated (``BadRequest``). ``expires``: from ``_expiry``;
+        ``doc``: the body as JSON, if parsed already."""
         if not path.startswith("/") or path.startswith("/outbox"):
             raise BadRequest("path must be an instance API path such as /api/sendText")
         session = self._extract(method, path, query, headers, body, doc)
         if session is None:
             raise BadRequest("the request names no session")
-        cfg = self._config.current.outbox
         nb = parse_time(str(not_before), now, durations=False) if not_before is not None else 0.0
-        ex = (parse_time(str(expires), now, durations=True) if expires is not None
-              else now + cfg.ttl)
-        if ex <= now:
-            raise BadRequest("expires is in the past")
         request = Request(method, path, query, body, headers.get("content-type", ""),
                           headers.get("x-request-id", ""))
-        return Item(session, request, _priority(priority), _ref(ref), nb, ex)
+        return Message(message_id(session), session, request, created=now, seq=self._seq(now),
+                       priority=_priority(priority), campaign=campaign, ref=_ref(ref),
+                       not_before=nb, expires=expires)
 
-    def _message(self, item: Item, now: float, campaign: str | None) -> Message:
-        return Message(message_id(item.session), item.session, item.request, created=now,
-                       seq=self._seq(now), priority=item.priority, campaign=campaign,
-                       ref=item.ref, not_before=item.not_before, expires=item.expires)
+    def _expiry(self, value: object, now: float) -> float:
+        """``X-Outbox-Expires`` / ``expires`` (default ``outbox.ttl`` from now)."""
+        if value is None:
+            return now + self._config.current.outbox.ttl
+        ex = parse_time(str(value), now, durations=True)
+        if ex <= now:
+            raise BadRequest("expires is in the past")
+        return ex
 
     # -- campaigns -------------------------------------------------------------------------
 
@@ -174,11 +162,11 @@ class OutboxService:
         if not isinstance(name, str) or len(name) > 200:
             raise BadRequest("name must be a string of at most 200 characters")
         now = self._clock.wall()
-        items = self._items(body, headers, now)
         c = Campaign(new_id("cmp_"), name, created=now)
+        messages = self._items(body, headers, now, c.id)
         await self.store.add_campaign(c)
-        await self._queue_items(c, items, now)
-        return {"id": c.id, "queued": len(items)}
+        await self._queue(messages)
+        return {"id": c.id, "queued": len(messages)}
 
     async def add_to_campaign(self, campaign_id: str, body: Any,
                               headers: Mapping[str, str]) -> dict[str, Any]:
@@ -188,23 +176,25 @@ class OutboxService:
         if not isinstance(body, dict):
             raise BadRequest('the body must be {"messages": [...]}')
         now = self._clock.wall()
-        items = self._items(body, headers, now)
-        await self._queue_items(c, items, now)
-        return {"id": c.id, "queued": len(items)}
+        messages = self._items(body, headers, now, c.id)
+        await self._queue(messages)
+        return {"id": c.id, "queued": len(messages)}
 
-    def _items(self, body: dict[str, Any], headers: Mapping[str, str], now: float) -> list[Item]:
+    def _items(self, body: dict[str, Any], headers: Mapping[str, str], now: float,
+               campaign: str) -> list[Message]:
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
             raise BadRequest('"messages" must be a non-empty list')
         limit = self._config.current.outbox.max_batch
         if len(raw) > limit:
             raise BodyTooLarge(f"at most {limit} messages per call (outbox.max_batch); got {len(raw)}")
-        expires = body.get("expires")
-        items: list[Item] = []
+        items: list[Message] = []
         problems: list[dict[str, object]] = []
+        sub = {"content-type": "application/json", "x-request-id": headers.get("x-request-id", "")}
+        expires = self._expiry(body.get("expires"), now)  # the campaign's, for every item
         for i, entry in enumerate(raw):
             try:
-                items.append(self._campaign_item(entry, headers, now, expires))
+                items.append(self._campaign_item(entry, sub, now, expires, campaign))
             except BadRequest as e:
                 problems.append({"index": i, "message": e.message})
         if problems:
@@ -212,13 +202,13 @@ class OutboxService:
                                problems)
         return items
 
-    def _campaign_item(self, entry: object, headers: Mapping[str, str], now: float,
-                       expires: object) -> Item:
+    def _campaign_item(self, entry: object, sub: Mapping[str, str], now: float,
+                       expires: float, campaign: str) -> Message:
+        """``sub``: the headers each item is sent with (JSON, the caller's request id)."""
         if not isinstance(entry, dict):
             raise BadRequest("each message must be an object")
-        unknown = entry.keys() - _FIELDS
-        if unknown:
-            raise BadRequest(f"unknown field(s): {sorted(unknown)}")
+        if not _FIELDS.issuperset(entry):
+            raise BadRequest(f"unknown field(s): {sorted(entry.keys() - _FIELDS)}")
         path, method = entry.get("path"), entry.get("method", "POST")
         if not isinstance(path, str):
             raise BadRequest('"path" is required (e.g. /api/sendText)')
@@ -227,14 +217,14 @@ class OutboxService:
         path, _, query = path.partition("?")
         doc = entry.get("body", {})
         raw_body = _dumps(doc).encode()
-        sub = {"content-type": "application/json", "x-request-id": headers.get("x-request-id", "")}
-        return self._item(method, path, query, sub, raw_body, now, priority=entry.get("priority"),
-                          ref=entry.get("ref"), not_before=entry.get("not_before"),
-                          expires=entry.get("expires", expires), doc=doc)
+        own = entry.get("expires")
+        return self._message(method, path, query, sub, raw_body, now, entry.get("priority"),
+                             entry.get("ref"), entry.get("not_before"),
+                             expires if own is None else self._expiry(own, now), campaign, doc)
 
-    async def _queue_items(self, c: Campaign, items: Sequence[Item], now: float) -> None:
-        await self.store.add([self._message(item, now, c.id) for item in items])
-        self.enqueued += len(items)
+    async def _queue(self, messages: list[Message]) -> None:
+        await self.store.add(messages)
+        self.enqueued += len(messages)
         self.dispatcher.kick()
 
     async def _campaign(self, campaign_id: str) -> Campaign:
