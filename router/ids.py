@@ -35,3 +35,12 @@ def ulid(ms: int | None = None) -> str:
 def _encode(value: int) -> str:
     # Two digits (10 bits) at a time from a table: 13 lookups for the 130-bit number.
     return "".join([_PAIRS[value >> shift & 1023] for shift in _SHIFTS])
+
+
+_FROM_CROCKFORD = str.maketrans(_CROCKFORD, "0123456789abcdefghijklmnopqrstuv")
+
+
+def ulid_ms(value: str) -> int:
+    """The millisecond time a ULID was made (its first 10 characters)."""
+    return int(value[:10].translate(_FROM_CROCKFORD), 32)
+

@@ -175,5 +175,8 @@ def test_a_message_survives_its_stored_form(
     assert raw.index(b"\n") == len(codec.encode_meta(m))  # the body starts after the meta
     got = codec.decode(m.id, "s-1", raw)
     assert got.request == m.request and got.created == pytest.approx(m.created, abs=1e-6)
-    got.created = m.created
+    # times kept to the millisecond (as seconds from the creation)
+    assert got.not_before == pytest.approx(m.not_before, abs=2e-3)
+    assert got.expires == pytest.approx(m.expires, abs=2e-3)
+    got.created, got.not_before, got.expires = m.created, m.not_before, m.expires
     assert got == m

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,25 @@ from router.ids import ulid
 
 
 def new_id(prefix: str) -> str:
-    """``cmp_`` / ``msg_`` + a ULID: time-ordered, unique across routers."""
+    """``msg_`` + a ULID: time-ordered, unique across routers."""
     return prefix + ulid()
+
+
+_BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def campaign_id(number: int) -> str:
+    """``cmp_`` + the campaign's number (the store counts them) + 3 random characters, in
+    base 36: short, because every queued message of the campaign carries it (a million
+    messages: ~20 MB less than a ULID), and not guessable from the one before."""
+    digits = []
+    while True:
+        number, d = divmod(number, 36)
+        digits.append(_BASE36[d])
+        if not number:
+            break
+    tail = "".join(_BASE36[b % 36] for b in os.urandom(3))
+    return "cmp_" + "".join(reversed(digits)) + tail
 
 
 # Sequence numbers count microseconds from here: below the priority rank (1e15) until 2055.
@@ -44,6 +62,11 @@ def session_of(message_id: str) -> str | None:
 def local_id(message_id: str) -> str:
     """The ULID of ``msg_<ULID>.<session>``: unique within its session's keys."""
     return message_id[4:30]
+
+
+def full_id(local: str, session: str) -> str:
+    """``local_id``'s inverse."""
+    return f"msg_{local}.{session}"
 
 
 class State(enum.StrEnum):

@@ -11,7 +11,7 @@ Keys (prefix ``P`` = ``store.prefix`` + ``outbox:``); a session's keys carry the
   of its oldest queued message; ``Ppaused`` set; ``Ptotals`` hash: state -> messages;
   ``Pdone`` zset: message id -> when it ended (for the sweep)
 - ``Pc:<id>`` hash: a campaign (name, state, total, ``n:<state>`` counts); ``Pcampaigns``
-  zset by creation; ``Pidem:<sha256>`` an Idempotency-Key's fingerprint and message ids,
+  zset by creation; ``Pcampaign_numbers`` the counter behind campaign ids; ``Pidem:<sha256>`` an Idempotency-Key's fingerprint and message ids,
   with its TTL
 
 A queued message costs one hash entry and one zset entry keyed by its 26-byte ULID, nothing
@@ -46,7 +46,9 @@ from router.outbox.model import (
     CampaignState,
     Message,
     State,
+    campaign_id,
     check,
+    full_id,
     local_id,
     session_of,
     time_of,
@@ -159,10 +161,12 @@ class RedisOutbox:
             parts.append(_message_fields(m))
         prev = await self._adds(b"".join(parts))
         if prev:
-            fingerprint, _, ids = prev.decode().partition("\n")
-            if idem is None or fingerprint != idem.fingerprint:
+            fingerprint, _, ids = prev.partition(b"\n")
+            if idem is None or fingerprint.decode() != idem.fingerprint:
                 raise KeyReused(idem.key if idem else "")
-            found = [await self.get(i) for i in ids.split(",") if i]
+            pairs = unpack(ids)
+            found = [await self.get(full_id(pairs[i].decode(), pairs[i + 1].decode()))
+                     for i in range(0, len(pairs), 2)]
             return [m for m in found if m is not None]
         return list(messages)
 
@@ -170,7 +174,8 @@ class RedisOutbox:
         session = session_of(message_id)
         if session is None:
             return None
-        raw = await self._call(lambda: self._redis().hget(self._t(session) + "m", local_id(message_id)))
+        key = local_id(message_id)
+        raw = await self._call(lambda: self._redis().hget(self._t(session) + "m", key))
         return None if raw is None else codec.decode(message_id, session, raw)
 
     # -- turns -----------------------------------------------------------------------------
@@ -181,7 +186,7 @@ class RedisOutbox:
         out = []
         for i in range(0, len(got), 7):
             session = got[i].decode()
-            mid = f"msg_{got[i + 1].decode()}.{session}"
+            mid = full_id(got[i + 1].decode(), session)
             nb, sent, cs = got[i + 3], got[i + 6], got[i + 5]
             out.append(TurnStart(
                 session, codec.decode(mid, session, got[i + 2]), float(nb) if nb else 0.0,
@@ -246,6 +251,10 @@ class RedisOutbox:
         return Pacing(float(nb) if nb else 0.0, [score for _, score in sent])
 
     # -- campaigns -------------------------------------------------------------------------
+
+    async def new_campaign_id(self) -> str:
+        number = await self._call(lambda: self._redis().incr(self.p + "campaign_numbers"))
+        return campaign_id(int(number))
 
     async def add_campaign(self, c: Campaign) -> None:
         r = self._redis()
@@ -325,6 +334,17 @@ def pack(*fields: str | bytes) -> bytes:
         raw = f.encode() if isinstance(f, str) else f
         out.append(b"%d:%s" % (len(raw), raw))
     return b"".join(out)
+
+
+def unpack(raw: bytes) -> list[bytes]:
+    """``pack``'s inverse."""
+    out, i = [], 0
+    while i < len(raw):
+        colon = raw.index(b":", i)
+        end = colon + 1 + int(raw[i:colon])
+        out.append(raw[colon + 1:end])
+        i = end
+    return out
 
 
 def _message_fields(m: Message) -> bytes:

@@ -60,11 +60,11 @@ local function write(s, id, old, head, cmp, stamp, score, now)
   local live_before, live_after = cur <= '1', new <= '1'
   if live_before and not live_after then
     redis.call('ZREM', t .. 'q', id)
-    redis.call('ZADD', P .. 'done', stamp, 'msg_' .. id .. '.' .. s)
+    redis.call('ZADD', P .. 'done', stamp, id .. s)  -- the ULID (26 characters), the session
     oldest(s, t)
   elseif live_after and not live_before then  -- an explicit retry: back in its queue
     redis.call('ZADD', t .. 'q', score, id)
-    redis.call('ZREM', P .. 'done', 'msg_' .. id .. '.' .. s)
+    redis.call('ZREM', P .. 'done', id .. s)
     redis.call('ZADD', P .. 'oldest', 'LT', due_of(tonumber(score)), s)
     wake(s, t, now)
   end
@@ -140,8 +140,8 @@ for g = 3, #ARGV do
     end
     if idem ~= '' then
       local ids = {}
-      for i = 5, #f, 4 do ids[#ids + 1] = 'msg_' .. f[i] .. '.' .. f[i + 1] end
-      redis.call('SET', P .. 'idem:' .. idem, fingerprint .. '\\n' .. table.concat(ids, ','), 'PX', ttl)
+      for i = 5, #f, 4 do ids[#ids + 1] = #f[i] .. ':' .. f[i] .. #f[i + 1] .. ':' .. f[i + 1] end
+      redis.call('SET', P .. 'idem:' .. idem, fingerprint .. '\\n' .. table.concat(ids), 'PX', ttl)
     end
     out[#out + 1] = ''
   end
@@ -267,7 +267,7 @@ SWEEP = """
 local P, before, limit = ARGV[1], ARGV[2], ARGV[3]
 local ids = redis.call('ZRANGEBYSCORE', P .. 'done', '-inf', '(' .. before, 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
-  redis.call('HDEL', P .. '{s:' .. string.sub(id, 32) .. '}:m', string.sub(id, 5, 30))
+  redis.call('HDEL', P .. '{s:' .. string.sub(id, 27) .. '}:m', string.sub(id, 1, 26))
   redis.call('ZREM', P .. 'done', id)
 end
 local old = redis.call('ZRANGEBYSCORE', P .. 'campaigns', '-inf', '(' .. before, 'LIMIT', 0, limit)

@@ -31,7 +31,6 @@ from router.outbox.model import (
     Request,
     State,
     message_id,
-    new_id,
     seq_at,
 )
 from router.outbox.store import IdempotencyKey, KeyReused, OutboxStore
@@ -162,7 +161,7 @@ class OutboxService:
         if not isinstance(name, str) or len(name) > 200:
             raise BadRequest("name must be a string of at most 200 characters")
         now = self._clock.wall()
-        c = Campaign(new_id("cmp_"), name, created=now)
+        c = Campaign(await self.store.new_campaign_id(), name, created=now)
         messages = self._items(body, headers, now, c.id)
         await self.store.add_campaign(c)
         await self._queue(messages)

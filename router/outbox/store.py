@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from router.outbox.model import FINAL, Campaign, CampaignState, Message, State, check, time_of
+from router.outbox.model import (
+    FINAL,
+    Campaign,
+    CampaignState,
+    Message,
+    State,
+    campaign_id,
+    check,
+    time_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +144,10 @@ class OutboxStore(Protocol):
 
     async def pacing(self, session: str) -> Pacing: ...
 
+    async def new_campaign_id(self) -> str:
+        """A campaign id no other router hands out (``model.campaign_id``)."""
+        ...
+
     async def add_campaign(self, c: Campaign) -> None: ...
 
     async def get_campaign(self, campaign_id: str) -> Campaign | None: ...
@@ -191,6 +204,7 @@ class MemoryOutbox:
         self._idem: dict[tuple[str, str], tuple[str, list[str]]] = {}
         self._campaigns: dict[str, Campaign] = {}
         self._paused: set[str] = set()
+        self._campaign_numbers = itertools.count(1)
 
     def __repr__(self) -> str:
         return (f"<MemoryOutbox {len(self.messages)} messages, "
@@ -330,6 +344,9 @@ class MemoryOutbox:
     async def pacing(self, session: str) -> Pacing:
         p = self._pacing.get(session) or Pacing()
         return Pacing(p.not_before, list(p.sent))
+
+    async def new_campaign_id(self) -> str:
+        return campaign_id(next(self._campaign_numbers))
 
     async def add_campaign(self, c: Campaign) -> None:
         self._campaigns[c.id] = c
