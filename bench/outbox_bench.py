@@ -70,7 +70,8 @@ def _prefixed_script(prefix: str) -> Path:
 
 
 async def campaigns(base: str, batches: int, size: int, sessions: int,
-                    not_before: float | None = None, prefix: str = "ob") -> dict[str, float]:
+                    not_before: float | None = None, prefix: str = "ob",
+                    in_flight: int = 1) -> dict[str, float]:
     """``batches`` campaigns of ``size`` messages, one after another; the rate they were
     stored at (the bodies are built before the clock starts), and the bytes of the message
     bodies as stored (for memory per message beyond its body)."""
@@ -85,14 +86,19 @@ async def campaigns(base: str, batches: int, size: int, sessions: int,
         body_bytes += sum(len(json.dumps(item["body"], separators=(",", ":"))) for item in items)
         payloads.append(json.dumps({"name": f"bench-{b}", "messages": items}).encode())
     async with aiohttp.ClientSession() as http:
+
+        async def client(mine: list[bytes]) -> None:
+            for raw in mine:
+                async with http.post(base + "/outbox/campaigns", data=raw,
+                                     headers={"Content-Type": "application/json"}) as resp:
+                    assert resp.status == 202, await resp.text()
+
         t0 = time.perf_counter()
-        for raw in payloads:
-            async with http.post(base + "/outbox/campaigns", data=raw,
-                                 headers={"Content-Type": "application/json"}) as resp:
-                assert resp.status == 202, await resp.text()
+        # ``in_flight`` clients, each sending its share one call after another
+        await asyncio.gather(*(client(payloads[k::in_flight]) for k in range(in_flight)))
         took = time.perf_counter() - t0
     return {"messages_per_s": round(batches * size / took, 1), "batches": batches, "size": size,
-            "body_bytes": body_bytes}
+            "body_bytes": body_bytes, "in_flight": in_flight}
 
 
 async def sent_total(http: aiohttp.ClientSession, sims: list[int]) -> int:
@@ -268,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         # Stored alone too: scheduled for later, for sessions not placed (cq-N).
         results["campaigns"] = asyncio.run(campaigns(base, args.batches, 10_000, args.sessions,
                                                      not_before=later, prefix="cq"))
+        results["campaigns_2"] = asyncio.run(campaigns(base, args.batches * 2, 10_000, args.sessions,
+                                                       not_before=later, prefix="cq", in_flight=2))
         keep = asyncio.run(queued(admin_url))
         busy = wrk_rate(base + "/outbox/api/sendText", args.duration, args.sessions)
         results["enqueue_while_dispatching"] = busy
@@ -301,6 +309,9 @@ def markdown(r: dict[str, Any]) -> str:
     if "campaigns" in r:
         lines.append(f"| campaign batches of 10,000, one after another: messages/s stored "
                      f"| {r['campaigns']['messages_per_s']:,.0f} | - | - |")
+    if "campaigns_2" in r:
+        lines.append(f"| campaign batches of 10,000, two clients at once: messages/s stored "
+                     f"| {r['campaigns_2']['messages_per_s']:,.0f} | - | - |")
     if "dispatch" in r:
         lines.append(f"| dispatch, pacing off: messages/s sent | {r['dispatch']['messages_per_s']:,.0f} "
                      f"| {r['direct']['messages_per_s']:,.0f} (asyncio client straight to the sims) "

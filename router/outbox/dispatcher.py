@@ -34,6 +34,7 @@ log = logging.getLogger("wa_router.outbox")
 
 TICK = 0.05  # how often due sessions are looked for (enqueues wake it at once)
 CONCURRENCY = 128  # sessions served at once: one send each
+TURN_BATCH = 32  # free slots worth one store call before a tick has passed
 MAX_RESPONSE = 1024 * 1024
 SNAPSHOT_EVERY = 1.0
 SWEEP_EVERY = 60.0  # finished messages older than outbox.keep are forgotten, this many at a time:
@@ -68,6 +69,7 @@ class Dispatcher:
         self._snapshot_at = 0.0
         self._sweep_at = 0.0
         self._renew_at = 0.0
+        self._turns_at = 0.0
 
     def __repr__(self) -> str:
         return f"<Dispatcher serving={len(self._serving)} finished={self.finished}>"
@@ -108,7 +110,9 @@ class Dispatcher:
     async def _step(self) -> None:
         now, wall = self._clock.now(), self._clock.wall()
         free = CONCURRENCY - len(self._serving)
-        if free > 0:
+        # Turns are asked for in batches: a few free slots wait for more, up to a tick.
+        if free >= TURN_BATCH or (free > 0 and now - self._turns_at >= TICK):
+            self._turns_at = now
             reach = pacing.horizon(self._config.current.outbox.limits)
             for start in await self.store.turns(wall, free, reach):
                 self._serving.add(start.session)
