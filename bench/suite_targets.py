@@ -357,12 +357,28 @@ def rows_outbox(o: Outcome) -> list[Row]:
                         ">= 0.8", _verdict(ratio >= 0.8), o.step.key))
     if "campaigns" in raw:
         mps = raw["campaigns"]["messages_per_s"]
-        rows.append(Row("outbox: campaign batches, messages/s stored (issue 16)", f"{mps:,.0f}",
-                        ">= 50,000", _verdict(mps >= 50_000), o.step.key))
+        two = raw.get("campaigns_2", {}).get("messages_per_s")
+        best = max(mps, two or 0)
+        value = f"{mps:,.0f} one call at a time" + (f"; {two:,.0f} from two clients at once" if two else "")
+        rows.append(Row("outbox: campaign batches of 10,000, messages/s stored (issue 16)", value,
+                        ">= 50,000", _verdict(best >= 50_000), o.step.key))
     if "dispatch_ratio" in raw:
         rows.append(Row("outbox: dispatch, pacing off / posting straight to the sims (issue 16)",
                         f"{raw['dispatch_ratio']:.2f} ({raw['dispatch']['messages_per_s']:,.0f} msg/s)",
                         ">= 0.5", _verdict(raw["dispatch_ratio"] >= 0.5), o.step.key))
+    m = raw.get("million")
+    if m:
+        n = f"{m['messages']:,}"
+        rows.append(Row(f"outbox: Redis memory per queued message beyond its body, {n} queued (issue 16)",
+                        f"{m['redis_bytes_per_message_beyond_body']:.0f} B", "<= 300 B",
+                        _verdict(m["redis_bytes_per_message_beyond_body"] <= 300), o.step.key))
+        rows.append(Row(f"outbox: router RSS growth with {n} queued (issue 16)",
+                        f"{m['router_rss_growth_mib']} MiB", "<= 50 MB",
+                        _verdict(m["router_rss_growth_mib"] * 1.048576 <= 50), o.step.key))
+        worst = min(m["enqueue_vs_shallow"], m["dispatch_vs_shallow"])
+        rows.append(Row(f"outbox: enqueue and dispatch rates with {n} queued / the shallow figures (issue 16)",
+                        f"enqueue {m['enqueue_vs_shallow']:.2f}x, dispatch {m['dispatch_vs_shallow']:.2f}x",
+                        ">= 0.8x", _verdict(worst >= 0.8), o.step.key))
     return rows
 
 
