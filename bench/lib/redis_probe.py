@@ -135,6 +135,7 @@ LEASE = "leader lease (timer)"
 KEEPALIVE = "pub/sub keepalive (timer)"
 DRAIN_SYNC = "drain sync (timer)"  # SMEMBERS P drained, every router, once a second
 WORKER_STATS = "worker stats (timer)"  # workers: N: SET P workers:<i> once a second
+OUTBOX = "outbox dispatcher (timer)"  # looks for due sessions (idle: once a second), figures
 OTHER = "other"
 
 
@@ -195,15 +196,17 @@ def classify_monitor(
     keepalive (PING on a subscribed connection), the drainer's sync of operator drains
     (SMEMBERS of ``P drained``, once a second), with ``listen.workers: N`` the workers'
     counter snapshots (SET ``P workers:<i>`` once a second, MGET when /metrics is read),
-    other. Also the first "other" lines."""
+    the outbox dispatcher (its scripts name ``P outbox:`` as their first argument; idle, it
+    looks for due sessions once a second and reads its figures), other. Also the first "other" lines."""
     out: dict[str, Counter[str]] = {
         LEASE: Counter(), KEEPALIVE: Counter(), DRAIN_SYNC: Counter(), WORKER_STATS: Counter(),
-        OTHER: Counter(),
+        OUTBOX: Counter(), OTHER: Counter(),
     }  # fmt: skip
     drained = REDIS_PREFIX + "drained"
     worker_stats = REDIS_PREFIX + "workers:"
     samples: list[str] = []
     lease = REDIS_PREFIX + "leader"
+    outbox = REDIS_PREFIX + "outbox:"
     for line in lines:
         m = _MONITOR_LINE.match(line)
         if m is None:
@@ -212,8 +215,11 @@ def classify_monitor(
         if source in own or not args:
             continue
         cmd = args[0].lower()
+        scripted_outbox = False
         if cmd in ("evalsha", "eval", "evalsha_ro", "eval_ro") and len(args) > 2:
             keys = args[3 : 3 + int(args[2])] if args[2].isdigit() else []
+            # the outbox's scripts take no keys: their first argument is the key prefix
+            scripted_outbox = not keys and len(args) > 3 and args[3] == outbox
         else:
             keys = args[1:2]
         name = cmd + (" (in a script)" if source == "lua" else "")
@@ -225,6 +231,8 @@ def classify_monitor(
             out[DRAIN_SYNC][name] += 1
         elif cmd in ("set", "mget") and keys and all(k.startswith(worker_stats) for k in keys):
             out[WORKER_STATS][name] += 1
+        elif scripted_outbox or (keys and all(k.startswith(outbox) for k in keys)):
+            out[OUTBOX][name] += 1
         else:
             out[OTHER][name] += 1
             if len(samples) < 10:

@@ -32,7 +32,8 @@ from router.transport import Transport
 
 log = logging.getLogger("wa_router.outbox")
 
-TICK = 0.05  # how often due sessions are looked for (enqueues wake it at once)
+TICK = 0.05  # how often due sessions are looked for while turns are under way
+IDLE = 1.0  # at most this long between looks when idle (other routers' enqueues; drift)
 CONCURRENCY = 128  # sessions served at once: one send each
 TURN_BATCH = 32  # free slots worth one store call before a tick has passed
 MAX_RESPONSE = 1024 * 1024
@@ -96,7 +97,7 @@ class Dispatcher:
                 if failing.failures:
                     log.warning("outbox: the store answers again")
                     failing.reset()
-                await self._wake.wait(TICK)
+                await self._wake.wait(self._pause())
             except StoreUnavailable as e:
                 # Redis is down or refusing: one line (not a traceback every tick), then
                 # slower retries until it is back.
@@ -106,6 +107,15 @@ class Dispatcher:
             except Exception:
                 log.exception("outbox: looking for due sessions failed")
                 await self._wake.wait(TICK)
+
+    def _pause(self) -> float:
+        """Until the next look for due sessions: a tick while turns are under way, else
+        until the next session is due (up to IDLE; an enqueue or a turn's end wakes it)."""
+        if self._serving:
+            return TICK
+        due = self.store.next_due
+        wait = IDLE if due is None else due - self._clock.wall()
+        return min(IDLE, max(TICK, wait))
 
     async def _step(self) -> None:
         now, wall = self._clock.now(), self._clock.wall()

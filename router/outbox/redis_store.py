@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
-import redis.exceptions as rexc
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
@@ -64,9 +63,10 @@ from router.outbox.store import (
     TurnEnd,
     TurnStart,
 )
+from router.store.packing import pack, unpack
 from router.store.redis_client import RedisClients
+from router.store.redis_commands import guarded
 
-_LOST: Final = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError, TimeoutError)
 LEASE_MS: Final = 10_000  # a turn's lease (renewed while a send runs); a router that dies frees
 # its sessions after this
 MAX_IN_FLIGHT: Final = 48
@@ -86,6 +86,7 @@ class RedisOutbox:
         # pool that runs out of connections fails calls instead of queueing them.
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.next_due: float | None = None
         # Adds, and a turn's writes, from many callers at once go in one script call each.
         self._adds: Answered[bytes, bytes] = Answered(self._flush_adds, max_items=256,
                                                           name="outbox-adds")
@@ -122,13 +123,8 @@ class RedisOutbox:
         """Run one command or script; every failure is ``StoreUnavailable``. Replies are
         ``Any``: redis-py types them differently from release to release, so each caller
         converts what it reads."""
-        try:
-            async with self._slots, asyncio.timeout(self._op_timeout * 2):
-                return await make()
-        except _LOST as e:
-            raise StoreUnavailable("redis unavailable for the outbox") from e
-        except rexc.RedisError as e:
-            raise StoreUnavailable(f"redis refused an outbox command: {e}") from e
+        async with self._slots:
+            return await guarded(make, deadline=self._op_timeout * 2, what="the outbox")
 
     def _t(self, session: str) -> str:
         return f"{self.p}{{s:{session}}}:"
@@ -183,6 +179,8 @@ class RedisOutbox:
     async def turns(self, now: float, limit: int, horizon: float) -> list[TurnStart]:
         argv: list[Any] = [self.p, repr(now), limit, self.holder, LEASE_MS, repr(horizon)]
         got: list[Any] = await self._call(lambda: self._turns(args=argv))
+        last = got.pop()
+        self.next_due = float(last) if last else None
         out = []
         for i in range(0, len(got), 7):
             session = got[i].decode()
@@ -324,27 +322,6 @@ class RedisOutbox:
         got: list[Any] = await self._call(lambda: self._deepest(args=[self.p, DEEPEST_SCAN]))
         pairs = [(got[i].decode(), int(got[i + 1])) for i in range(0, len(got), 2)]
         return sorted(pairs, key=lambda x: (-x[1], x[0]))[:limit]
-
-
-def pack(*fields: str | bytes) -> bytes:
-    """Fields as one script argument, each ``<length>:<bytes>`` (the scripts' ``fields``):
-    redis-py encodes every argument on its own, which costs more than the whole script."""
-    out = []
-    for f in fields:
-        raw = f.encode() if isinstance(f, str) else f
-        out.append(b"%d:%s" % (len(raw), raw))
-    return b"".join(out)
-
-
-def unpack(raw: bytes) -> list[bytes]:
-    """``pack``'s inverse."""
-    out, i = [], 0
-    while i < len(raw):
-        colon = raw.index(b":", i)
-        end = colon + 1 + int(raw[i:colon])
-        out.append(raw[colon + 1:end])
-        i = end
-    return out
 
 
 def _message_fields(m: Message) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from router.outbox.model import SEQ_EPOCH
+from router.store.packing import FIELDS_LUA
 
 # Shared by the scripts below. ``write`` stores a message's new head (state digit + meta)
 # in front of its stored body if its state is still ``old`` (compare-and-set), and keeps
@@ -14,18 +15,7 @@ local RANK = 1e15
 local NAME = {['0'] = 'queued', ['1'] = 'sending', ['2'] = 'sent', ['3'] = 'failed',
               ['4'] = 'unknown', ['5'] = 'cancelled', ['6'] = 'expired'}
 local function tag(s) return P .. '{s:' .. s .. '}:' end
--- one argument carrying many fields, each "<length>:<bytes>" (``redis_store.pack``)
-local function fields(a)
-  local out, i = {}, 1
-  while i <= #a do
-    local c = string.find(a, ':', i, true)
-    local j = c + tonumber(string.sub(a, i, c - 1))
-    out[#out + 1] = string.sub(a, c + 1, j)
-    i = j + 1
-  end
-  return out
-end
-local SEQ_EPOCH = @SEQ_EPOCH@
+@FIELDS@local SEQ_EPOCH = @SEQ_EPOCH@
 local function due_of(score) if score >= RANK then return score - RANK end return score end
 local function oldest(s, t)
   local a = redis.call('ZRANGE', t .. 'q', 0, 0, 'WITHSCORES')
@@ -79,7 +69,8 @@ local function write(s, id, old, head, cmp, stamp, score, now)
   return 'finished:' .. cmp
 end
 """
-LIB = LIB_SOURCE.replace("@SEQ_EPOCH@", repr(SEQ_EPOCH))
+# ``fields``: one argument carrying many fields (``router.store.packing``)
+LIB = LIB_SOURCE.replace("@SEQ_EPOCH@", repr(SEQ_EPOCH)).replace("@FIELDS@", FIELDS_LUA)
 
 # ARGV: P, now, then one packed group per add: idem digest, fingerprint, ttl ms, campaign,
 # then (id, session, score, value) per message; answers, per group, '' (queued) or what the
@@ -151,7 +142,8 @@ return out
 
 # ARGV: P, now, limit, holder, lease ms, horizon: leases up to ``limit`` due sessions and
 # answers, for each, 7 values: session, head id, head value, pacing not_before, paused
-# (0/1), the head's campaign's state, recent send times (comma-separated).
+# (0/1), the head's campaign's state, recent send times (comma-separated); then when the
+# next session is due ('' if none).
 TURNS = LIB + """
 local now, limit, holder, ttl, horizon = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local due = redis.call('ZRANGEBYSCORE', P .. 'due', '-inf', now, 'LIMIT', 0, limit)
@@ -186,6 +178,8 @@ for _, s in ipairs(due) do
     end
   end
 end
+local first = redis.call('ZRANGE', P .. 'due', 0, 0, 'WITHSCORES')
+out[#out + 1] = first[2] or ''  -- when the next session is due (to sleep until then)
 return out
 """
 

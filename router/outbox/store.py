@@ -100,6 +100,7 @@ class Snapshot:
 
 class OutboxStore(Protocol):
     durable: bool
+    next_due: float | None  # when the next session is due, as of the last ``turns``
 
     async def add(self, messages: Sequence[Message], idem: IdempotencyKey | None = None,
                   idem_ttl: float = 0.0) -> list[Message]:
@@ -205,6 +206,7 @@ class MemoryOutbox:
         self._campaigns: dict[str, Campaign] = {}
         self._paused: set[str] = set()
         self._campaign_numbers = itertools.count(1)
+        self.next_due: float | None = None
 
     def __repr__(self) -> str:
         return (f"<MemoryOutbox {len(self.messages)} messages, "
@@ -256,6 +258,14 @@ class MemoryOutbox:
         return None if m is None else copy.copy(m)
 
     async def turns(self, now: float, limit: int, horizon: float) -> list[TurnStart]:
+        try:
+            return self._take_turns(now, limit, horizon)
+        finally:
+            while self._turns and self._turn_at.get(self._turns[0][2]) != self._turns[0][0]:
+                heapq.heappop(self._turns)  # rescheduled since
+            self.next_due = self._turns[0][0] if self._turns else None
+
+    def _take_turns(self, now: float, limit: int, horizon: float) -> list[TurnStart]:
         out: list[TurnStart] = []
         while self._turns and self._turns[0][0] <= now and len(out) < limit:
             at, _, session = heapq.heappop(self._turns)

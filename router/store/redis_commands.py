@@ -36,6 +36,18 @@ LOST: Final = (
 )
 
 
+async def guarded(make: Callable[[], Awaitable[T]], *, deadline: float, what: str) -> T:
+    """Run one command or script within ``deadline`` seconds; every failure becomes
+    ``StoreUnavailable`` (``what``: whose command, for the message)."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await make()
+    except LOST as e:
+        raise StoreUnavailable(f"redis unavailable for {what}") from e
+    except rexc.RedisError as e:  # e.g. OOM: Redis is up but refuses the write
+        raise StoreUnavailable(f"redis refused a command for {what}: {e}") from e
+
+
 class Commands:
     """Runs commands and scripts on one client, and knows whether Redis answers.
 

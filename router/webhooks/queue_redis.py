@@ -29,18 +29,17 @@ deleted, or Redis restarted empty) is re-created on the fly.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, Final, TypeVar
 
-import redis.exceptions as rexc
 from redis.asyncio import Redis
 
 from router.batcher import Batcher
 from router.errors import StoreUnavailable
 from router.store.redis_client import RedisClients
+from router.store.redis_commands import guarded
 from router.webhooks.base import LEASE_OTHER, Done
 from router.webhooks.model import DeadRecord, Entry, InboundEvent
 
@@ -54,7 +53,6 @@ _RELEASED_IDLE_MS: Final = 24 * 3600 * 1000
 _CHUNK: Final = 500  # ids per XCLAIM, dead entries per replay round trip
 _STALE_CONSUMER_MS: Final = 3600 * 1000
 
-_LOST: Final = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSError, TimeoutError)
 
 _TRIM = """
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
@@ -232,13 +230,7 @@ class RedisQueue:
         return self._cmd
 
     async def _call(self, make: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
-        try:
-            async with asyncio.timeout(deadline or self._deadline):
-                return await make()
-        except _LOST as e:
-            raise StoreUnavailable("redis unavailable for webhooks") from e
-        except rexc.RedisError as e:  # e.g. OOM: up but refusing the write
-            raise StoreUnavailable(f"redis refused a webhook command: {e}") from e
+        return await guarded(make, deadline=deadline or self._deadline, what="webhooks")
 
     # -- writes -----------------------------------------------------------------------
 
