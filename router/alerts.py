@@ -47,6 +47,8 @@ ALERTING: dict[str, str] = {
     "restore_failed": "session restore failed",
     "webhook_dead": "webhook dead-lettered",
     "webhook_backlog_high": "webhook backlog high",
+    "outbox_session_paused": "outbox session paused",
+    "outbox_campaign_stalled": "outbox campaign stalled",
 }
 # An alert of the key on the right re-arms the one on the left (and the reverse).
 OPPOSITES = {"instance_down": "instance_up", "instance_up": "instance_down"}
@@ -78,7 +80,7 @@ class AlertPolicy:
         title = ALERTING.get(ev.kind)
         if title is None:
             return []
-        scope = ev.instance or str(ev.data.get("target") or "")
+        scope = ev.instance or ev.session or str(ev.data.get("target") or "")
         key = (ev.kind, scope)
         last = self._sent.get(key)
         if last is not None and now - last < self.dedup_window:

@@ -24,6 +24,8 @@ from router.drain import Drainer
 from router.errors import ConfigError
 from router.events import EventLog
 from router.failover import Failover
+from router.idempotency.redis_store import RedisKeys
+from router.idempotency.store import KeyStore, MemoryKeys
 from router.instance_api import InstanceApi
 from router.instances import Fleet
 from router.leader import Leadership
@@ -40,6 +42,7 @@ from router.pulse import Pulse
 from router.reload import Reloads, plan_reload
 from router.routing import Router
 from router.store import AssignmentStore, MemoryStore
+from router.store.redis_client import RedisClients
 from router.tasks import Tasks
 from router.transport import HttpTransport, Transport
 from router.webhooks import WebhookRelay
@@ -110,10 +113,17 @@ class App:
         self.outbox_events = OutboxEvents(self.relay)
         self.dispatcher = Dispatcher(holder, self.outbox_store, self.router, self.transport,
                                      self.clock, on_change=self.outbox_events.message,
-                                     on_campaign=self.outbox_events.campaign)
+                                     on_campaign=self.outbox_events.campaign,
+                                     events=self.events)
+        self.tracker = self.dispatcher.tracker
         self.outbox = OutboxService(holder, self.outbox_store, self.dispatcher, self.clock,
                                     self.router.session_of)
-        self.proxy = ProxyServer(self.router, self.outbox if config.outbox.enabled else None)
+        self.keys: KeyStore | None = None
+        if config.listen.idempotency_keys:
+            self.keys = (MemoryKeys(self.clock) if config.store.url is None
+                         else RedisKeys(RedisClients(config.store.url.value), config.store.prefix))
+        self.proxy = ProxyServer(self.router, self.outbox if config.outbox.enabled else None,
+                                 self.keys)
         self.components = Components(
             config=holder, router=self.router, events=self.events, mover=self.mover,
             failover=self.failover, drainer=self.drainer, leadership=self.leadership,
@@ -177,6 +187,9 @@ class App:
         if isinstance(self.outbox_store, RedisOutbox):
             await self.outbox_store.open()
             stack.push_async_callback(self.outbox_store.close)
+        if isinstance(self.keys, RedisKeys):
+            await self.keys.open()
+            stack.push_async_callback(self.keys.close)
         if cfg.outbox.enabled:
             if not self.outbox_store.durable:
                 log.warning("outbox: no store.url, so queued messages wait in memory: those not "

@@ -85,6 +85,12 @@ class Conflict(ClientError):
     code = "conflict"
 
 
+class IdempotencyInFlight(Conflict):
+    """A retry with the same Idempotency-Key while the first request is being answered."""
+
+    code = "idempotency_in_flight"
+
+
 class BodyTooLarge(ClientError):
     status = 413
     code = "body_too_large"
@@ -115,6 +121,13 @@ class UpstreamError(RouterError):
     code = "upstream_error"
     # False when the request provably never reached the instance: safe to send again.
     reached_instance = True
+
+
+class OutcomeUnknown(UpstreamError):
+    """Kept for an Idempotency-Key: the instance may or may not have acted on the request
+    (it died with it in flight); it is never sent again."""
+
+    code = "outcome_unknown"
 
 
 class UpstreamConnectError(UpstreamError):

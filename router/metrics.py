@@ -105,6 +105,9 @@ class RouterCollector(Collector):
         )
         yield GaugeMetricFamily("router_outbox_sessions_paused", "Sessions whose outbox queue is paused",
                                 value=float(snap.sessions_paused))
+        yield CounterMetricFamily(
+            "router_outbox_unacked", "Sent outbox messages with no message.ack within outbox.ack_timeout",
+            value=float(outbox.dispatcher.tracker.unacked_total))
         yield GaugeMetricFamily(
             "router_leader", "1 when this router runs failover (holds the lease)",
             value=1.0 if parts.leadership.is_leader else 0.0,

@@ -20,6 +20,7 @@ FIXED: tuple[tuple[str, str], ...] = (
     ("listen.host", "the proxy port's socket"),
     ("listen.port", "the proxy port's socket"),
     ("listen.workers", "the worker processes"),
+    ("listen.idempotency_keys", "the proxy's key store"),
     ("admin.host", "the admin port's socket"),
     ("admin.port", "the admin port's socket"),
     ("store.url", "the store connections"),

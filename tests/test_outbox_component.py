@@ -132,6 +132,98 @@ async def test_a_lost_answer_is_unknown_and_never_sent_again(world: World) -> No
     assert await state(world, m["id"]) == "sent"
 
 
+def webhook(event: str, session: str, payload: dict[str, Any]) -> bytes:
+    return json.dumps({"event": event, "session": session, "payload": payload}).encode()
+
+
+async def test_acks_reach_delivery_and_unacked_sends_are_counted(world: World) -> None:
+    await world.place(["s"])
+    acked = await enqueue(world, "s", "hello")
+    silent = await enqueue(world, "s", "nobody acks me")
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 2, limit=30)
+    await world.clock.advance(1)
+    view = await world.app.outbox.message(acked["id"])
+    wa = view["response"]["body"]["id"]
+    tracker = world.app.tracker
+    for level in (2, 3, 2):  # device, read, then a late device ack: read stays
+        tracker.observe("message.ack", "s", webhook("message.ack", "s", {"id": wa, "ack": level}))
+        await world.clock.advance(0.1)
+    assert (await world.app.outbox.message(acked["id"]))["delivery"]["ack"] == "read"
+    tracker.observe("message.ack", "s", webhook("message.ack", "s", {"id": "true_other", "ack": 3}))
+    tracker.observe("message", "s", b"{}")  # not the outbox's
+    await world.clock.advance(400)  # past outbox.ack_timeout (5m)
+    assert tracker.unacked_total == 1
+    unacked = (await world.app.outbox.overview())["unacked"]
+    assert unacked == {"count": 1, "oldest": [silent["id"]]}
+
+
+@pytest.mark.parametrize("any_first", [False, True], ids=["unknown-first", "message-any-first"])
+async def test_an_unknown_message_the_instance_reports_sent_becomes_sent(
+        world: World, any_first: bool) -> None:
+    where = await world.place(["s"])
+    world.fakes[where["s"]].drop_sends = 1
+    tracker = world.app.tracker
+    seen = webhook("message.any", "s", {"id": "true_x", "fromMe": True, "to": "1@c.us",
+                                        "body": "maybe", "timestamp": 1})
+    if any_first:
+        tracker.observe("message.any", "s", seen)
+    m = await enqueue(world, "s", "maybe")
+    await world.clock.run_until(lambda: len(sent(world.fakes)) == 1, limit=30)
+    await world.clock.advance(1)
+    if not any_first:
+        assert await state(world, m["id"]) == "unknown"
+        tracker.observe("message.any", "s", seen)
+        await world.clock.advance(0.1)
+    view = await world.app.outbox.message(m["id"])
+    assert view["state"] == "sent" and view["error"] is None
+    assert sent(world.fakes) == ["maybe"] and tracker.reconciled == 1
+
+
+def paused_events(world: World) -> list[str]:
+    return [str(e.session) for e in world.app.events.recent(kind="outbox_session_paused")]
+
+
+@pytest.mark.parametrize(("status", "sends"), [(429, 1), (500, 5)], ids=["429", "five-500s-in-a-row"])
+async def test_ban_signals_pause_that_session_only(world: World, status: int, sends: int) -> None:
+    where = await world.place(["banned", "fine"])
+    inst = world.fakes[where["banned"]]
+    inst.fail_status, inst.fail_sends = status, sends
+    limited = [await enqueue(world, "banned", f"b{i}") for i in range(3)]
+    await enqueue(world, "fine", "f0")
+    await world.clock.run_until(lambda: bool(paused_events(world)), limit=120)
+    await world.clock.advance(30)
+    assert paused_events(world) == ["banned"]  # one alert
+    assert (await world.app.outbox.session("banned"))["paused"]
+    assert sent(world.fakes, "fine") == ["f0"] and sent(world.fakes, "banned") == []
+    assert await state(world, limited[0]["id"]) in ("queued", "failed")
+    # an operator resumes it: the queue goes on
+    await world.app.outbox.pause_session("banned", False)
+    await world.clock.run_until(lambda: len(sent(world.fakes, "banned")) >= 2, limit=60)
+
+
+async def test_a_session_its_instance_reports_stopped_pauses(world: World) -> None:
+    where = await world.place(["s"])
+    world.app.router.record_status("s", "STOPPED")  # say, a session.status webhook
+    m = await enqueue(world, "s", "hello")
+    await world.clock.run_until(lambda: bool(world.fakes[where["s"]].count("GET", "/api/sessions/s")), limit=10)
+    await world.clock.advance(2)
+    assert paused_events(world) == [] and sent(world.fakes) == ["hello"]  # the instance said WORKING
+    world.fakes[where["s"]].sessions["s"] = "STOPPED"
+    world.app.router.record_status("s", "STOPPED")
+    later = await enqueue(world, "s", "later")
+    await world.clock.run_until(lambda: bool(paused_events(world)), limit=20)
+    assert await state(world, later["id"]) == "queued" and await state(world, m["id"]) == "sent"
+
+
+async def test_a_stalled_campaign_raises_one_alert(world: World) -> None:
+    body = {"name": "stuck", "messages": [{"path": "/api/sendText", "body": {
+        "session": "never-placed", "chatId": "1@c.us", "text": "x"}}]}
+    await world.app.outbox.create_campaign(body, {})
+    await world.clock.advance(700)  # > outbox.stall_alert (10m); the session is never placed
+    stalled = world.app.events.recent(kind="outbox_campaign_stalled")
+    assert len(stalled) == 1
+
+
 async def test_a_session_on_a_dead_instance_waits_and_resumes_on_its_new_instance() -> None:
     w = await make_world(extra="outbox: {retries: {attempts: 10}}")
     try:

@@ -23,6 +23,7 @@ from router.outbox.model import (
 )
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.pacing import gap, next_allowed, trim, windows
+from router.outbox.signals import StallWatch, after_attempt, status_pause
 
 NO_LIMITS = SendLimits(0, 0, 0)
 
@@ -180,3 +181,37 @@ def test_a_message_survives_its_stored_form(
     assert got.expires == pytest.approx(m.expires, abs=2e-3)
     got.created, got.not_before, got.expires = m.created, m.not_before, m.expires
     assert got == m
+
+
+# -- ban signals, stalls (signals) ------------------------------------------------------------
+
+LIMITED = Attempt(written=True, status=429)
+FAIL500 = Attempt(written=True, status=500)
+OK201 = Attempt(written=True, status=201)
+
+
+@pytest.mark.parametrize(("streak", "attempt", "verdict", "after", "paused"), [
+    (0, LIMITED, Verdict.RETRY, 0, True),  # 429: pause at once
+    (3, Attempt(written=True, status=500, rate_limited=True), Verdict.RETRY, 0, True),
+    (0, OK201, Verdict.SENT, 0, False),
+    (4, OK201, Verdict.SENT, 0, False),  # a send ends the run
+    (2, Attempt(written=True, status=422), Verdict.WAIT, 2, False),  # not ready: not a failure
+    (3, FAIL500, Verdict.RETRY, 4, False),
+    (4, FAIL500, Verdict.RETRY, 0, True),  # the fifth in a row
+    (4, Attempt(written=True, status=400), Verdict.FAILED, 0, True),
+])
+def test_ban_signals(streak: int, attempt: Attempt, verdict: Verdict, after: int, paused: bool) -> None:
+    got, why = after_attempt(streak, attempt, verdict, 5)
+    assert (got, why is not None) == (after, paused)
+
+
+def test_status_pauses_and_stalls() -> None:
+    assert status_pause("FAILED") and status_pause("STOPPED")
+    assert status_pause("WORKING") is None and status_pause(None) is None
+    w = StallWatch()
+    assert w.check([("c1", 5, True), ("c2", 0, False)], 0.0, 600) == []
+    assert w.check([("c1", 5, True)], 599.0, 600) == []
+    assert w.check([("c1", 5, True)], 601.0, 600) == ["c1"]
+    assert w.check([("c1", 5, True)], 1300.0, 600) == []  # told once
+    assert w.check([("c1", 6, True)], 1400.0, 600) == []  # moved: re-armed
+    assert w.check([("c1", 6, True)], 2001.0, 600) == ["c1"]

@@ -299,3 +299,37 @@ async def test_a_large_add_to_one_session_keeps_every_message(store: OutboxStore
     assert (await turn(store, "big")).head.id == ms[0].id
     last = await store.get(ms[-1].id)
     assert last is not None and last.request == ms[-1].request
+
+
+async def test_acks_find_their_message_and_unacked_ones_are_counted_once(store: OutboxStore) -> None:
+    a, b = msg("s", 1), msg("s", 2)
+    await store.add([a, b])
+    for m, at in ((await send(store, await turn(store, "s"), at=NOW + 10), NOW + 10),
+                  (await send(store, await turn(store, "s", NOW + 20), at=NOW + 20), NOW + 20)):
+        m.wa_id, m.sent_at = f"true_{m.id[-6:]}", at
+        await store.track(m)
+    assert await store.crossed(NOW + 15) == 1  # a, sent at NOW + 10
+    assert await store.crossed(NOW + 15) == 0  # counted once
+    assert await store.unacked(NOW + 100, 10) == (2, [a.id, b.id])
+    found = await store.by_wa("s", f"true_{a.id[-6:]}")
+    assert found is not None and found.id == a.id and found.state is State.SENT
+    found.delivery = {"ack": "device", "at": NOW + 30}
+    assert await store.acked(found)
+    assert (await store.get(a.id)).delivery == {"ack": "device", "at": NOW + 30}  # type: ignore[union-attr]
+    assert await store.unacked(NOW + 100, 10) == (1, [b.id])
+    assert await store.by_wa("s", "true_nope") is None
+
+
+async def test_an_unknown_message_meets_its_message_any_in_either_order(store: OutboxStore) -> None:
+    early, late = msg("s", 1), msg("s", 2)
+    await store.add([early, late])
+    # the instance's message.any first, then the send is found unknown
+    assert await store.seen("s", "key-1", NOW, 120) is None
+    assert await store.unknown(early, "key-1", NOW + 1, 120)
+    # unknown first: it waits; the message.any settles it
+    assert not await store.unknown(late, "key-2", NOW + 2, 120)
+    assert await store.seen("s", "key-2", NOW + 3, 120) == late.id
+    assert await store.seen("s", "key-2", NOW + 4, 120) is None  # settled once
+    # outside the window: not a match
+    assert await store.seen("s", "key-3", NOW, 120) is None
+    assert not await store.unknown(early, "key-3", NOW + 500, 120)

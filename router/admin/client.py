@@ -120,6 +120,9 @@ def _outbox_request(args: argparse.Namespace) -> tuple[str, str, dict[str, str] 
         return "GET", f"/admin/outbox/campaigns/{q(target, safe='')}", None, None
     if action == "session":
         return "GET", f"/admin/outbox/sessions/{q(target, safe='')}", None, None
+    if action in ("pause-session", "resume-session"):
+        verb = action.split("-")[0]
+        return "POST", f"/admin/outbox/sessions/{q(target, safe='')}/{verb}", None, None
     return "POST", f"/admin/outbox/campaigns/{q(target, safe='')}/{action}", None, None
 
 
@@ -211,6 +214,7 @@ def add_commands(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
     add("reload", "reload the router's config file")
     add("events", "recent events, newest first").add_argument("--limit", type=int, default=50)
     outbox = add("outbox", "queued sends: campaigns | campaign ID | pause ID | resume ID | "
-                           "cancel ID | session S")
-    outbox.add_argument("action", choices=["campaigns", "campaign", "pause", "resume", "cancel", "session"])
-    outbox.add_argument("target", nargs="?", help="campaign id (or session, for `session`)")
+                           "cancel ID | session S | pause-session S | resume-session S")
+    outbox.add_argument("action", choices=["campaigns", "campaign", "pause", "resume", "cancel", "session",
+                                           "pause-session", "resume-session"])
+    outbox.add_argument("target", nargs="?", help="campaign id (or session, for the *session actions)")

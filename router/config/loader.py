@@ -21,6 +21,7 @@ import yaml
 
 from router.config import fields as f
 from router.config.model import (
+    AccessLogConfig,
     AdminConfig,
     AlertsConfig,
     Config,
@@ -204,6 +205,7 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             "keepalive_timeout": _POSITIVE,
             "api_keys": f.list_of(f.secret, skip_empty=True),
             "max_connections": f.integer(1),
+            "idempotency_keys": f.boolean,
         },
     ),
     "admin": f.section(AdminConfig, {"host": f.text(), "port": f.integer(1, 65535), "token": f.secret}),
@@ -311,6 +313,10 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             "keep": _POSITIVE,
             "max_batch": f.integer(1),
             "idempotency_ttl": _POSITIVE,
+            "ack_timeout": _POSITIVE,
+            "reconcile_window": _POSITIVE,
+            "pause_after_failures": f.integer(1),
+            "stall_alert": _POSITIVE,
         },
     ),
     "metrics": f.section(MetricsConfig, {"enabled": f.boolean}),
@@ -319,6 +325,9 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
         {
             "format": f.choice("text", "json"),
             "level": f.choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True),
+            "access": f.section(AccessLogConfig, {
+                "enabled": f.boolean, "format": f.choice("json", "combined"), "path": f.text(),
+                "sample": f.number(0.0, 1.0)}),
         },
     ),
 }

@@ -15,6 +15,7 @@ Unscoped = Literal["any", "reject"]
 RetryPolicy = Literal["constant", "linear", "exponential"]
 Ordering = Literal["per_session", "none"]
 LogFormat = Literal["text", "json"]
+AccessFormat = Literal["json", "combined"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,9 @@ class ListenConfig:
     api_keys: tuple[Secret, ...] = ()
     # Open client connections at most; beyond, a new one gets 503 and is closed.
     max_connections: int = 10000
+    # Idempotency-Key on proxied POST/PATCH (kept responses, for outbox.idempotency_ttl);
+    # false: the header is forwarded like any other. A restart applies a change.
+    idempotency_keys: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +218,10 @@ class OutboxConfig:
     keep: float = 7 * 86400.0  # how long finished messages and campaigns stay readable
     max_batch: int = 10000
     idempotency_ttl: float = 24 * 3600.0
+    ack_timeout: float = 300.0  # a sent message with no message.ack by then is counted, listed
+    reconcile_window: float = 120.0  # an unknown message seen sent (message.any) within: sent
+    pause_after_failures: int = 5  # failed sends in a row that pause a session (a ban signal)
+    stall_alert: float = 600.0  # a running campaign whose sent count stood still this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +238,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogConfig:
+    """One line per proxied request and per outbox send (nginx's and HAProxy's access log)."""
+
+    enabled: bool = False
+    format: AccessFormat = "json"
+    path: str = "-"  # "-": stderr; a file is reopened on SIGUSR1 (logrotate)
+    sample: float = 1.0  # the share of lines written (errors always are)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     format: LogFormat = "text"
     level: str = "INFO"
+    access: AccessLogConfig = AccessLogConfig()
 
 
 @dataclass(frozen=True, slots=True)

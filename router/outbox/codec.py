@@ -57,7 +57,7 @@ def encode_meta(m: Message) -> bytes:
     if m.priority is Priority.HIGH:
         out.append(',"h":1')
     for key, value in ((',"c":', m.campaign), (',"f":', m.ref), (',"I":', m.instance),
-                       (',"e":', m.error)):
+                       (',"e":', m.error), (',"W":', m.wa_id)):
         if value:
             out += [key, _str(value)]
     for key, when in ((',"b":', m.not_before), (',"x":', m.expires)):
@@ -94,7 +94,7 @@ def decode(message_id: str, session: str, raw: bytes) -> Message:
         state=STATES[head[0] - 48], attempts=int(d.get("a", 0)),
         retry_at=float(d.get("y", 0.0)), waiting_since=d.get("w"), instance=d.get("I"),
         sent_at=d.get("z"), response=d.get("R"), error=d.get("e"), delivery=d.get("d"),
-        finished=d.get("F"),
+        finished=d.get("F"), wa_id=d.get("W"),
     )
 
 

@@ -20,10 +20,12 @@ from router.backoff import Backoff
 from router.clock import Clock
 from router.config.holder import ConfigHolder
 from router.errors import StoreUnavailable, UpstreamError
-from router.outbox import pacing
+from router.events import EventLog
+from router.outbox import delivery, pacing, signals
 from router.outbox.model import FINAL, Campaign, CampaignState, Message, State
 from router.outbox.outcome import Attempt, Verdict, judge
 from router.outbox.store import Began, Ended, OutboxStore, Snapshot, TurnEnd, TurnStart
+from router.outbox.tracking import Tracker
 from router.outbox.turns import WAIT_RECHECK, Finish, Later, SessionView, Wait, decide, settle
 from router.pulse import Pulse
 from router.routing import Router
@@ -41,6 +43,8 @@ SNAPSHOT_EVERY = 1.0
 SWEEP_EVERY = 60.0  # finished messages older than outbox.keep are forgotten, this many at a time:
 SWEEP_BATCH = 10_000
 RENEW_EVERY = 3.0  # a third of the Redis lease
+STALL_EVERY = 30.0  # running campaigns are checked for a stall this often
+STALL_CAMPAIGNS = 100  # the newest campaigns looked at
 SENT_KEPT = 86400.0  # send times kept per session (the session view counts the last day)
 PERSIST_ATTEMPTS = 8
 TYPING_PER_CHAR = 0.05  # seconds of "typing..." per character of the text
@@ -53,7 +57,8 @@ class Dispatcher:
                  transport: Transport, clock: Clock, *,
                  on_change: Callable[[Message], None] = lambda m: None,
                  on_campaign: Callable[[Campaign], None] = lambda c: None,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 tracker: Tracker | None = None, events: EventLog | None = None) -> None:
         self._config = config
         self.store = store
         self._router = router
@@ -62,6 +67,11 @@ class Dispatcher:
         self._on_change = on_change
         self.on_campaign = on_campaign
         self._rand = rand
+        self.tracker = tracker or Tracker(config, store, clock, on_change)
+        self._events = events
+        self._streaks: dict[str, int] = {}  # session -> failed sends in a row (here)
+        self._stalls = signals.StallWatch()
+        self._stall_at = 0.0
         self.tasks = Tasks("outbox")
         self._wake = Pulse(clock)
         self._serving: set[str] = set()
@@ -77,9 +87,11 @@ class Dispatcher:
 
     def start(self) -> None:
         self.tasks.spawn(self._run(), name="outbox-dispatcher")
+        self.tracker.start()
 
     async def stop(self) -> None:
         await self.tasks.stop()
+        await self.tracker.stop()
 
     def changed(self, m: Message) -> None:
         """A change made outside a turn (a cancel): reported like the dispatcher's own."""
@@ -137,6 +149,9 @@ class Dispatcher:
         if now >= self._sweep_at:
             self._sweep_at = now + SWEEP_EVERY
             await self.store.sweep(wall - self._config.current.outbox.keep, SWEEP_BATCH)
+        if now >= self._stall_at:
+            self._stall_at = now + STALL_EVERY
+            await self._stalled(wall)
 
     # -- one turn --------------------------------------------------------------------------
 
@@ -175,6 +190,11 @@ class Dispatcher:
             # Left by a router that died while sending it: it may have gone out.
             return self._ending(m, State.UNKNOWN, "the router sending it stopped before an answer", now)
         cfg = self._config.current.outbox
+        if not start.paused and self._router.statuses.get(session) in signals.DOWN:
+            why = signals.status_pause(await self._confirm(session))
+            if why is not None:
+                await self.pause(session, why)
+                return TurnEnd(session, now + WAIT_RECHECK, m.id)
         view = self._view(session)
         if start.paused or start.campaign is not None:
             view = SessionView(view.instance, view.why_not,
@@ -217,6 +237,10 @@ class Dispatcher:
             if m.state in FINAL:
                 self.finished[str(m.state)] += 1
             self._on_change(m)
+            if m.state is State.SENT:
+                await self.tracker.sent(m)
+            elif m.state is State.UNKNOWN:
+                await self.tracker.unknown(m)
         if ended.finished is not None:
             self.on_campaign(ended.finished)
 
@@ -249,6 +273,12 @@ class Dispatcher:
             self._router.passive_success(inst)
         made = m.attempts + 1
         verdict = judge(attempt, made, cfg.outbox.retries.attempts)
+        streak, why = signals.after_attempt(self._streaks.pop(m.session, 0), attempt, verdict,
+                                            cfg.outbox.pause_after_failures)
+        if streak:
+            self._streaks[m.session] = streak
+        if why is not None:
+            await self.pause(m.session, why)
         if verdict is not Verdict.WAIT:
             m.attempts = made  # a session that was not ready there is no attempt
         done = self._clock.wall()
@@ -259,6 +289,7 @@ class Dispatcher:
         sent_at = None
         if verdict is Verdict.SENT:
             m.sent_at, m.waiting_since, m.error, sent_at = done, None, None, done
+            m.wa_id = delivery.wa_id(answer["body"] if answer else None)
         elif verdict is Verdict.WAIT:
             m.waiting_since = m.waiting_since if m.waiting_since is not None else done
             if attempt.status == 404:
@@ -267,6 +298,43 @@ class Dispatcher:
             m.finished = done
         return TurnEnd(m.session, result.next_turn, m.id, m, State.SENDING, sent_at=sent_at,
                        not_before=result.gap_until or done, horizon=SENT_KEPT)
+
+    async def _confirm(self, session: str) -> str | None:
+        """The session's status as its instance reports it now (a status learned from a
+        webhook may come from the instance it just left: a move stops it there)."""
+        a = self._router.store.cached(session)
+        inst = None if a is None or a.moving else self._router.fleet.get(a.instance)
+        if inst is None or not inst.healthy or self._router.api is None:
+            return None
+        status = await self._router.api.status(inst, session)
+        if status is not None and status != "NOT_FOUND":
+            self._router.record_status(session, status)
+        return status
+
+    async def _stalled(self, wall: float) -> None:
+        running = [(c.id, c.counts["sent"], bool(c.counts["queued"] + c.counts["sending"]))
+                   for c in await self.store.campaigns(STALL_CAMPAIGNS)
+                   if c.state is CampaignState.RUNNING]
+        after = self._config.current.outbox.stall_alert
+        for cid in self._stalls.check(running, wall, after):
+            if self._events is not None:
+                self._events.emit("outbox_campaign_stalled",
+                                  f"outbox campaign {cid} has messages left but sent none for "
+                                  f"{after:g}s (sessions down, paused or waiting?)",
+                                  severity="warning", data={"target": cid})
+
+    async def pause(self, session: str, why: str) -> None:
+        """A ban signal: stop the session's queue until an operator resumes it."""
+        try:
+            await self.store.set_paused(session, True)
+        except StoreUnavailable as e:
+            log.warning("outbox: pausing %s (%s) failed: %s", session, why, e.message)
+            return
+        if self._events is not None:
+            self._events.emit("outbox_session_paused",
+                              f"outbox queue of {session} paused: {why}; resume it from the "
+                              "admin API, the CLI or the dashboard", session=session,
+                              severity="warning")
 
     async def _persist(self, write: Callable[[], Awaitable[None]]) -> None:
         """A write after the send: a store that fails now must not turn a message that went

@@ -147,6 +147,7 @@ class Message:
     error: str | None = None
     delivery: dict[str, Any] | None = None
     finished: float | None = None
+    wa_id: str | None = None  # the instance's id of the sent message (its acks name it)
 
     @property
     def order(self) -> tuple[int, int]:

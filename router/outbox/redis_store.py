@@ -226,6 +226,38 @@ class RedisOutbox:
             argv: list[Any] = [self.p, repr(now), LEASE_MS, self.holder, *sessions]
             await self._call(lambda: self._renew(args=argv))
 
+    async def track(self, m: Message) -> None:
+        await self._ops(pack("T", m.session, local_id(m.id), m.wa_id or "", repr(m.sent_at or 0.0)))
+
+    async def by_wa(self, session: str, wa_id: str) -> Message | None:
+        found = await self._call(lambda: self._redis().hget(self._t(session) + "wa", wa_id))
+        return None if found is None else await self.get(full_id(found.decode(), session))
+
+    async def acked(self, m: Message) -> bool:
+        written = await self.change(m, State.SENT)
+        await self._ops(pack("A", m.session, local_id(m.id)))
+        return written.written
+
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
+        answer = await self._ops(pack("U", m.session, local_id(m.id), key, repr(now), repr(window)))
+        return answer == b"seen"
+
+    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
+        answer = await self._ops(pack("S", session, key, repr(now), repr(window)))
+        return full_id(answer.decode(), session) if answer else None
+
+    async def crossed(self, upto: float) -> int:
+        return int(await self._ops(pack("X", repr(upto))))
+
+    async def unacked(self, before: float, limit: int) -> tuple[int, list[str]]:
+        r = self._redis()
+        key = self.p + "unacked"
+        n = await self._call(lambda: r.zcount(key, "-inf", f"({before!r}"))
+        raw: list[bytes] = await self._call(
+            lambda: r.zrangebyscore(key, "-inf", f"({before!r}", start=0, num=limit))
+        ids = [full_id(x[:26].decode(), x[26:].decode()) for x in raw]
+        return int(n), ids
+
     async def wake(self, session: str, now: float) -> None:
         argv: list[Any] = [self.p, session, repr(now)]
         await self._call(lambda: self._wake(args=argv))
@@ -290,6 +322,11 @@ class RedisOutbox:
 
     async def paused(self, session: str) -> bool:
         return bool(await self._call(lambda: self._redis().sismember(self.p + "paused", session)))
+
+    async def paused_sessions(self, limit: int) -> list[str]:
+        r = self._redis()
+        _, found = await self._call(lambda: r.sscan(self.p + "paused", 0, count=limit * 4))
+        return sorted(s.decode() for s in found)[:limit]
 
     async def depth(self, session: str) -> dict[str, int]:
         t = self._t(session)

@@ -187,6 +187,11 @@ return out
 #   B session id holder head campaign score: begin a send (answers ok|lost|cancelled|paused)
 #   E session id holder old head campaign stamp score at decided sent_at nb trim: end a turn
 #   C session id old head campaign stamp score: a change outside any turn
+#   T session id wa_id sent_at: a sent message's instance id (its acks) and unacked entry
+#   A session id: acked (no longer unacked)
+#   U session id key now window: unknown, waiting for its message.any ('seen' if one came)
+#   S session key now window: a message.any: answers the unknown message it settles, or ''
+#   X upto: unacked messages sent before ``upto`` that were not counted yet (fleet-wide once)
 OPS = LIB + """
 local now = ARGV[2]
 local out = {}
@@ -227,8 +232,40 @@ for o = 3, #ARGV do
         redis.call('ZADD', P .. 'due', at, s)
       end
     end
-  else
+  elseif kind == 'C' then
     answer = write(s, id, f[4], f[5], f[6], f[7], f[8], now)
+  elseif kind == 'T' then
+    redis.call('HSET', t .. 'wa', f[4], id)
+    redis.call('ZADD', P .. 'unacked', f[5], id .. s)
+  elseif kind == 'A' then
+    redis.call('ZREM', P .. 'unacked', id .. s)
+  elseif kind == 'U' then
+    local key, at, window = f[4], tonumber(f[5]), tonumber(f[6])
+    local seen = redis.call('ZSCORE', t .. 'seen', key)
+    if seen and tonumber(seen) >= at - window then
+      redis.call('ZREM', t .. 'seen', key)
+      answer = 'seen'
+    else
+      redis.call('HSET', t .. 'unk', key, id)
+    end
+  elseif kind == 'S' then
+    local key, at, window = f[3], tonumber(f[4]), tonumber(f[5])
+    redis.call('ZADD', t .. 'seen', at, key)
+    redis.call('ZREMRANGEBYSCORE', t .. 'seen', '-inf', '(' .. (at - window))
+    local waiting = redis.call('HGET', t .. 'unk', key)
+    if waiting then
+      redis.call('HDEL', t .. 'unk', key)
+      answer = waiting
+    end
+  elseif kind == 'X' then
+    local upto = f[2]
+    local from = redis.call('GET', P .. 'unacked_counted') or '-inf'
+    if from == '-inf' or tonumber(from) < tonumber(upto) then
+      answer = tostring(redis.call('ZCOUNT', P .. 'unacked', '(' .. from, upto))
+      redis.call('SET', P .. 'unacked_counted', upto)
+    else
+      answer = '0'
+    end
   end
   out[#out + 1] = answer
 end
@@ -261,7 +298,12 @@ SWEEP = """
 local P, before, limit = ARGV[1], ARGV[2], ARGV[3]
 local ids = redis.call('ZRANGEBYSCORE', P .. 'done', '-inf', '(' .. before, 'LIMIT', 0, limit)
 for _, id in ipairs(ids) do
-  redis.call('HDEL', P .. '{s:' .. string.sub(id, 27) .. '}:m', string.sub(id, 1, 26))
+  local t, ulid = P .. '{s:' .. string.sub(id, 27) .. '}:', string.sub(id, 1, 26)
+  local v = redis.call('HGET', t .. 'm', ulid)
+  local wa = v and string.match(string.sub(v, 1, (string.find(v, '\\n', 1, true))), '"W":"([^"]*)"')
+  if wa then redis.call('HDEL', t .. 'wa', wa) end
+  redis.call('ZREM', P .. 'unacked', id)
+  redis.call('HDEL', t .. 'm', ulid)
   redis.call('ZREM', P .. 'done', id)
 end
 local old = redis.call('ZRANGEBYSCORE', P .. 'campaigns', '-inf', '(' .. before, 'LIMIT', 0, limit)

@@ -315,13 +315,18 @@ class OutboxService:
         """``GET /admin/outbox``: totals by state, the deepest session queues, campaigns."""
         snap = await self.store.snapshot()
         now = self._clock.wall()
+        cfg = self._config.current.outbox
+        unacked, oldest_unacked = await self.store.unacked(now - cfg.ack_timeout, 20)
         return {
             "enabled": self._config.current.outbox.enabled,
             "durable": self.store.durable,
             "totals": await self.store.totals(),
             "oldest_seconds": None if snap.oldest is None else round(now - snap.oldest, 1),
             "sessions_paused": snap.sessions_paused,
+            "paused_sessions": await self.store.paused_sessions(50),
             "deepest": [{"session": s, "queued": n} for s, n in await self.store.deepest(20)],
+            # sent, and no message.ack within outbox.ack_timeout: the oldest ones
+            "unacked": {"count": unacked, "oldest": oldest_unacked},
             "campaigns": [c.view(self._eta(c)) for c in await self.store.campaigns(50)],
         }
 

@@ -134,6 +134,37 @@ class OutboxStore(Protocol):
         """Keep serving sessions whose turns take long (slow sends)."""
         ...
 
+    # -- delivery (``router.outbox.delivery``) ------------------------------------------------
+
+    async def track(self, m: Message) -> None:
+        """``m`` was sent (``wa_id``, ``sent_at``): its acks find it; unacked until one."""
+        ...
+
+    async def by_wa(self, session: str, wa_id: str) -> Message | None: ...
+
+    async def acked(self, m: Message) -> bool:
+        """Write ``m``'s delivery (it is still ``sent``); no longer unacked."""
+        ...
+
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
+        """``m`` just became ``unknown``: True if its ``message.any`` (``key``) came within
+        ``window`` already, else it waits for it."""
+        ...
+
+    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
+        """A ``message.any`` the session sent: the id of the ``unknown`` message it settles
+        (taken off the waiting list), else remembered for ``window``."""
+        ...
+
+    async def crossed(self, upto: float) -> int:
+        """Sent messages still unacked that were sent before ``upto`` and not counted by any
+        router before (each is counted once, fleet-wide)."""
+        ...
+
+    async def unacked(self, before: float, limit: int) -> tuple[int, list[str]]:
+        """Sent before ``before`` and never acked: how many, and the oldest ids."""
+        ...
+
     async def wake(self, session: str, now: float) -> None:
         """Give the session a turn now (it was resumed), unless one is under way."""
         ...
@@ -160,6 +191,10 @@ class OutboxStore(Protocol):
     async def set_paused(self, session: str, paused: bool) -> None: ...
 
     async def paused(self, session: str) -> bool: ...
+
+    async def paused_sessions(self, limit: int) -> list[str]:
+        """Up to ``limit`` paused sessions, sorted."""
+        ...
 
     async def depth(self, session: str) -> dict[str, int]:
         """Queued messages by priority."""
@@ -207,6 +242,11 @@ class MemoryOutbox:
         self._paused: set[str] = set()
         self._campaign_numbers = itertools.count(1)
         self.next_due: float | None = None
+        self._wa: dict[tuple[str, str], str] = {}  # (session, wa id) -> message id
+        self._unacked: dict[str, float] = {}  # message id -> sent at
+        self._counted = float("-inf")
+        self._unknown: dict[tuple[str, str], str] = {}  # (session, match key) -> message id
+        self._seen: dict[tuple[str, str], float] = {}  # (session, match key) -> seen at
 
     def __repr__(self) -> str:
         return (f"<MemoryOutbox {len(self.messages)} messages, "
@@ -341,6 +381,43 @@ class MemoryOutbox:
         if session not in self._serving and self._head(session) is not None:
             self._set_turn(session, now)
 
+    async def track(self, m: Message) -> None:
+        if m.wa_id is not None:
+            self._wa[(m.session, m.wa_id)] = m.id
+        self._unacked[m.id] = m.sent_at or 0.0
+
+    async def by_wa(self, session: str, wa_id: str) -> Message | None:
+        mid = self._wa.get((session, wa_id))
+        return None if mid is None else await self.get(mid)
+
+    async def acked(self, m: Message) -> bool:
+        self._unacked.pop(m.id, None)
+        return (await self.change(m, State.SENT)).written
+
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
+        at = self._seen.pop((m.session, key), None)
+        if at is not None and at >= now - window:
+            return True
+        self._unknown[(m.session, key)] = m.id
+        return False
+
+    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
+        waiting = self._unknown.pop((session, key), None)
+        if waiting is None:
+            self._seen[(session, key)] = now
+            for old in [k for k, at in self._seen.items() if at < now - window]:
+                del self._seen[old]
+        return waiting
+
+    async def crossed(self, upto: float) -> int:
+        n = sum(1 for at in self._unacked.values() if self._counted < at <= upto)
+        self._counted = max(self._counted, upto)
+        return n
+
+    async def unacked(self, before: float, limit: int) -> tuple[int, list[str]]:
+        old = sorted((at, mid) for mid, at in self._unacked.items() if at < before)
+        return len(old), [mid for _, mid in old[:limit]]
+
     async def sweep(self, before: float, limit: int) -> int:
         old = [m.id for m in self.messages.values()
                if m.finished is not None and m.finished < before][:limit]
@@ -376,6 +453,9 @@ class MemoryOutbox:
 
     async def paused(self, session: str) -> bool:
         return session in self._paused
+
+    async def paused_sessions(self, limit: int) -> list[str]:
+        return sorted(self._paused)[:limit]
 
     async def depth(self, session: str) -> dict[str, int]:
         out = {"high": 0, "normal": 0}

@@ -28,7 +28,7 @@ from router.errors import (
 )
 from router.instances import Instance
 from router.outbox.routes import is_outbox
-from router.proxy import access, intake, local, waits
+from router.proxy import access, idempotent, intake, local, waits
 from router.proxy.flow import DL_BODY, PAUSE_BACKPRESSURE, PAUSE_PREBUFFER, PREBUFFER_LIMIT
 from router.proxy.framing import (
     CLOSE,
@@ -52,9 +52,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("wa_router.proxy")
 
 # The hot path's transitions, checked inline (a method call each would cost ~1% of a request).
-_QUEUED, _ROUTING, _WAIT_BODY, _WEBHOOK, _SENT, _STREAMING, _DONE, _ABORTED = (
+_QUEUED, _ROUTING, _WAIT_BODY, _WEBHOOK, _SENT, _STREAMING, _DONE, _ABORTED, _KEYED = (
     Phase.QUEUED, Phase.ROUTING, Phase.WAIT_BODY, Phase.WEBHOOK, Phase.SENT, Phase.STREAMING,
-    Phase.DONE, Phase.ABORTED,
+    Phase.DONE, Phase.ABORTED, Phase.KEYED,
 )
 _TO_ROUTING, _TO_SENT, _TO_STREAMING, _TO_DONE = (
     ENTER_FROM[p] for p in (_ROUTING, _SENT, _STREAMING, _DONE)
@@ -72,6 +72,7 @@ class Exchange(RequestHead):
         "conn",
         "framing",
         "http11",
+        "idem",
         "instance",
         "out",
         "phase",
@@ -119,6 +120,7 @@ class Exchange(RequestHead):
         self.instance: Instance | None = None
         self.task: asyncio.Task[None] | None = None
         self.tunnel_pending: list[bytes] | None = None  # client bytes after an Upgrade
+        self.idem: idempotent.Pending | None = None  # an Idempotency-Key's claim (forwarded)
 
     def __repr__(self) -> str:
         # The path only: the query may carry a key (x-api-key=...); headers are never shown.
@@ -176,6 +178,10 @@ class Exchange(RequestHead):
         if (self.method_str, path) in self.router.fan_out_routes:
             waits.spawn(self, Phase.FAN_OUT, waits.fan_out(self))
             return
+        if (self.method in idempotent.METHODS and idempotent.HEADER in self.header_map
+                and self.conn.server.keys is not None):
+            idempotent.start(self)
+            return
         extract = self.router.extractor.extract
         try:
             found = extract(self.method_str, path, self.query, self.header_map, None)
@@ -198,7 +204,16 @@ class Exchange(RequestHead):
             self.fail(e)
             return
         assert found is not NEEDS_BODY
-        self._route(found)
+        self.route(found)
+
+    def read_whole(self, phase: Phase) -> bool:
+        """Enter ``phase``, which reads the body whole before answering (a webhook, an
+        ``/outbox`` request, a keyed POST); True when it is all in already."""
+        self.enter(phase)
+        if self.expect_continue:
+            self.expect_continue = False
+            self.conn.write(CONTINUE)
+        return self.request_done  # a pipelined request read before its turn
 
     def _body_pending(self) -> bool:
         """Request body bytes are still to come (so the connection cannot be reused
@@ -238,6 +253,8 @@ class Exchange(RequestHead):
         elif phase is _WAIT_BODY:
             if self.body_size > self.router.config.sessions.json_body_limit:
                 self._route_with_body(b"")
+        elif phase is _KEYED:
+            pass  # read whole (limits.max_body): the fingerprint is of all of it
         elif self.body_size > PREBUFFER_LIMIT:
             self.conn.pause(PAUSE_PREBUFFER)
 
@@ -256,6 +273,8 @@ class Exchange(RequestHead):
             self._route_with_body(b"".join(self.body_parts))
         elif phase is _WEBHOOK:
             intake.accept(self)
+        elif phase is _KEYED:
+            idempotent.body_read(self)
         if self.phase is _DONE:
             self.conn.exchange_done(self)
 
@@ -275,9 +294,9 @@ class Exchange(RequestHead):
         except InvalidSessionId as e:
             self.fail(e)
             return
-        self._route(found if isinstance(found, str) else None)
+        self.route(found if isinstance(found, str) else None)
 
-    def _route(self, session: str | None) -> None:
+    def route(self, session: str | None) -> None:
         router = self.router
         if session is None:
             if router.config.sessions.unscoped == "reject":
@@ -314,6 +333,8 @@ class Exchange(RequestHead):
         self.instance = inst
         self.upstream = up
         inst.inflight += 1
+        if self.idem is not None:
+            self.idem.sent = True
         up.bind(self, self.method == b"HEAD")
         body = self.body_parts
         if body:
@@ -370,12 +391,16 @@ class Exchange(RequestHead):
         if framing & CLOSE:
             self.close_after = True
         self.framing = framing
+        if self.idem is not None:
+            self.idem.head(status, headers)
         # Held until the end of this read so head and body leave in one system call.
         self.out.append(head)
         if status == 101:
             self.upstream_flush()
 
     def upstream_body(self, data: bytes) -> None:
+        if self.idem is not None:
+            self.idem.body(data)
         if self.framing & OUT_CHUNKED:
             self.out += (b"%x\r\n" % len(data), data, CRLF)
         else:
@@ -442,6 +467,9 @@ class Exchange(RequestHead):
         if not self.phase & _TO_DONE:
             raise PhaseError(self.phase, _DONE)
         self.phase = _DONE
+        if self.idem is not None:  # a keyed request answered in full: keep the answer
+            idempotent.done(self, self.idem)
+            self.idem = None
         inst = self.instance
         (inst.stats if inst is not None else self.router.own_stats).observe(
             self.status, self.conn.loop_time() - self.started
@@ -453,9 +481,11 @@ class Exchange(RequestHead):
         # else: a request without a body completes right after; request_complete finishes
 
     def respond_json(
-        self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = ()
+        self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = (),
+        content_type: bytes = b"application/json",
     ) -> None:
-        """The router's own answer (local endpoints, fan-out, a stored webhook)."""
+        """The router's own answer (local endpoints, fan-out, a stored webhook, a kept
+        response replayed)."""
         if self.phase & FINAL:
             return
         if self._body_pending():
@@ -463,7 +493,7 @@ class Exchange(RequestHead):
         self.status = status
         self.conn.write(json_response(
             status, body, request_id=self.request_id, keep_alive=not self.close_after,
-            head_only=self.method == b"HEAD", extra=extra,
+            head_only=self.method == b"HEAD", extra=extra, content_type=content_type,
         ))
         self.finish()
 
@@ -472,6 +502,9 @@ class Exchange(RequestHead):
         has already begun."""
         if self.phase & FINAL:
             return
+        if self.idem is not None:  # a keyed request: its outcome, or the key released
+            idempotent.failed(self, self.idem, err)
+            self.idem = None
         up = self._detach()
         if up is not None:
             up.abort()
@@ -495,6 +528,9 @@ class Exchange(RequestHead):
         """The client went away."""
         if not self.phase & FINAL:
             self.phase = Phase.ABORTED
+        if self.idem is not None:
+            idempotent.failed(self, self.idem, None)
+            self.idem = None
         up = self._detach()
         if up is not None:
             up.abort()

@@ -17,7 +17,6 @@ from router.config.model import WebhooksConfig
 from router.errors import BodyTooLarge, MethodNotAllowed, RouterError, ShuttingDown
 from router.outbox.routes import is_outbox
 from router.proxy import outbox
-from router.proxy.framing import CONTINUE
 from router.proxy.inbound import parse_webhook, session_status
 from router.proxy.phase import Phase
 from router.webhooks.model import InboundEvent
@@ -45,11 +44,7 @@ def start(ex: Exchange, *, outbox: bool = False) -> None:
         if err is not None:
             ex.fail(err, close=True)
             return
-    ex.enter(Phase.WEBHOOK)
-    if ex.expect_continue:
-        ex.expect_continue = False
-        ex.conn.write(CONTINUE)
-    if ex.request_done:  # a pipelined request read before its turn
+    if ex.read_whole(Phase.WEBHOOK):
         accept(ex)
 
 
@@ -90,4 +85,7 @@ def stored(ex: Exchange, event: InboundEvent, error: BaseException | None) -> No
     status = session_status(event)
     if status is not None and event.session is not None:
         ex.router.record_status(event.session, status)
+    outbox_service = ex.conn.server.outbox
+    if outbox_service is not None:  # acks and sends the outbox tracks
+        outbox_service.dispatcher.tracker.observe(event.event, event.session, event.body)
     ex.respond_json(200, b'{"status":"accepted","id":' + json.dumps(event.id).encode() + b"}")

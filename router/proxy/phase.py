@@ -24,16 +24,18 @@ class Phase(enum.IntEnum):
     WAIT_BODY = 1 << 2  # the session is named in the body: reading it (bounded) first
     WEBHOOK = 1 << 3  # a webhook from an instance: reading its body
     STORING = 1 << 4  # the webhook was handed to the relay: waiting for it to be stored
+    KEYED = 1 << 5  # a POST/PATCH with an Idempotency-Key: reading its body whole
+    CLAIMING = 1 << 6  # ... then claiming the key (``idempotent``): forward, or answer
     # HOLDING, CONNECTING, FAN_OUT, BACKOFF: a task of the exchange runs (``waits``).
-    HOLDING = 1 << 5  # the session is new, moving or on a down instance: waiting (bounded)
-    CONNECTING = 1 << 6  # opening a connection to the instance
-    FAN_OUT = 1 << 7  # asking every instance (a list of sessions, say)
-    BACKOFF = 1 << 8  # the instance failed: waiting a little before sending it again
-    SENT = 1 << 9  # on an upstream connection: the request went (or is going) out
-    STREAMING = 1 << 10  # the response head went to the client: the body is being relayed
-    DONE = 1 << 11  # answered completely (by the instance or by the router)
-    TUNNEL = 1 << 12  # 101 Switching Protocols: the connection is a byte tunnel now
-    ABORTED = 1 << 13  # ended without a complete answer: client gone, or response cut
+    HOLDING = 1 << 7  # the session is new, moving or on a down instance: waiting (bounded)
+    CONNECTING = 1 << 8  # opening a connection to the instance
+    FAN_OUT = 1 << 9  # asking every instance (a list of sessions, say)
+    BACKOFF = 1 << 10  # the instance failed: waiting a little before sending it again
+    SENT = 1 << 11  # on an upstream connection: the request went (or is going) out
+    STREAMING = 1 << 12  # the response head went to the client: the body is being relayed
+    DONE = 1 << 13  # answered completely (by the instance or by the router)
+    TUNNEL = 1 << 14  # 101 Switching Protocols: the connection is a byte tunnel now
+    ABORTED = 1 << 15  # ended without a complete answer: client gone, or response cut
 
 
 FINAL = Phase.DONE | Phase.TUNNEL | Phase.ABORTED
@@ -46,8 +48,10 @@ _NEXT: dict[Phase, set[Phase]] = {
     Phase.QUEUED: {Phase.ROUTING},
     Phase.ROUTING: {
         Phase.WAIT_BODY, Phase.WEBHOOK, Phase.HOLDING, Phase.CONNECTING, Phase.FAN_OUT,
-        Phase.SENT,
+        Phase.SENT, Phase.KEYED,
     },
+    Phase.KEYED: {Phase.CLAIMING},
+    Phase.CLAIMING: {Phase.HOLDING, Phase.CONNECTING, Phase.SENT},
     Phase.WAIT_BODY: {Phase.HOLDING, Phase.CONNECTING, Phase.SENT},
     Phase.WEBHOOK: {Phase.STORING},
     Phase.STORING: set(),

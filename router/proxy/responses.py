@@ -32,11 +32,13 @@ def json_response(
     keep_alive: bool,
     head_only: bool = False,
     extra: tuple[tuple[bytes, bytes], ...] = (),
+    content_type: bytes = b"application/json",
 ) -> bytes:
-    """A complete HTTP/1.1 response with a JSON body."""
+    """A complete HTTP/1.1 response with a JSON body (or another ``content_type``: a
+    response kept for an Idempotency-Key)."""
     parts = [
         b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
-        b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body),
+        b"Content-Type: %s\r\nContent-Length: %d\r\n" % (content_type, len(body)),
         b"X-Request-Id: ",
         request_id.encode("latin-1"),
         b"\r\n",

@@ -20,6 +20,7 @@ from router.proxy.connection import ClientConnection
 from router.routing import Router
 
 if TYPE_CHECKING:
+    from router.idempotency.store import KeyStore
     from router.outbox.service import OutboxService
 
 log = logging.getLogger("wa_router.proxy")
@@ -28,9 +29,11 @@ log = logging.getLogger("wa_router.proxy")
 class ProxyServer:
     """Listening sockets, live connections, request ids and the deadline sweeper."""
 
-    def __init__(self, router: Router, outbox: OutboxService | None = None) -> None:
+    def __init__(self, router: Router, outbox: OutboxService | None = None,
+                 keys: KeyStore | None = None) -> None:
         self.router = router
         self.outbox = outbox  # answers /outbox/... (None: those paths are proxied as any)
+        self.keys = keys  # Idempotency-Key on proxied POST/PATCH (None: the header is forwarded)
         self.connections: set[ClientConnection] = set()
         self.closing = False
         self.all_closed = asyncio.Event()  # set when closing and the last connection ends

@@ -1,0 +1,157 @@
+"""``Idempotency-Key`` on a proxied POST or PATCH: the exchange's thin layer over the rules
+in ``router.idempotency.model``.
+
+The body is read whole (``KEYED``: its SHA-256 is the fingerprint, and the session may be
+named in it), then a task claims the key (``CLAIMING``). A claimed key is forwarded as any
+request, with a ``Pending`` on the exchange that keeps a copy of the response (status,
+content type, body up to 1 MiB) as it is relayed; the outcome is kept when the exchange
+ends: the response, or ``outcome_unknown`` when the instance may have acted on the request
+without the router seeing its answer, or the key is released when the request provably
+never reached an instance. Requests without the header never come here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+from router.errors import (
+    BadRequest,
+    IdempotencyInFlight,
+    IdempotencyKeyReused,
+    InvalidSessionId,
+    OutcomeUnknown,
+    RouterError,
+    StoreUnavailable,
+    UpstreamError,
+)
+from router.idempotency import model
+from router.idempotency.model import KEPT_BODY, Record, State, Verdict
+from router.proxy import waits
+from router.proxy.access import client_key
+from router.proxy.phase import Phase
+from router.proxy.responses import error_body
+
+if TYPE_CHECKING:
+    from router.proxy.exchange import Exchange
+
+log = logging.getLogger("wa_router.proxy")
+
+METHODS = frozenset({b"POST", b"PATCH"})
+HEADER = "idempotency-key"
+REPLAYED = ((b"Idempotent-Replayed", b"true"),)
+IN_FLIGHT_MARGIN = 5.0  # beyond upstream_timeout + hold_timeout: a claim this old is orphaned
+
+
+class Pending:
+    """A claimed key whose request is being forwarded: what its outcome will be kept as."""
+
+    __slots__ = ("at", "content_type", "digest", "fingerprint", "parts", "sent", "size",
+                 "status", "ttl")
+
+    def __init__(self, digest: str, fingerprint: str, at: float, ttl: float) -> None:
+        self.digest = digest
+        self.fingerprint = fingerprint
+        self.at = at
+        self.ttl = ttl
+        self.status = 0
+        self.content_type = ""
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.sent = False  # written to an instance at least once
+
+    def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        for name, value in headers:
+            if name.lower() == b"content-type":
+                self.content_type = value.decode("latin-1")
+                break
+
+    def body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size <= KEPT_BODY:
+            self.parts.append(data)
+
+
+def start(ex: Exchange) -> None:
+    """The head of a keyed POST/PATCH is in: check the key, then read the body whole."""
+    key = ex.header_map[HEADER]
+    if not model.valid_key(key):
+        ex.fail(BadRequest(f"Idempotency-Key must be 1 to {model.MAX_KEY} printable characters"))
+        return
+    if ex.read_whole(Phase.KEYED):
+        body_read(ex)
+
+
+def body_read(ex: Exchange) -> None:
+    waits.spawn(ex, Phase.CLAIMING, _claim(ex))
+
+
+async def _claim(ex: Exchange) -> None:
+    keys = ex.conn.server.keys
+    assert keys is not None
+    router = ex.router
+    config = router.config
+    body = b"".join(ex.body_parts)
+    try:
+        found = router.extractor.extract(ex.method_str, ex.path, ex.query, ex.header_map, body)
+    except InvalidSessionId as e:
+        ex.fail(e)
+        return
+    session = found if isinstance(found, str) else None
+    client = client_key(ex.header_map, ex.query)
+    scope = hashlib.sha256(client.encode()).hexdigest()[:16] if client else ""
+    digest = model.digest(scope, session, ex.method_str, ex.path, ex.header_map[HEADER])
+    fingerprint = model.fingerprint(body)
+    now = router.clock.wall()
+    ttl = config.outbox.idempotency_ttl
+    try:
+        kept = await keys.claim(digest, Record(State.IN_FLIGHT, fingerprint, now), ttl)
+    except StoreUnavailable as e:
+        # Without the store no one can tell a retry from a first request: not sent.
+        ex.fail(StoreUnavailable(f"idempotency keys unavailable ({e.message}); try again"))
+        return
+    in_flight_for = config.limits.upstream_timeout + config.failover.hold_timeout + IN_FLIGHT_MARGIN
+    verdict = model.decide(kept, fingerprint, now, in_flight_for)
+    if verdict is Verdict.PROCEED:
+        ex.idem = Pending(digest, fingerprint, now, ttl)
+        ex.route(session)
+    elif verdict is Verdict.REPLAY:
+        assert kept is not None
+        ex.respond_json(kept.status, kept.body, REPLAYED,
+                        content_type=kept.content_type.encode("latin-1") or b"application/octet-stream")
+    elif verdict is Verdict.IN_FLIGHT:
+        ex.fail(IdempotencyInFlight("a request with this Idempotency-Key is still being answered"))
+    elif verdict is Verdict.REUSED:
+        ex.fail(IdempotencyKeyReused("this Idempotency-Key was used with another body"))
+    else:
+        assert kept is not None
+        if kept.state is State.IN_FLIGHT:  # orphaned by a router that died: settle it
+            keys.keep(digest, Record(State.UNKNOWN, fingerprint, kept.at), ttl)
+        ex.respond_json(502, error_body(_unknown(), ex.request_id), REPLAYED)
+
+
+def _unknown() -> OutcomeUnknown:
+    return OutcomeUnknown("the instance may or may not have acted on the first request with "
+                          "this Idempotency-Key; it is not sent again")
+
+
+def done(ex: Exchange, p: Pending) -> None:
+    """The instance answered in full: keep its response."""
+    keys = ex.conn.server.keys
+    if keys is not None:
+        keys.keep(p.digest, model.kept(p.status, p.content_type, b"".join(p.parts), p.size,
+                                       p.fingerprint, p.at), p.ttl)
+
+
+def failed(ex: Exchange, p: Pending, err: RouterError | None) -> None:
+    """The exchange ends without a complete answer (``err``: the router's error, None: the
+    client went away or the response was cut)."""
+    keys = ex.conn.server.keys
+    if keys is None:
+        return
+    if not p.sent or (isinstance(err, UpstreamError) and not err.reached_instance):
+        keys.release(p.digest)  # provably not acted on: a retry may go
+    else:
+        keys.keep(p.digest, Record(State.UNKNOWN, p.fingerprint, p.at), p.ttl)
