@@ -161,8 +161,10 @@ def spec() -> dict[str, Any]:
                     "type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}}}}}}},
             )},
             "/admin/outbox": {"get": _op(
-                "queued sends: totals by state, deepest session queues, campaigns",
-                _json({"type": "object", "required": ["totals", "deepest", "campaigns"]}))},
+                "queued sends: totals by state, deepest session queues, paused sessions, "
+                "unacked sends, campaigns",
+                _json({"type": "object", "required": ["totals", "deepest", "campaigns",
+                                                      "paused_sessions", "unacked"]}))},
             "/admin/outbox/sessions/{session}": {"get": _op(
                 "one session's queue", _json(_OUTBOX_SESSION), 400, parameters=[_SESSION_ID])},
             "/admin/outbox/campaigns/{campaign}": {"get": _op(
