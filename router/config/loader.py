@@ -22,6 +22,7 @@ import yaml
 from router.config import fields as f
 from router.config.model import (
     AccessLogConfig,
+    AgentConfig,
     AdminConfig,
     AlertsConfig,
     Config,
@@ -49,7 +50,7 @@ from router.config.model import (
 )
 from router.errors import ConfigError
 
-__all__ = ["check_config", "load_config", "parse_config", "redacted"]
+__all__ = ["check_config", "load_agent_config", "load_config", "parse_config", "redacted"]
 
 
 
@@ -129,6 +130,30 @@ def _check_config(config: Config, at: f.At) -> None:
         )
 
 
+def _check_agent(agent: AgentConfig, at: f.At) -> None:
+    if at.clean("renew", "fence_after") and agent.fence_after <= agent.renew:
+        at.key("fence_after").add(
+            f"must be longer than renew ({agent.fence_after:g}s <= {agent.renew:g}s): "
+            "the agent would fence itself between two renewals"
+        )
+
+
+def _check_grace(config: Config, at: f.At) -> None:
+    """With an agent, sessions move only once it has fenced itself: a grace shorter than
+    that only holds requests longer (the leader waits for the agent anyway)."""
+    from router.agent.gate import margin
+
+    agent = config.agent
+    if agent is None or not at.clean("failover.grace", "agent.fence_after", "agent.renew"):
+        return
+    need = agent.fence_after + margin(agent.renew)
+    if config.failover.grace < need:
+        at.key("failover.grace").add(
+            f"must be >= agent.fence_after plus the fencing margin ({need:g}s): "
+            f"got {config.failover.grace:g}s"
+        )
+
+
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -193,6 +218,19 @@ _RETRIES = {
     "attempts": f.integer(1),
     "jitter": f.number(0.0, 1.0),
 }
+
+_AGENT: Final = f.section(
+    AgentConfig,
+    {
+        "instance": f.text(pattern=_NAME, what=f"must match ^{_NAME}$"),
+        "url": f.instance_url,
+        "api_key": f.secret,
+        "renew": _POSITIVE,
+        "fence_after": _POSITIVE,
+    },
+    required={"instance": "", "url": ""},
+    check=_check_agent,
+)
 
 _TABLE: Final[Mapping[str, f.Converter]] = {
     "listen": f.section(
@@ -265,6 +303,7 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             "restore_timeout": _POSITIVE,
             "restore_attempts": f.integer(1),
             "leader_ttl": _POSITIVE,
+            "agent_memory": _POSITIVE,
         },
     ),
     "limits": f.section(
@@ -320,6 +359,7 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
         },
     ),
     "metrics": f.section(MetricsConfig, {"enabled": f.boolean}),
+    "agent": _AGENT,
     "log": f.section(
         LogConfig,
         {
@@ -332,7 +372,18 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
     ),
 }
 
-_ROOT: Final = f.section(Config, _TABLE, required={"instances": ()}, check=_check_config)
+
+
+def _check_root(config: Config, at: f.At) -> None:
+    _check_config(config, at)
+    _check_grace(config, at)
+
+
+_ROOT: Final = f.section(Config, _TABLE, required={"instances": ()}, check=_check_root)
+# ``wa-router agent -c FILE``: the agent section and the store; instances are optional, so
+# the agent may read its own small file or the router's.
+_AGENT_ROOT: Final = f.section(partial(Config, instances=()), _TABLE,
+                               required={"agent": None}, check=_check_grace)
 
 
 # -- YAML ---------------------------------------------------------------------------------------
@@ -371,16 +422,18 @@ def _load_yaml(text: str, source: str | None) -> Any:
 
 
 def parse_config(
-    text: str, *, env: Mapping[str, str] | None = None, source: str | None = None
+    text: str, *, env: Mapping[str, str] | None = None, source: str | None = None,
+    agent: bool = False,
 ) -> Config:
-    """Parse and validate YAML text; raise ``ConfigError`` listing every problem."""
+    """Parse and validate YAML text; raise ``ConfigError`` listing every problem.
+    ``agent``: an agent's file (``agent`` required, ``instances`` optional)."""
     document = _load_yaml(text, source)
     problems: list[str] = []
     root = f.At("", problems)
     expanded = f.expand_tree(
         {} if document is None else document, os.environ if env is None else env, root
     )
-    config = f.convert(_ROOT, expanded, root)
+    config = f.convert(_AGENT_ROOT if agent else _ROOT, expanded, root)
     if problems or not isinstance(config, Config):
         raise ConfigError(problems)
     return dataclasses.replace(config, source=source)
@@ -394,6 +447,17 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([f"{os.fspath(path)}: cannot read: {reason}"]) from None
     return parse_config(text, env=env, source=os.fspath(path))
+
+
+def load_agent_config(path: str | os.PathLike[str], *,
+                      env: Mapping[str, str] | None = None) -> Config:
+    """Read an agent's config file (see ``parse_config(agent=True)``)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{os.fspath(path)}: cannot read: {reason}"]) from None
+    return parse_config(text, env=env, source=os.fspath(path), agent=True)
 
 
 def check_config(path: str) -> int:

@@ -152,6 +152,9 @@ class FailoverConfig:
     restore_attempts: int = 5
     # Leader lease (Redis): who runs failover, restores and stale-copy stops.
     leader_ttl: float = 5.0
+    # An instance whose agent renewed its lease this recently is fenced before its
+    # sessions move (router.agent.gate); older than that, it counts as having no agent.
+    agent_memory: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """``wa-router agent``: the self-fencing sidecar of one instance."""
+
+    instance: str
+    url: str
+    api_key: Secret | None = None
+    renew: float = 1.0
+    fence_after: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     instances: tuple[InstanceConfig, ...]
     listen: ListenConfig = ListenConfig()
@@ -272,4 +286,5 @@ class Config:
     outbox: OutboxConfig = OutboxConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    agent: AgentConfig | None = None
     source: str | None = None  # the file it was read from, for reloads
