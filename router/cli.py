@@ -1,4 +1,4 @@
-"""Command line: ``wa-router run | check-config | demo | sim``, and admin API commands
+"""Command line: ``wa-router run | check-config | demo | sim | agent``, and admin API commands
 (``instances``, ``sessions``, ``drain``, ... in ``router.admin.client``)."""
 
 from __future__ import annotations
@@ -66,6 +66,24 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, admin_port=args.admin_port, sim_base_port=args.sim_port)
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from router import logs
+    from router.agent.run import run_agent
+    from router.config import ConfigError
+    from router.config.loader import load_agent_config
+
+    try:
+        config = load_agent_config(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    logs.setup(config.log.format, config.log.level)
+    _install_uvloop()
+    asyncio.run(run_agent(config))
+    return 0
+
+
 def _admin(args: argparse.Namespace) -> int:
     from router.admin.client import run
 
@@ -102,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=8081, help="admin port (default 8081)")
     demo.add_argument("--sim-port", type=int, default=3001, help="first simulator port (default 3001)")
     demo.set_defaults(func=_demo)
+    agent = sub.add_parser("agent", help="self-fencing sidecar of one instance (lease in Redis)")
+    agent.add_argument("-c", "--config", required=True, help="config file with agent: and store:")
+    agent.set_defaults(func=_agent)
     sub.add_parser("sim", help="one simulated WhatsApp API instance (see: wa-router sim --help)", add_help=False)
     from router.admin.client import add_commands
 

@@ -37,7 +37,7 @@ def keys(prefix: str, instance: str) -> AgentKeys:
     return AgentKeys(base, base + ":seen", base + ":stop", base + ":stopped")
 
 
-def _text(v: Any) -> str | None:
+def text(v: Any) -> str | None:
     return v.decode() if isinstance(v, bytes) else v if isinstance(v, str) else None
 
 
@@ -53,7 +53,7 @@ async def renew(client: Redis, k: AgentKeys, holder: str, renew_every: float,
     pipe.set(k.seen, json.dumps({**info, "ttl": SEEN_TTL}), px=round(SEEN_TTL * 1000))
     pipe.get(k.order)
     replies = await pipe.execute()
-    return _text(replies[2])
+    return text(replies[2])
 
 
 async def acknowledge(client: Redis, k: AgentKeys, order: str) -> None:
@@ -84,7 +84,7 @@ async def read(client: Redis, k: AgentKeys) -> AgentRecord:
     lease_ttl, seen, seen_ttl, ack = await pipe.execute()
     age: float | None = None
     fence_after = renew_every = 0.0
-    raw = _text(seen)
+    raw = text(seen)
     if raw is not None and int(seen_ttl) > 0:
         try:
             info = json.loads(raw)
@@ -93,7 +93,7 @@ async def read(client: Redis, k: AgentKeys) -> AgentRecord:
             age = max(0.0, float(info["ttl"]) - int(seen_ttl) / 1000)
         except (ValueError, KeyError, TypeError):
             age = None  # not ours or corrupt: treated as no agent
-    return AgentRecord(int(lease_ttl) > 0, age, fence_after, _text(ack), renew_every)
+    return AgentRecord(int(lease_ttl) > 0, age, fence_after, text(ack), renew_every)
 
 
 async def post_order(client: Redis, k: AgentKeys, order: str) -> None:
