@@ -22,8 +22,8 @@ import yaml
 from router.config import fields as f
 from router.config.model import (
     AccessLogConfig,
-    AgentConfig,
     AdminConfig,
+    AgentConfig,
     AlertsConfig,
     Config,
     DelayRange,
