@@ -14,6 +14,7 @@ from aiohttp import web
 
 from router import logs
 from router.admin import create_admin_app
+from router.agent.fencing import AgentSource, Fencing, RedisAgents
 from router.alerts import Alerter
 from router.clock import Clock, LoopClock
 from router.components import Components
@@ -65,7 +66,7 @@ class App:
 
     def __init__(self, config: Config, *, store: AssignmentStore | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
-                 worker: int | None = None) -> None:
+                 worker: int | None = None, agents: AgentSource | None = None) -> None:
         holder = self.config = ConfigHolder(config)
         self.clock = clock or LoopClock()
         self.store = store if store is not None else make_store(config)
@@ -83,8 +84,15 @@ class App:
         is_leader = lambda: self.leadership.is_leader  # noqa: E731
         self.mover = Mover(holder, self.store, self.fleet, self.placer, self.api, self.events,
                            self.changed, self.clock, is_leader)
+        if agents is None and config.store.url is not None:
+            from router.store.redis import RedisStore
+
+            if isinstance(self.store, RedisStore):
+                agents = RedisAgents(self.store.commands, config.store.prefix)
+        self.fencing = Fencing(agents, holder, self.events, self.clock,
+                               lambda: (i.name for i in self.fleet))
         self.failover = Failover(self.store, self.fleet, self.mover, self.events, self.changed,
-                                 self.clock, is_leader)
+                                 self.clock, is_leader, self.fencing)
         self.monitor = HealthMonitor(
             holder, self.fleet, self.events, self.transport, self.clock,
             on_change=self.changed.fire,
@@ -175,6 +183,7 @@ class App:
         stack.push_async_callback(self.fleet.close)
         stack.push_async_callback(self.leadership.stop)
         stack.push_async_callback(self.failover.stop)
+        stack.push_async_callback(self.fencing.stop)
         self.store.add_listener(lambda session, assignment: self.changed.fire())
         await self.relay.start()
         stack.push_async_callback(self.relay.stop)
@@ -196,7 +205,7 @@ class App:
                             "yet sent are lost if the router stops; set store.url (Redis)")
             self.dispatcher.start()
             stack.push_async_callback(self.dispatcher.stop)
-        for part in (self.monitor, self.alerter, self.leadership, self.drainer):
+        for part in (self.monitor, self.alerter, self.leadership, self.drainer, self.fencing):
             part.start()
             if part is not self.leadership:  # its stop runs after failover's (above)
                 stack.push_async_callback(part.stop)
@@ -325,7 +334,8 @@ class App:
 
 def create_app(config: Config, *, store: AssignmentStore | None = None,
                transport: Transport | None = None, clock: Clock | None = None,
-               worker: int | None = None) -> App:
+               worker: int | None = None, agents: AgentSource | None = None) -> App:
     """Build (not start) a router process. Side effects are injectable for tests;
     ``worker``: this process's index under ``listen.workers: N``."""
-    return App(config, store=store, transport=transport, clock=clock, worker=worker)
+    return App(config, store=store, transport=transport, clock=clock, worker=worker,
+               agents=agents)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from router.agent.fencing import Fencing
 from router.clock import Clock
 from router.events import EventLog
 from router.instances import Fleet, Instance
@@ -26,7 +27,8 @@ SUSPECT_INTERVAL = 10.0  # one 404 check per session per this many seconds
 
 class Failover:
     def __init__(self, store: Assignments, fleet: Fleet, mover: Mover, events: EventLog,
-                 changed: Pulse, clock: Clock, is_leader: Callable[[], bool]) -> None:
+                 changed: Pulse, clock: Clock, is_leader: Callable[[], bool],
+                 fencing: Fencing | None = None) -> None:
         self.store = store
         self.fleet = fleet
         self.mover = mover
@@ -37,6 +39,8 @@ class Failover:
         self.tasks = Tasks("failover")
         self._suspects: dict[str, float] = {}
         self.failovers_total: dict[str, int] = {}
+        # Instances with a self-fencing agent are fenced before their sessions move.
+        self.fencing = fencing
 
     def __repr__(self) -> str:
         return f"<Failover leader={self.is_leader()} tasks={len(self.tasks)} failovers={self.failovers_total}>"
@@ -76,6 +80,12 @@ class Failover:
     async def fail_over(self, inst: Instance) -> None:
         sessions = await self.store.list(inst.name)
         if not sessions:
+            return
+        # A partition looks like a crash from here: if the instance has an agent, its
+        # sessions may still run there, so wait until the agent has stopped them.
+        if self.fencing is not None and not await self.fencing.gate(
+            inst.name, lambda: self.is_leader() and not inst.healthy
+        ):
             return
         self.failovers_total[inst.name] = self.failovers_total.get(inst.name, 0) + 1
         self.events.emit(

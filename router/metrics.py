@@ -75,6 +75,18 @@ class RouterCollector(Collector):
             moves.add_metric([reason], float(n))
         restore_failed.add_metric([], float(parts.mover.restore_failures))
         yield failovers
+        fencing = parts.failover.fencing
+        if fencing is not None:
+            agents_up = GaugeMetricFamily("router_instance_agent_up",
+                                         "1 while the instance's self-fencing agent holds its lease",
+                                         labels=["instance"])
+            for name, holds in sorted(fencing.agent_up.items()):
+                agents_up.add_metric([name], 1.0 if holds else 0.0)
+            yield agents_up
+            waits = CounterMetricFamily("router_fencing_waits",
+                                        "Failovers that waited for an agent to fence its instance")
+            waits.add_metric([], float(fencing.waits_total))
+            yield waits
         yield moves
         yield restore_failed
         relay = parts.relay

@@ -151,6 +151,11 @@ class RedisStore:
 
     # -- hot path: no I/O ---------------------------------------------------------------
 
+    @property
+    def commands(self) -> Commands:
+        """The bounded command connection, for other keys in the same Redis (agents)."""
+        return self._commands
+
     def cached(self, session: str) -> Assignment | None:
         return self._copy.map.get(session)
 
