@@ -140,15 +140,27 @@ class Agent:
     # -- the local instance ----------------------------------------------------------------
 
     async def stop_everything(self, why: str) -> bool:
-        """Stop every running local session; True when nothing runs any more (an instance
-        that cannot even be listed is taken as running nothing: it serves nobody)."""
+        """Stop every running local session; True when nothing runs any more. An instance
+        that cannot be listed runs nothing only if it refuses connections (its process is
+        gone); one that hangs may still hold live sessions, so that is not confirmed (the
+        leader then waits for the lease instead)."""
         names = await self.api.running(self.instance)
+        if names is None:
+            return await self._gone()
         if not names:
             return True
         ok = True
         for name in names:
             ok = await self._stop(name, why) and ok
         return ok
+
+    async def _gone(self) -> bool:
+        """Whether the local instance refuses connections (nothing of it runs)."""
+        try:
+            await self.api.request(self.instance, "GET", "/", timeout=1.0)
+        except UpstreamError as e:
+            return not e.reached_instance
+        return False
 
     async def _stop(self, name: str, why: str) -> bool:
         try:
