@@ -29,8 +29,12 @@ class OutboxEvents:
     def message(self, m: Message) -> None:
         if not self._relay.wants("outbox.message"):
             return
-        # The id names the change, so a receiver can drop a duplicate delivery.
-        self._emit(f"{m.id}:{m.state}:{m.attempts}", m.session, "outbox.message", m.view())
+        # The id names the change, so a receiver can drop a duplicate delivery (a sent
+        # message's delivery changes too: each ack level is a change of its own).
+        change = f"{m.id}:{m.state}:{m.attempts}"
+        if m.delivery is not None:
+            change += f":{m.delivery.get('ack')}"
+        self._emit(change, m.session, "outbox.message", m.view())
 
     def campaign(self, c: Campaign, eta: float | None = None) -> None:
         self._emit(f"{c.id}:{c.state}", None, "outbox.campaign", c.view(eta))
