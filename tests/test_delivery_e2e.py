@@ -309,10 +309,6 @@ async def test_a_ban_signal_pauses_that_session_only(
     print(f"\n{fault}: one outbox_session_paused ({events[0]['message']})")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: when the message.any comes before the send turns unknown, the reconciled message "
-    "keeps no instance message id (Tracker.unknown -> _reconcile(m, None, None); the store "
-    "keeps only the time a key was seen), so its acks never match and it is listed unacked"))
 async def test_a_message_any_before_the_unknown_still_tracks_its_acks(
     sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc],
 ) -> None:
@@ -358,10 +354,6 @@ async def test_a_message_any_before_the_unknown_still_tracks_its_acks(
         assert texts(await sim_sent(http, sims)) == ["early-0"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a message.any is remembered for outbox.reconcile_window even when it belongs to a "
-    "message that was answered (sent), so a later identical message (same chat and text) "
-    "that turns unknown without going out is settled by it and shown sent"))
 async def test_an_earlier_identical_message_does_not_settle_an_unknown_one(
     sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc],
 ) -> None:

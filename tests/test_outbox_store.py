@@ -28,6 +28,7 @@ from router.outbox.store import (
     KeyReused,
     MemoryOutbox,
     OutboxStore,
+    Sighting,
     TurnEnd,
     TurnStart,
 )
@@ -321,15 +322,32 @@ async def test_acks_find_their_message_and_unacked_ones_are_counted_once(store: 
 
 
 async def test_an_unknown_message_meets_its_message_any_in_either_order(store: OutboxStore) -> None:
-    early, late = msg("s", 1), msg("s", 2)
-    await store.add([early, late])
-    # the instance's message.any first, then the send is found unknown
-    assert await store.seen("s", "key-1", NOW, 120) is None
-    assert await store.unknown(early, "key-1", NOW + 1, 120)
+    early, late, other = msg("s", 1), msg("s", 2), msg("s", 3)
+    await store.add([early, late, other])
+    # the instance's message.any first, then the send is found unknown: it takes that id
+    assert await store.seen("s", "key-1", "true_1", NOW, 120) is None
+    assert await store.unknown(early, "key-1", NOW + 1, 120) == Sighting("true_1")
     # unknown first: it waits; the message.any settles it
-    assert not await store.unknown(late, "key-2", NOW + 2, 120)
-    assert await store.seen("s", "key-2", NOW + 3, 120) == late.id
-    assert await store.seen("s", "key-2", NOW + 4, 120) is None  # settled once
+    assert await store.unknown(late, "key-2", NOW + 2, 120) is None
+    assert await store.seen("s", "key-2", "true_2", NOW + 3, 120) == late.id
+    assert await store.seen("s", "key-2", "true_2b", NOW + 4, 120) is None  # settled once
     # outside the window: not a match
-    assert await store.seen("s", "key-3", NOW, 120) is None
-    assert not await store.unknown(early, "key-3", NOW + 500, 120)
+    assert await store.seen("s", "key-3", None, NOW, 120) is None
+    assert await store.unknown(early, "key-3", NOW + 500, 120) is None
+
+
+async def test_a_message_any_of_a_message_sent_normally_settles_nothing(store: OutboxStore) -> None:
+    sent_one, unknown_one = msg("s", 1), msg("s", 2)
+    await store.add([sent_one, unknown_one])
+    sent_one.state, sent_one.wa_id, sent_one.sent_at = State.SENT, "true_a", NOW
+    # its message.any before the router tracked it: forgotten when it is tracked
+    assert await store.seen("s", "same-text", "true_a", NOW, 120) is None
+    await store.track(sent_one, "same-text")
+    assert await store.unknown(unknown_one, "same-text", NOW + 1, 120) is None
+    # after: a message.any whose id is a message sent already settles nothing, nor is kept
+    assert await store.seen("s", "same-text", "true_a", NOW + 2, 120) is None
+    assert await store.seen("s", "same-text", "true_new", NOW + 2, 120) == unknown_one.id
+    other = msg("s", 3)
+    await store.add([other])
+    assert await store.seen("s", "text-b", "true_a", NOW + 3, 120) is None
+    assert await store.unknown(other, "text-b", NOW + 4, 120) is None

@@ -59,6 +59,7 @@ from router.outbox.store import (
     IdempotencyKey,
     KeyReused,
     Pacing,
+    Sighting,
     Snapshot,
     TurnEnd,
     TurnStart,
@@ -226,8 +227,9 @@ class RedisOutbox:
             argv: list[Any] = [self.p, repr(now), LEASE_MS, self.holder, *sessions]
             await self._call(lambda: self._renew(args=argv))
 
-    async def track(self, m: Message) -> None:
-        await self._ops(pack("T", m.session, local_id(m.id), m.wa_id or "", repr(m.sent_at or 0.0)))
+    async def track(self, m: Message, key: str | None) -> None:
+        await self._ops(pack("T", m.session, local_id(m.id), m.wa_id or "", repr(m.sent_at or 0.0),
+                             key or ""))
 
     async def by_wa(self, session: str, wa_id: str) -> Message | None:
         found = await self._call(lambda: self._redis().hget(self._t(session) + "wa", wa_id))
@@ -238,12 +240,15 @@ class RedisOutbox:
         await self._ops(pack("A", m.session, local_id(m.id)))
         return written.written
 
-    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> Sighting | None:
         answer = await self._ops(pack("U", m.session, local_id(m.id), key, repr(now), repr(window)))
-        return answer == b"seen"
+        if not answer.startswith(b"seen:"):
+            return None
+        return Sighting(answer[5:].decode() or None)
 
-    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
-        answer = await self._ops(pack("S", session, key, repr(now), repr(window)))
+    async def seen(self, session: str, key: str, wa_id: str | None, now: float,
+                   window: float) -> str | None:
+        answer = await self._ops(pack("S", session, key, repr(now), repr(window), wa_id or ""))
         return full_id(answer.decode(), session) if answer else None
 
     async def crossed(self, upto: float) -> int:

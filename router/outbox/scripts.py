@@ -187,10 +187,13 @@ return out
 #   B session id holder head campaign score: begin a send (answers ok|lost|cancelled|paused)
 #   E session id holder old head campaign stamp score at decided sent_at nb trim: end a turn
 #   C session id old head campaign stamp score: a change outside any turn
-#   T session id wa_id sent_at: a sent message's instance id (its acks) and unacked entry
+#   T session id wa_id sent_at key: a sent message's instance id (its acks) and unacked
+#     entry; a message.any remembered for ``key`` was this message's: forgotten
 #   A session id: acked (no longer unacked)
-#   U session id key now window: unknown, waiting for its message.any ('seen' if one came)
-#   S session key now window: a message.any: answers the unknown message it settles, or ''
+#   U session id key now window: unknown, waiting for its message.any ('seen:<wa id>' if
+#     one came within the window)
+#   S session key now window wa: a message.any: answers the unknown message it settles, or
+#     '' (remembered, unless its wa id is a message already sent)
 #   X upto: unacked messages sent before ``upto`` that were not counted yet (fleet-wide once)
 OPS = LIB + """
 local now = ARGV[2]
@@ -235,27 +238,44 @@ for o = 3, #ARGV do
   elseif kind == 'C' then
     answer = write(s, id, f[4], f[5], f[6], f[7], f[8], now)
   elseif kind == 'T' then
-    redis.call('HSET', t .. 'wa', f[4], id)
+    local wa, key = f[4], f[6]
+    if wa ~= '' then redis.call('HSET', t .. 'wa', wa, id) end
     redis.call('ZADD', P .. 'unacked', f[5], id .. s)
+    if key ~= '' then
+      local seen_wa = redis.call('HGET', t .. 'seenwa', key)
+      if seen_wa and (wa == '' or seen_wa == '' or seen_wa == wa) then
+        redis.call('ZREM', t .. 'seen', key)
+        redis.call('HDEL', t .. 'seenwa', key)
+      end
+    end
   elseif kind == 'A' then
     redis.call('ZREM', P .. 'unacked', id .. s)
   elseif kind == 'U' then
     local key, at, window = f[4], tonumber(f[5]), tonumber(f[6])
     local seen = redis.call('ZSCORE', t .. 'seen', key)
     if seen and tonumber(seen) >= at - window then
+      answer = 'seen:' .. (redis.call('HGET', t .. 'seenwa', key) or '')
       redis.call('ZREM', t .. 'seen', key)
-      answer = 'seen'
+      redis.call('HDEL', t .. 'seenwa', key)
     else
       redis.call('HSET', t .. 'unk', key, id)
     end
   elseif kind == 'S' then
-    local key, at, window = f[3], tonumber(f[4]), tonumber(f[5])
-    redis.call('ZADD', t .. 'seen', at, key)
-    redis.call('ZREMRANGEBYSCORE', t .. 'seen', '-inf', '(' .. (at - window))
+    local key, at, window, wa = f[3], tonumber(f[4]), tonumber(f[5]), f[6]
     local waiting = redis.call('HGET', t .. 'unk', key)
-    if waiting then
+    if wa ~= '' and redis.call('HEXISTS', t .. 'wa', wa) == 1 then
+      -- the message.any of a message sent (and answered) already: settles nothing
+    elseif waiting then
       redis.call('HDEL', t .. 'unk', key)
       answer = waiting
+    else
+      -- remembered for an unknown message to come
+      for _, old in ipairs(redis.call('ZRANGEBYSCORE', t .. 'seen', '-inf', '(' .. (at - window))) do
+        redis.call('HDEL', t .. 'seenwa', old)
+      end
+      redis.call('ZREMRANGEBYSCORE', t .. 'seen', '-inf', '(' .. (at - window))
+      redis.call('ZADD', t .. 'seen', at, key)
+      redis.call('HSET', t .. 'seenwa', key, wa)
     end
   elseif kind == 'X' then
     local upto = f[2]

@@ -90,6 +90,13 @@ class Began(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class Sighting:
+    """A ``message.any`` that settles an ``unknown`` message: the instance's id for it."""
+
+    wa_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Figures for metrics and the admin API, read at most once a second."""
 
@@ -136,8 +143,9 @@ class OutboxStore(Protocol):
 
     # -- delivery (``router.outbox.delivery``) ------------------------------------------------
 
-    async def track(self, m: Message) -> None:
-        """``m`` was sent (``wa_id``, ``sent_at``): its acks find it; unacked until one."""
+    async def track(self, m: Message, key: str | None) -> None:
+        """``m`` was sent (``wa_id``, ``sent_at``): its acks find it; unacked until one. A
+        ``message.any`` remembered for its ``key`` (chat and text) was its own: forgotten."""
         ...
 
     async def by_wa(self, session: str, wa_id: str) -> Message | None: ...
@@ -146,14 +154,16 @@ class OutboxStore(Protocol):
         """Write ``m``'s delivery (it is still ``sent``); no longer unacked."""
         ...
 
-    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
-        """``m`` just became ``unknown``: True if its ``message.any`` (``key``) came within
-        ``window`` already, else it waits for it."""
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> Sighting | None:
+        """``m`` just became ``unknown``: its ``message.any`` (``key``) if one came within
+        ``window`` already (taken), else None and it waits for it."""
         ...
 
-    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
+    async def seen(self, session: str, key: str, wa_id: str | None, now: float,
+                   window: float) -> str | None:
         """A ``message.any`` the session sent: the id of the ``unknown`` message it settles
-        (taken off the waiting list), else remembered for ``window``."""
+        (taken off the waiting list), else remembered for ``window`` (unless ``wa_id`` is a
+        message already sent: it was that one's)."""
         ...
 
     async def crossed(self, upto: float) -> int:
@@ -246,7 +256,8 @@ class MemoryOutbox:
         self._unacked: dict[str, float] = {}  # message id -> sent at
         self._counted = float("-inf")
         self._unknown: dict[tuple[str, str], str] = {}  # (session, match key) -> message id
-        self._seen: dict[tuple[str, str], float] = {}  # (session, match key) -> seen at
+        # (session, match key) -> (seen at, the instance's id of that message)
+        self._seen: dict[tuple[str, str], tuple[float, str | None]] = {}
 
     def __repr__(self) -> str:
         return (f"<MemoryOutbox {len(self.messages)} messages, "
@@ -381,10 +392,14 @@ class MemoryOutbox:
         if session not in self._serving and self._head(session) is not None:
             self._set_turn(session, now)
 
-    async def track(self, m: Message) -> None:
+    async def track(self, m: Message, key: str | None) -> None:
         if m.wa_id is not None:
             self._wa[(m.session, m.wa_id)] = m.id
         self._unacked[m.id] = m.sent_at or 0.0
+        if key is not None:
+            seen = self._seen.get((m.session, key))
+            if seen is not None and (m.wa_id is None or seen[1] in (None, m.wa_id)):
+                del self._seen[(m.session, key)]  # it was this message's own
 
     async def by_wa(self, session: str, wa_id: str) -> Message | None:
         mid = self._wa.get((session, wa_id))
@@ -394,19 +409,22 @@ class MemoryOutbox:
         self._unacked.pop(m.id, None)
         return (await self.change(m, State.SENT)).written
 
-    async def unknown(self, m: Message, key: str, now: float, window: float) -> bool:
-        at = self._seen.pop((m.session, key), None)
-        if at is not None and at >= now - window:
-            return True
+    async def unknown(self, m: Message, key: str, now: float, window: float) -> Sighting | None:
+        seen = self._seen.pop((m.session, key), None)
+        if seen is not None and seen[0] >= now - window:
+            return Sighting(seen[1])
         self._unknown[(m.session, key)] = m.id
-        return False
+        return None
 
-    async def seen(self, session: str, key: str, now: float, window: float) -> str | None:
+    async def seen(self, session: str, key: str, wa_id: str | None, now: float,
+                   window: float) -> str | None:
+        if wa_id is not None and (session, wa_id) in self._wa:
+            return None  # the message.any of a message sent (and answered) already
         waiting = self._unknown.pop((session, key), None)
         if waiting is None:
-            self._seen[(session, key)] = now
-            for old in [k for k, at in self._seen.items() if at < now - window]:
+            for old in [k for k, (at, _) in self._seen.items() if at < now - window]:
                 del self._seen[old]
+            self._seen[(session, key)] = (now, wa_id)
         return waiting
 
     async def crossed(self, upto: float) -> int:

@@ -105,7 +105,8 @@ class Tracker:
 
     async def _seen(self, seen: Seen) -> None:
         window = self._config.current.outbox.reconcile_window
-        waiting = await self._store.seen(seen.session, seen.key, self._clock.wall(), window)
+        waiting = await self._store.seen(seen.session, seen.key, seen.wa_id, self._clock.wall(),
+                                         window)
         if waiting is None:
             return
         m = await self._store.get(waiting)
@@ -117,7 +118,7 @@ class Tracker:
     async def sent(self, m: Message) -> None:
         """``m`` was sent: track its acks (best effort: tracking never holds a send up)."""
         try:
-            await self._store.track(m)
+            await self._store.track(m, delivery.request_key(m.request.body))
         except RouterError as e:
             log.warning("outbox: tracking %s: %s", m.id, e.message)
 
@@ -128,8 +129,10 @@ class Tracker:
             return
         now = self._clock.wall()
         try:
-            if await self._store.unknown(m, key, now, self._config.current.outbox.reconcile_window):
-                await self._reconcile(m, None, None)
+            sighting = await self._store.unknown(m, key, now,
+                                                 self._config.current.outbox.reconcile_window)
+            if sighting is not None:
+                await self._reconcile(m, sighting.wa_id, None)
         except RouterError as e:
             log.warning("outbox: reconciling %s: %s", m.id, e.message)
 
