@@ -308,7 +308,7 @@ async def test_acks_find_their_message_and_unacked_ones_are_counted_once(store: 
     for m, at in ((await send(store, await turn(store, "s"), at=NOW + 10), NOW + 10),
                   (await send(store, await turn(store, "s", NOW + 20), at=NOW + 20), NOW + 20)):
         m.wa_id, m.sent_at = f"true_{m.id[-6:]}", at
-        await store.track(m)
+        await store.track(m, None)
     assert await store.crossed(NOW + 15) == 1  # a, sent at NOW + 10
     assert await store.crossed(NOW + 15) == 0  # counted once
     assert await store.unacked(NOW + 100, 10) == (2, [a.id, b.id])
