@@ -136,6 +136,7 @@ KEEPALIVE = "pub/sub keepalive (timer)"
 DRAIN_SYNC = "drain sync (timer)"  # SMEMBERS P drained, every router, once a second
 WORKER_STATS = "worker stats (timer)"  # workers: N: SET P workers:<i> once a second
 OUTBOX = "outbox dispatcher (timer)"  # looks for due sessions (idle: once a second), figures
+AGENTS = "agent leases (timer)"  # the leader looks whether instances have agents, each second
 OTHER = "other"
 
 
@@ -200,13 +201,14 @@ def classify_monitor(
     looks for due sessions once a second and reads its figures), other. Also the first "other" lines."""
     out: dict[str, Counter[str]] = {
         LEASE: Counter(), KEEPALIVE: Counter(), DRAIN_SYNC: Counter(), WORKER_STATS: Counter(),
-        OUTBOX: Counter(), OTHER: Counter(),
+        OUTBOX: Counter(), AGENTS: Counter(), OTHER: Counter(),
     }  # fmt: skip
     drained = REDIS_PREFIX + "drained"
     worker_stats = REDIS_PREFIX + "workers:"
     samples: list[str] = []
     lease = REDIS_PREFIX + "leader"
     outbox = REDIS_PREFIX + "outbox:"
+    agents = REDIS_PREFIX + "agent:"
     for line in lines:
         m = _MONITOR_LINE.match(line)
         if m is None:
@@ -233,6 +235,8 @@ def classify_monitor(
             out[WORKER_STATS][name] += 1
         elif scripted_outbox or (keys and all(k.startswith(outbox) for k in keys)):
             out[OUTBOX][name] += 1
+        elif cmd == "exists" and args[1:] and all(k.startswith(agents) for k in args[1:]):
+            out[AGENTS][name] += 1
         else:
             out[OTHER][name] += 1
             if len(samples) < 10:
