@@ -237,10 +237,8 @@ class Dispatcher:
             if m.state in FINAL:
                 self.finished[str(m.state)] += 1
             self._on_change(m)
-            if m.state is State.SENT:
-                await self.tracker.sent(m)
-            elif m.state is State.UNKNOWN:
-                await self.tracker.unknown(m)
+            if m.state is State.SENT or m.state is State.UNKNOWN:
+                self.tracker.later(m)  # not awaited: the session's slot is free at once
         if ended.finished is not None:
             self.on_campaign(ended.finished)
 

@@ -41,7 +41,7 @@ class Tracker:
         self._store = store
         self._clock = clock
         self._on_change = on_change
-        self._queue: deque[Ack | Seen] = deque()
+        self._queue: deque[Ack | Seen | Message] = deque()
         self._wake = Pulse(clock)
         self._tasks = Tasks("outbox-tracking")
         self.unacked_total = 0  # router_outbox_unacked_total
@@ -80,8 +80,12 @@ class Tracker:
                 try:
                     if isinstance(item, Ack):
                         await self._ack(item)
-                    else:
+                    elif isinstance(item, Seen):
                         await self._seen(item)
+                    elif item.state is State.SENT:
+                        await self.sent(item)
+                    else:
+                        await self.unknown(item)
                 except RouterError as e:
                     log.warning("outbox: a delivery report was not applied: %s", e.message)
                 except Exception:
@@ -114,6 +118,11 @@ class Tracker:
             await self._reconcile(m, seen.wa_id, seen.at)
 
     # -- what the dispatcher reports ------------------------------------------------------------
+
+    def later(self, m: Message) -> None:
+        """``m`` just ended ``sent`` or ``unknown``: tracked by the loop, in order."""
+        self._queue.append(m)
+        self._wake.fire()
 
     async def sent(self, m: Message) -> None:
         """``m`` was sent: track its acks (best effort: tracking never holds a send up)."""
