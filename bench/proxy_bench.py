@@ -2,7 +2,8 @@
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
         [--sessions 1000] [--repeats 2] [--scrapes 1]
-        [--targets direct,nginx,haproxy,router,router-nometrics,router-redis,router-workers2]
+        [--targets direct,nginx,haproxy,router,router-nometrics,router-accesslog,router-redis,
+                   router-workers2]
 
 One run does everything, on 127.0.0.1 only:
 
@@ -12,7 +13,8 @@ One run does everything, on 127.0.0.1 only:
    (``balance hdr(X-Session-Id)`` + ``hash-type consistent``, 1 thread) when installed,
    and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) three times:
    with the in-memory store (``router``), the same with ``metrics: {enabled: false}``
-   (``router-nometrics``: no per-request accounting, /metrics answers 404) and with the
+   (``router-nometrics``: no per-request accounting, /metrics answers 404), the same with
+   its access log on (``router-accesslog``: JSON lines to a file in the temp dir) and with the
    Redis store (``router-redis``) against a redis-server the script starts itself (free
    port, temp dir, appendonly, no other client); and ``router-workers2``: the Redis config
    plus ``listen.workers: 2`` (two worker processes sharing the port with SO_REUSEPORT),
@@ -29,7 +31,9 @@ One run does everything, on 127.0.0.1 only:
    latency, and the responses counted must cover every response wrk received;
    ``router`` and ``router-nometrics`` swap places every other round, and the report
    gives router / router-nometrics per round, its median and a bootstrap interval of that
-   median: what metrics cost (issue 6: at most 5%);
+   median: what metrics cost (issue 6: at most 5%); likewise ``router-accesslog`` and
+   ``router``: what the access log costs (at most 5%), its file emptied before each warmup
+   and its lines counted after each run (at least one per response);
 4. prints a markdown table and writes it, with the raw numbers as JSON, to bench/out/;
 5. stops every process it started (also on Ctrl-C / SIGTERM) and checks none is left.
 
@@ -85,11 +89,13 @@ from bench.lib.redis_probe import (
 from bench.lib.report import fmt_pct, fmt_us
 from bench.lib.wrk import REQUEST_PATH, WrkResult, run_wrk
 from bench.proxy_results import (
+    ACCESS_PAIR,
     ALL_TARGETS,
-    METRICS_PAIR,
+    PAIRS,
     ROUTERS,
     WORKERS2,
     Target,
+    access_cost,
     metrics_cost,
     render,
     wrk_argv,
@@ -205,15 +211,17 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
     nginx_port, haproxy_port, router_port, admin_port = free_ports(4)
     redis_router_port, redis_admin_port, redis_port = free_ports(3)
     nometrics_port, nometrics_admin_port = free_ports(2)
+    access_port, access_admin_port = free_ports(2)
     workers_port, workers_admin_port, workers_redis_port = free_ports(3)
     instances = [(name, instance_url(p)) for name, p in zip(BACKENDS, backend_ports, strict=True)]
 
     def router(name: str, port: int, admin: int, redis: int | None = None, metrics: bool = True,
-               workers: int = 1) -> Proc:  # fmt: skip
+               workers: int = 1, access_log: Path | None = None) -> Proc:  # fmt: skip
         conf = router_yaml(
             port, admin, instances, workers=workers, profile="generic", log_level="WARNING",
             store_url=redis_url(redis) if redis is not None else None,
             store_prefix=REDIS_PREFIX if redis is not None else None, metrics=metrics,
+            access_log=str(access_log) if access_log is not None else None,
         )  # fmt: skip
         proc = bench.start_router(name, conf, port, workers=workers)
         bench.copy_logs.append(proc.log)
@@ -263,6 +271,14 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
             Target("router-nometrics", "wa-router (generic profile, memory store), metrics off",
                    nometrics_port, proc, admin_port=nometrics_admin_port)
         )  # fmt: skip
+    if ACCESS_PAIR[0] in want:
+        log = tmp / "access.log"
+        proc = router(ACCESS_PAIR[0], access_port, access_admin_port, access_log=log)
+        targets.append(
+            Target(ACCESS_PAIR[0], "wa-router (generic profile, memory store), access log on",
+                   access_port, proc, admin_port=access_admin_port, metrics=True,
+                   access_log=log)
+        )  # fmt: skip
     if "router-redis" in want:
         redis, probe = redis_server("redis", tmp / "redis", redis_port)
         proc = router("router-redis", redis_router_port, redis_admin_port, redis=redis_port)
@@ -298,8 +314,12 @@ def run_once(
     args, procs, failures = bench.args, bench.procs, bench.failures
     probe = t.redis
     warm_start = probe.snapshot() if probe is not None else None
+    if t.access_log is not None:
+        t.access_log.write_bytes(b"")  # the router appends (O_APPEND): lines start at 0
+    warmed = 0
     if args.warmup > 0:
         warm, out = run_wrk(wrk_argv(args, t.url, args.warmup), args.warmup)
+        warmed = warm.requests
         t.warmups.append(warm)
         if warm.errors:
             failures.append(f"{t.name}: warmup {rnd}: {warm.errors_text()}\n{out}")
@@ -366,6 +386,13 @@ def run_once(
         )
     accepts1, served1 = backend_counters(status_port)
     res.backend_accepts, res.backend_requests = accepts1 - accepts0, served1 - served0
+    if t.access_log is not None:
+        res.access_lines = access_lines(t.access_log, warmed + res.requests)
+        if res.access_lines < warmed + res.requests:
+            failures.append(
+                f"{t.name}: round {rnd}: {res.access_lines:,} access log lines for "
+                f"{warmed + res.requests:,} responses (warmup and run)"
+            )
     res.proxy_cpu = used["target"] if proxy_pid is not None else None
     res.backend_cpu, res.wrk_cpu = used["backend"], used["wrk"]
     res.others_cpu, res.others_before = used["others"], quiet
@@ -467,15 +494,29 @@ def measure(bench: Bench, targets: list[Target], backend: Proc, status_port: int
 
 
 def round_order(targets: list[Target], rnd: int) -> list[Target]:
-    """The targets in round ``rnd``'s order: ``router`` and ``router-nometrics`` swap
-    places every other round (ABBA), so that neither always runs first: the difference
-    measured is a few percent, of the order of the drift between two runs."""
+    """The targets in round ``rnd``'s order: the two of each pair (``router`` and
+    ``router-nometrics``, ``router-accesslog`` and ``router``) swap places every other
+    round (ABBA), so that neither always runs first: the difference measured is a few
+    percent, of the order of the drift between two runs."""
     order = list(targets)
-    names = [t.name for t in order]
-    if rnd % 2 == 0 and all(n in names for n in METRICS_PAIR):
-        i, j = (names.index(n) for n in METRICS_PAIR)
-        order[i], order[j] = order[j], order[i]
+    for pair in PAIRS:
+        names = [t.name for t in order]
+        if rnd % 2 == 0 and all(n in names for n in pair):
+            i, j = (names.index(n) for n in pair)
+            order[i], order[j] = order[j], order[i]
     return order
+
+
+def access_lines(path: Path, want: int, timeout: float = 5.0) -> int:
+    """Lines in ``path`` once there are ``want`` (the router writes its buffer at least
+    once a second), or as many as there are after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with path.open("rb") as f:
+            lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        if lines >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 IDLE_SCRAPES = 100  # CPU time is counted in ticks (10 ms): enough to resolve 0.1 ms
@@ -555,6 +596,7 @@ def run(bench: Bench) -> tuple[str, dict[str, Any]]:
             for t in targets
         },
         "metrics_cost": metrics_cost(targets),
+        "access_cost": access_cost(targets),
     }
     return report, raw
 

@@ -1,5 +1,6 @@
 """The proxy benchmark's targets and their runs, and its markdown report: the main table,
-what metrics cost (issue 6), the Redis store (issue 3) and ``listen.workers: 2``."""
+what metrics cost (issue 6) and the access log cost, the Redis store (issue 3) and
+``listen.workers: 2``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shlex
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.lib import HOST
 from bench.lib.noisy import NOISY
@@ -19,13 +21,18 @@ from bench.lib.report import command_line, fmt_pct, fmt_us
 from bench.lib.wrk import LUA_SCRIPT, LUA_SEED, REQUEST_PATH, WrkResult, wrk_base
 
 ALL_TARGETS = (
-    "direct", "nginx", "haproxy", "router", "router-nometrics", "router-redis", "router-workers2",
+    "direct", "nginx", "haproxy", "router", "router-nometrics", "router-accesslog",
+    "router-redis", "router-workers2",
 )  # fmt: skip
 # targets that are a wa-router process (router-workers2: a master and two workers)
-ROUTERS = ("router", "router-nometrics", "router-redis", "router-workers2")
+ROUTERS = ("router", "router-nometrics", "router-accesslog", "router-redis", "router-workers2")
 WORKERS2 = "router-workers2"  # listen.workers: 2, Redis store (its own redis-server)
 METRICS_PAIR = ("router", "router-nometrics")  # metrics on / off, same config otherwise
 METRICS_TARGET = 0.95  # issue 6: router / router-nometrics >= 0.95 (cost <= 5%)
+ACCESS_PAIR = ("router-accesslog", "router")  # access log (JSON, to a file) on / off
+ACCESS_TARGET = 0.95  # router-accesslog / router >= 0.95 (cost <= 5%)
+# Pairs whose two targets swap places every other round (ABBA), a feature on / off.
+PAIRS = (METRICS_PAIR, ACCESS_PAIR)
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Target:
     metrics: bool = False  # a router with metrics on: /metrics is scraped around each run
     idle_scrapes: dict[str, float] | None = None  # /metrics cost on the idle router
     workers: int = 1  # listen.workers (router-workers2: 2)
+    access_log: Path | None = None  # router-accesslog: the file its access log goes to
 
     @property
     def url(self) -> str:
@@ -189,16 +197,29 @@ def render(
                 f"{args.sessions} distinct session ids."
             )
     lines += render_metrics(args, targets, nginx)
+    lines += render_access(targets)
     lines += render_redis(targets, base)
     lines += render_workers(args, targets, base)
     return "\n".join(lines) + "\n"
 
 
 def metrics_cost(targets: list[Target]) -> dict[str, object] | None:
-    """router / router-nometrics, per round (both ran in the same round, back to back)
-    and as medians: what per-request accounting costs (issue 6: ratio >= 0.95)."""
-    on = next((t for t in targets if t.name == METRICS_PAIR[0] and t.runs), None)
-    off = next((t for t in targets if t.name == METRICS_PAIR[1] and t.runs), None)
+    """router / router-nometrics: what per-request accounting costs (issue 6: ratio >=
+    0.95)."""
+    return pair_cost(targets, METRICS_PAIR, METRICS_TARGET)
+
+
+def access_cost(targets: list[Target]) -> dict[str, object] | None:
+    """router-accesslog / router: what the access log costs (ratio >= 0.95)."""
+    return pair_cost(targets, ACCESS_PAIR, ACCESS_TARGET)
+
+
+def pair_cost(targets: list[Target], pair: tuple[str, str], target: float
+              ) -> dict[str, object] | None:
+    """``pair`` (a feature on, off) per round (both ran in the same round, back to back)
+    and as medians."""
+    on = next((t for t in targets if t.name == pair[0] and t.runs), None)
+    off = next((t for t in targets if t.name == pair[1] and t.runs), None)
     if on is None or off is None:
         return None
     pairs = list(zip(on.runs, off.runs, strict=False))
@@ -225,8 +246,8 @@ def metrics_cost(targets: list[Target]) -> dict[str, object] | None:
         "per_round_cpu_us": cpu,
         "median_cpu_ratio": statistics.median(b / a for a, b in cpu) if cpu else None,
         "cost": 1 - median_ratio,
-        "target": METRICS_TARGET,
-        "ok": median_ratio >= METRICS_TARGET,
+        "target": target,
+        "ok": median_ratio >= target,
     }
 
 
@@ -363,6 +384,58 @@ def render_metrics(
         "load as router. The two swap places every other round; the per-round ratio compares "
         "runs a few seconds apart, so its median is the figure to read on a noisy machine."
     )
+    return lines
+
+
+def render_access(targets: list[Target]) -> list[str]:
+    """The access log section: router-accesslog against router, round by round."""
+    cost = access_cost(targets)
+    on = next((t for t in targets if t.name == ACCESS_PAIR[0] and t.runs), None)
+    off = next((t for t in targets if t.name == ACCESS_PAIR[1] and t.runs), None)
+    if cost is None or on is None or off is None:
+        return []
+    ratios = cost["per_round_ratio"]
+    median_ratio, cpu_ratio = cost["median_ratio"], cost["median_cpu_ratio"]
+    assert isinstance(ratios, list) and isinstance(median_ratio, float)
+    lines = [
+        "",
+        "### Access log cost",
+        "",
+        "| round | router-accesslog req/s | router req/s | on / off "
+        "| router CPU per response, on / off | others CPU, on / off | access log lines |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, (a, b, ratio) in enumerate(zip(on.runs, off.runs, ratios, strict=False), 1):
+        lines.append(
+            f"| {i} | {a.rps:,.0f} | {b.rps:,.0f} | {ratio:.3f} "
+            f"| {_cpu_per_response(a)} / {_cpu_per_response(b)} "
+            f"| {fmt_pct(a.others_cpu)} / {fmt_pct(b.others_cpu)} "
+            f"| {'-' if a.access_lines is None else f'{a.access_lines:,}'} |"
+        )
+    enough = len(ratios) >= MIN_ROUNDS_CI
+    low, high = bootstrap_median_ci(ratios)
+    if median_ratio < ACCESS_TARGET:
+        verdict = "MISSED"
+    elif not enough or low < ACCESS_TARGET:
+        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
+    else:
+        verdict = "ok"
+    interval = (f"95% bootstrap interval {low:.3f}-{high:.3f}" if enough
+                else f"no interval with fewer than {MIN_ROUNDS_CI} rounds")
+    lines += [
+        "",
+        f"- router-accesslog / router: **{median_ratio:.3f}** (median of the per-round "
+        f"ratios; {interval}; ratio of the medians {cost['ratio_of_medians']:.3f}): the "
+        f"access log costs **{cost['cost']:.1%}** of throughput; target <= "
+        f"{1 - ACCESS_TARGET:.0%}: {verdict}",
+        "- router CPU per response, off / on: "
+        + (f"**{cpu_ratio:.3f}** (the access log takes {1 - cpu_ratio:.1%} of the router's "
+           "CPU per response)" if isinstance(cpu_ratio, float) else "-"),
+        "- router-accesslog: the `router` config plus `log.access: {enabled: true, format: "
+        "json, path: <file>}` (every request logged, the file emptied before each warmup and "
+        "its lines counted after each run: at least one per response). The two swap places "
+        "every other round.",
+    ]
     return lines
 
 

@@ -8,7 +8,8 @@ bench/README.md for what each measures):
 
   proxy      proxy_bench.py: throughput and p50/p99 at saturation: backend direct, nginx,
              HAProxy, router (memory), router (Redis), router (workers: 2)
-  metrics    proxy_bench.py: what metrics cost (router / router-nometrics, ABBA rounds)
+  metrics    proxy_bench.py: what metrics cost (router / router-nometrics) and what the
+             access log costs (router-accesslog / router), ABBA rounds
   latency    latency_bench.py: p50/p99 at a fixed 2,000 req/s, router vs nginx
   growth     growth_bench.py: req/s, p99 and RSS over 1k/10k/100k sessions x 3/50/200
              instances
@@ -70,12 +71,12 @@ STEPS = [
     ),
     Step(
         "metrics",
-        "Metrics cost (issue 6)",
+        "Metrics and access log cost (issue 6)",
         "proxy_bench.py",
-        ["--targets", "nginx,router,router-nometrics", "--repeats", "20", "--duration", "5",
-         "--warmup", "1"],
-        ["--targets", "nginx,router,router-nometrics", "--repeats", "2", "--duration", "2",
-         "--warmup", "1", *WAIT_QUICK],
+        ["--targets", "nginx,router,router-nometrics,router-accesslog", "--repeats", "20",
+         "--duration", "5", "--warmup", "1"],
+        ["--targets", "nginx,router,router-nometrics,router-accesslog", "--repeats", "2",
+         "--duration", "2", "--warmup", "1", *WAIT_QUICK],
         3600,
     ),
     Step(

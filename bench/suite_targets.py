@@ -131,11 +131,16 @@ def rows_proxy(o: Outcome) -> list[Row]:
 
 
 def rows_metrics(o: Outcome) -> list[Row]:
+    """The metrics step: what metrics cost, and what the access log costs."""
+    return (_cost_row(o, "metrics_cost", "metrics cost: router / router-nometrics (issue 6)")
+            + _cost_row(o, "access_cost", "access log cost: router-accesslog / router"))
+
+
+def _cost_row(o: Outcome, key: str, what: str) -> list[Row]:
     raw = o.json_one()
-    cost = raw.get("metrics_cost") if raw else None
+    cost = raw.get(key) if raw else None
     if not isinstance(cost, dict):
-        return [Row("metrics cost: router / router-nometrics (issue 6)", "-", ">= 0.95", "n/a",
-                    o.step.key)]  # fmt: skip
+        return [Row(what, "-", ">= 0.95", "n/a", o.step.key)]
     ratio = float(cost["median_ratio"])
     low, high = cost.get("median_ratio_ci95") or (None, None)
     rounds = len(cost.get("per_round_ratio") or [])
@@ -152,7 +157,7 @@ def rows_metrics(o: Outcome) -> list[Row]:
         ci = "; too few rounds for an interval"
     return [
         Row(
-            "metrics cost: router / router-nometrics (issue 6)",
+            what,
             f"{ratio:.3f} (cost {1 - ratio:.1%}; median of {rounds} rounds{ci})",
             ">= 0.95 (cost <= 5%)",
             verdict,

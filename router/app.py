@@ -12,7 +12,8 @@ import signal
 
 from aiohttp import web
 
-from router import logs
+from router import accesslog, logs
+from router.accesslog import AccessLog
 from router.admin import create_admin_app
 from router.agent.fencing import AgentSource, Fencing, RedisAgents
 from router.alerts import Alerter
@@ -73,6 +74,7 @@ class App:
         self.transport = transport or HttpTransport(
             lambda: holder.current.limits.upstream_connect_timeout)
         self.worker = worker
+        self.access = _open_access(config)
         self.events = EventLog()
         self.reloads = Reloads()
         self.fleet = Fleet(config.instances, metrics=config.metrics.enabled)
@@ -122,7 +124,7 @@ class App:
         self.dispatcher = Dispatcher(holder, self.outbox_store, self.router, self.transport,
                                      self.clock, on_change=self.outbox_events.message,
                                      on_campaign=self.outbox_events.campaign,
-                                     events=self.events)
+                                     events=self.events, access=self.access)
         self.tracker = self.dispatcher.tracker
         self.outbox = OutboxService(holder, self.outbox_store, self.dispatcher, self.clock,
                                     self.router.session_of)
@@ -131,7 +133,7 @@ class App:
             self.keys = (MemoryKeys(self.clock) if config.store.url is None
                          else RedisKeys(RedisClients(config.store.url.value), config.store.prefix))
         self.proxy = ProxyServer(self.router, self.outbox if config.outbox.enabled else None,
-                                 self.keys)
+                                 self.keys, self.access)
         self.components = Components(
             config=holder, router=self.router, events=self.events, mover=self.mover,
             failover=self.failover, drainer=self.drainer, leadership=self.leadership,
@@ -177,6 +179,7 @@ class App:
     async def _start(self, *, reuse_port: bool, admin: bool) -> None:
         cfg = self.config.current
         stack = self._stack
+        stack.callback(self._close_access)  # last: after the proxy's and outbox's last lines
         await self.store.start()
         stack.push_async_callback(self.store.close)
         stack.callback(self.transport.close)
@@ -249,8 +252,9 @@ class App:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        # SIGHUP must never kill the router (its default action would).
+        # SIGHUP must never kill the router (its default action would); nor SIGUSR1.
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
         try:
             await stop.wait()
             log.info("shutting down")
@@ -258,10 +262,29 @@ class App:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             loop.remove_signal_handler(signal.SIGHUP)
+            loop.remove_signal_handler(signal.SIGUSR1)
             await self.stop()
 
     def _became_leader(self) -> None:
         self.failover.became_leader()
+
+    # -- access log ------------------------------------------------------------------------
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1 (logrotate renamed the file): the access log opens ``path`` again."""
+        if self.access is not None:
+            self.access.reopen()
+
+    def _set_access(self, access: AccessLog | None) -> None:
+        """Put ``access`` in force for the next lines, then close the old one (its buffer
+        is written first)."""
+        old, self.access = self.access, access
+        self.proxy.access = self.dispatcher.access = access
+        if old is not None:
+            old.close()
+
+    def _close_access(self) -> None:
+        self._set_access(None)
 
     # -- reload ----------------------------------------------------------------------------
 
@@ -286,6 +309,9 @@ class App:
                 plan = plan_reload(current, config)
                 if plan.problems:
                     raise ConfigError(list(plan.problems))
+                access = self.access
+                if config.log.access != current.log.access:
+                    access = _open_access(config)  # before the swap: a bad path refuses it
             except ConfigError as e:
                 self.reloads.record(False, tuple(e.problems))
                 log.error("config reload refused, old config kept: %s", "; ".join(e.problems))
@@ -295,6 +321,8 @@ class App:
                 raise
             changes = plan.summary()
             if not plan.unchanged:
+                if access is not self.access:
+                    self._set_access(access)
                 await self._apply(config, plan.removed)
             self.reloads.record(True)
             log.info("config reloaded: %s", ", ".join(changes) or "no change")
@@ -330,6 +358,14 @@ class App:
         if self.worker is not None:
             os.kill(os.getppid(), signal.SIGHUP)
         return changes
+
+
+def _open_access(config: Config) -> AccessLog | None:
+    try:
+        return accesslog.open_log(config.log.access)
+    except OSError as e:
+        raise ConfigError([f"log.access.path: cannot open {config.log.access.path!r}: "
+                           f"{e.strerror}"]) from None
 
 
 def create_app(config: Config, *, store: AssignmentStore | None = None,

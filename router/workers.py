@@ -1,9 +1,9 @@
 """``listen.workers: N``: N router processes sharing the listening port (SO_REUSEPORT).
 
-The master only supervises: it starts the workers, forwards SIGHUP, turns SIGTERM/SIGINT
-into a graceful stop of every worker, and restarts a worker that dies (with backoff). The
-workers share the assignment map through Redis, which is why N > 1 needs ``store.url``.
-Worker 0 also serves the admin port.
+The master only supervises: it starts the workers, forwards SIGHUP and SIGUSR1, turns
+SIGTERM/SIGINT into a graceful stop of every worker, and restarts a worker that dies (with
+backoff). The workers share the assignment map through Redis, which is why N > 1 needs
+``store.url``. Worker 0 also serves the admin port.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ async def supervise(config_path: str, workers: int, shutdown_timeout: float) -> 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, forward, signal.SIGHUP)
+    # SIGUSR1: each worker reopens its access log (logrotate signals the master's pid).
+    loop.add_signal_handler(signal.SIGUSR1, forward, signal.SIGUSR1)
 
     for i in range(workers):
         procs[i] = await _spawn(config_path, i)

@@ -27,20 +27,25 @@ def router_yaml(
     store_url: str | None = None,
     store_prefix: str | None = None,
     metrics: bool = True,
+    access_log: str | None = None,
     instance_extra: str = "",
     extra: str = "",
 ) -> str:
     """A router config: listen and admin on loopback, ``instances`` as (name, url) pairs.
     ``port`` and ``admin_port`` may be placeholders (the tests' ``"{port}"``); ``workers``
     > 1 sets ``listen.workers``; ``metrics`` false, ``metrics: {enabled: false}``;
+    ``access_log``: a file the JSON access log (``log.access``) is written to;
     ``instance_extra``: more keys in each instance's mapping (``", weight: 2"``); ``extra``:
     more YAML, after the instances."""
     listen = f"host: {HOST}, port: {port}" + (f", workers: {workers}" if workers > 1 else "")
     lines = [f"listen: {{{listen}}}", f"admin: {{host: {HOST}, port: {admin_port}}}"]
     if profile is not None:
         lines.append(f"profile: {profile}")
-    if log_level is not None:
-        lines.append(f"log: {{level: {log_level}}}")
+    log = [f"level: {log_level}"] if log_level is not None else []
+    if access_log is not None:
+        log.append(f"access: {{enabled: true, format: json, path: '{access_log}'}}")
+    if log:
+        lines.append(f"log: {{{', '.join(log)}}}")
     if store_url is not None:
         prefix = f', prefix: "{store_prefix}"' if store_prefix is not None else ""
         lines.append(f'store: {{url: "{store_url}"{prefix}}}')

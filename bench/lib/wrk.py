@@ -71,6 +71,9 @@ class WrkResult:
     # the kernel spread wrk's connections over the workers (SO_REUSEPORT).
     worker_cpu: list[float] | None = None
     master_cpu: float | None = None
+    # router-accesslog: lines in its access log after the warmup and this run (the file
+    # is emptied before the warmup): at least one per response wrk received.
+    access_lines: int | None = None
 
     @property
     def errors(self) -> int:

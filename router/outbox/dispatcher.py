@@ -16,6 +16,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from router.accesslog import AccessLog
 from router.backoff import Backoff
 from router.clock import Clock
 from router.config.holder import ConfigHolder
@@ -58,8 +59,10 @@ class Dispatcher:
                  on_change: Callable[[Message], None] = lambda m: None,
                  on_campaign: Callable[[Campaign], None] = lambda c: None,
                  rand: Callable[[], float] = random.random,
-                 tracker: Tracker | None = None, events: EventLog | None = None) -> None:
+                 tracker: Tracker | None = None, events: EventLog | None = None,
+                 access: AccessLog | None = None) -> None:
         self._config = config
+        self.access = access  # the access log (None: off); swapped on a config reload
         self.store = store
         self._router = router
         self._transport = transport
@@ -259,8 +262,11 @@ class Dispatcher:
         base = inst.address.origin + inst.address.base_path
         if cfg.outbox.typing:
             await self._type(m, base, inst.auth_headers)
+        began_at = self._clock.now()
         attempt, error, answer = await self._post(m, base, inst.auth_headers,
                                                   cfg.limits.upstream_timeout)
+        if self.access is not None:
+            self.access.outbox(m, instance, attempt.status, error, self._clock.now() - began_at)
         # What the proxy would report of this answer (a refused connection gets the instance
         # probed at once, so a crashed one is seen down and the queue waits).
         if attempt.status is None:

@@ -55,6 +55,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
+        self.client = ""  # the peer's address as text (the access log's "client")
         self.exchange: Exchange | None = None  # being answered
         self.parsing: Exchange | None = None  # request being read
         self.pipeline: deque[Exchange] = deque()
@@ -85,7 +86,8 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.peer = (peer[0] if peer else "").encode()
+        self.client = peer[0] if peer else ""
+        self.peer = self.client.encode()
         server = self.server
         if len(server.connections) >= server.router.config.listen.max_connections:
             self.closed = True

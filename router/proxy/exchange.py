@@ -68,6 +68,7 @@ class Exchange(RequestHead):
     __slots__ = (
         "body_parts",
         "body_size",
+        "bytes_out",
         "close_after",
         "conn",
         "framing",
@@ -77,6 +78,7 @@ class Exchange(RequestHead):
         "out",
         "phase",
         "replay",
+        "replayed",
         "request_done",
         "retries",
         "router",
@@ -111,6 +113,8 @@ class Exchange(RequestHead):
         self.session: str | None = None
         self.started = conn.loop_time()
         self.status = 0
+        self.bytes_out = 0  # response body bytes to the client (the access log's "bytes")
+        self.replayed = False  # answered from an Idempotency-Key's kept response
         # The body as sent, kept (up to REPLAY_LIMIT) so the request can be sent again
         # after a failover; None once it is too large to keep.
         self.replay: list[bytes] | None = []
@@ -399,6 +403,7 @@ class Exchange(RequestHead):
             self.upstream_flush()
 
     def upstream_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         if self.idem is not None:
             self.idem.body(data)
         if self.framing & OUT_CHUNKED:
@@ -440,6 +445,7 @@ class Exchange(RequestHead):
         self.enter(Phase.TUNNEL)
         if self.instance is not None:
             self.instance.stats.observe(101, self.conn.loop_time() - self.started)
+        self._log_ended(101)  # its line now: the tunnel's end is the connection's
         self.conn.start_tunnel(up, self.tunnel_pending or [])
         self.tunnel_pending = None
 
@@ -471,14 +477,30 @@ class Exchange(RequestHead):
             idempotent.done(self, self.idem)
             self.idem = None
         inst = self.instance
+        now = self.conn.loop_time()
         (inst.stats if inst is not None else self.router.own_stats).observe(
-            self.status, self.conn.loop_time() - self.started
-        )
+            self.status, now - self.started)
+        access = self.conn.server.access
+        if access is not None:
+            access.request(self, now, self.status)
         if self.close_after:
             self.conn.close()
         elif self.request_done:
             self.conn.exchange_done(self)
         # else: a request without a body completes right after; request_complete finishes
+
+    def cut(self) -> None:
+        """The response began and cannot be completed: the client must see it cut (an
+        aborted connection), not a short body."""
+        self.enter(Phase.ABORTED)
+        self.conn.abort()
+        self._log_ended(self.status)  # the status its head had, as nginx logs it
+
+    def _log_ended(self, status: int) -> None:
+        """The access log's line for an exchange that ends without ``finish``."""
+        access = self.conn.server.access
+        if access is not None:
+            access.request(self, self.conn.loop_time(), status)
 
     def respond_json(
         self, status: int, body: bytes, extra: tuple[tuple[bytes, bytes], ...] = (),
@@ -491,6 +513,7 @@ class Exchange(RequestHead):
         if self._body_pending():
             self.close_after = True
         self.status = status
+        self.bytes_out = 0 if self.method == b"HEAD" else len(body)
         self.conn.write(json_response(
             status, body, request_id=self.request_id, keep_alive=not self.close_after,
             head_only=self.method == b"HEAD", extra=extra, content_type=content_type,
@@ -509,8 +532,7 @@ class Exchange(RequestHead):
         if up is not None:
             up.abort()
         if self.phase & _STARTED:
-            self.enter(Phase.ABORTED)
-            self.conn.abort()
+            self.cut()
             return
         if close or self._body_pending():
             self.close_after = True
@@ -518,16 +540,24 @@ class Exchange(RequestHead):
             log.warning("request %s: %s %s", self.request_id, err.code, err.message,
                         extra={"request_id": self.request_id})
         self.status = err.status
-        self.conn.write(error_response(
-            err, request_id=self.request_id or self.conn.server.next_request_id(),
-            keep_alive=not self.close_after, head_only=self.method == b"HEAD",
-        ))
+        if not self.request_id:  # failed before its turn: the id it is answered with is logged
+            self.request_id = self.conn.server.next_request_id()
+        answer = error_response(
+            err, request_id=self.request_id, keep_alive=not self.close_after,
+            head_only=self.method == b"HEAD",
+        )
+        if self.method != b"HEAD":
+            self.bytes_out = len(answer) - answer.index(b"\r\n\r\n") - 4
+        self.conn.write(answer)
         self.finish()
 
     def abort(self) -> None:
         """The client went away."""
-        if not self.phase & FINAL:
+        phase = self.phase
+        if not phase & FINAL:
             self.phase = Phase.ABORTED
+            # nginx's 499: the client closed before the answer began (else the status sent)
+            self._log_ended(self.status if phase is _STREAMING else 499)
         if self.idem is not None:
             idempotent.failed(self, self.idem, None)
             self.idem = None

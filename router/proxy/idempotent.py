@@ -99,7 +99,7 @@ async def _claim(ex: Exchange) -> None:
     except InvalidSessionId as e:
         ex.fail(e)
         return
-    session = found if isinstance(found, str) else None
+    session = ex.session = found if isinstance(found, str) else None  # also for a replay's log
     client = client_key(ex.header_map, ex.query)
     scope = hashlib.sha256(client.encode()).hexdigest()[:16] if client else ""
     digest = model.digest(scope, session, ex.method_str, ex.path, ex.header_map[HEADER])
@@ -119,6 +119,7 @@ async def _claim(ex: Exchange) -> None:
         ex.route(session)
     elif verdict is Verdict.REPLAY:
         assert kept is not None
+        ex.replayed = True
         ex.respond_json(kept.status, kept.body, REPLAYED,
                         content_type=kept.content_type.encode("latin-1") or b"application/octet-stream")
     elif verdict is Verdict.IN_FLIGHT:
@@ -129,6 +130,7 @@ async def _claim(ex: Exchange) -> None:
         assert kept is not None
         if kept.state is State.IN_FLIGHT:  # orphaned by a router that died: settle it
             keys.keep(digest, Record(State.UNKNOWN, fingerprint, kept.at), ttl)
+        ex.replayed = True  # the kept outcome (unknown), with Idempotent-Replayed as well
         ex.respond_json(502, error_body(_unknown(), ex.request_id), REPLAYED)
 
 

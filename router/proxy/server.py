@@ -20,6 +20,7 @@ from router.proxy.connection import ClientConnection
 from router.routing import Router
 
 if TYPE_CHECKING:
+    from router.accesslog import AccessLog
     from router.idempotency.store import KeyStore
     from router.outbox.service import OutboxService
 
@@ -30,8 +31,9 @@ class ProxyServer:
     """Listening sockets, live connections, request ids and the deadline sweeper."""
 
     def __init__(self, router: Router, outbox: OutboxService | None = None,
-                 keys: KeyStore | None = None) -> None:
+                 keys: KeyStore | None = None, access: AccessLog | None = None) -> None:
         self.router = router
+        self.access = access  # the access log (None: off); swapped on a config reload
         self.outbox = outbox  # answers /outbox/... (None: those paths are proxied as any)
         self.keys = keys  # Idempotency-Key on proxied POST/PATCH (None: the header is forwarded)
         self.connections: set[ClientConnection] = set()

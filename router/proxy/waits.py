@@ -50,8 +50,7 @@ def after_failure(ex: Exchange, err: UpstreamError, inst: Instance, up: Upstream
         ex.close_after = True
         ex.finish()
     elif decision is Resend.CUT:
-        ex.enter(Phase.ABORTED)
-        ex.conn.abort()  # truncated: the client must see it, not a short body
+        ex.cut()
     elif decision is Resend.RECONNECT:
         ex.retries += 1
         spawn(ex, Phase.CONNECTING, connect(ex, inst))
