@@ -2,7 +2,8 @@
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
         [--sessions 1000] [--repeats 2] [--scrapes 1]
-        [--targets direct,nginx,haproxy,router,router-nometrics,router-accesslog,router-redis,
+        [--targets direct,nginx,haproxy,router-nokeys,router,router-nometrics,router-accesslog,
+                   router-redis,router-workers2]
                    router-workers2]
 
 One run does everything, on 127.0.0.1 only:
@@ -11,10 +12,11 @@ One run does everything, on 127.0.0.1 only:
 2. starts each proxy under test on its own free port, in front of those same backends:
    nginx (``hash $http_x_session_id consistent`` + upstream keepalive), HAProxy
    (``balance hdr(X-Session-Id)`` + ``hash-type consistent``, 1 thread) when installed,
-   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) three times:
+   and wa-router (``python -m router run -c cfg.yaml``, profile ``generic``) four times:
    with the in-memory store (``router``), the same with ``metrics: {enabled: false}``
    (``router-nometrics``: no per-request accounting, /metrics answers 404), the same with
-   its access log on (``router-accesslog``: JSON lines to a file in the temp dir) and with the
+   ``listen.idempotency_keys: false`` (``router-nokeys``), the same with its access log on
+   (``router-accesslog``: JSON lines to a file in the temp dir) and with the
    Redis store (``router-redis``) against a redis-server the script starts itself (free
    port, temp dir, appendonly, no other client); and ``router-workers2``: the Redis config
    plus ``listen.workers: 2`` (two worker processes sharing the port with SO_REUSEPORT),
@@ -29,11 +31,14 @@ One run does everything, on 127.0.0.1 only:
    For the routers with metrics on it scrapes the admin /metrics before, during (under
    load, ``--scrapes`` times) and after each measured run: scraping works under load, its
    latency, and the responses counted must cover every response wrk received;
-   ``router`` and ``router-nometrics`` swap places every other round, and the report
-   gives router / router-nometrics per round, its median and a bootstrap interval of that
-   median: what metrics cost (issue 6: at most 5%); likewise ``router-accesslog`` and
-   ``router``: what the access log costs (at most 5%), its file emptied before each warmup
-   and its lines counted after each run (at least one per response);
+   ``router-nokeys``, ``router``, ``router-nometrics`` and ``router-accesslog`` run in
+   reverse order every other round, and the report gives router / router-nometrics per
+   round, its median and a bootstrap interval of that median: what metrics cost (issue 6:
+   at most 5%); and the same for router / router-nokeys: what idempotency keys cost
+   requests without the header (issue 17: at most 2%; the load carries no
+   Idempotency-Key), and for router-accesslog / router: what the access log costs (issue
+   17: at most 5%), its file emptied before each warmup and its lines counted after each
+   run (at least one per response);
 4. prints a markdown table and writes it, with the raw numbers as JSON, to bench/out/;
 5. stops every process it started (also on Ctrl-C / SIGTERM) and checks none is left.
 
@@ -91,11 +96,12 @@ from bench.lib.wrk import REQUEST_PATH, WrkResult, run_wrk
 from bench.proxy_results import (
     ACCESS_PAIR,
     ALL_TARGETS,
-    PAIRS,
+    PAIRED,
     ROUTERS,
     WORKERS2,
     Target,
     access_cost,
+    keys_cost,
     metrics_cost,
     render,
     wrk_argv,
@@ -168,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--targets",
         default=",".join(ALL_TARGETS),
         help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, "
+        "router-nokeys (router with listen.idempotency_keys: false), "
         "router (memory store), router-nometrics (the same, metrics: {enabled: false}), "
         "router-redis (Redis store; starts its own redis-server), router-workers2 "
         "(listen.workers: 2, Redis store, its own redis-server); default: all",
@@ -212,15 +219,18 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
     redis_router_port, redis_admin_port, redis_port = free_ports(3)
     nometrics_port, nometrics_admin_port = free_ports(2)
     access_port, access_admin_port = free_ports(2)
+    nokeys_port, nokeys_admin_port = free_ports(2)
     workers_port, workers_admin_port, workers_redis_port = free_ports(3)
     instances = [(name, instance_url(p)) for name, p in zip(BACKENDS, backend_ports, strict=True)]
 
     def router(name: str, port: int, admin: int, redis: int | None = None, metrics: bool = True,
-               workers: int = 1, access_log: Path | None = None) -> Proc:  # fmt: skip
+               workers: int = 1, keys: bool = True, access_log: Path | None = None
+               ) -> Proc:  # fmt: skip
         conf = router_yaml(
             port, admin, instances, workers=workers, profile="generic", log_level="WARNING",
             store_url=redis_url(redis) if redis is not None else None,
             store_prefix=REDIS_PREFIX if redis is not None else None, metrics=metrics,
+            idempotency_keys=keys,
             access_log=str(access_log) if access_log is not None else None,
         )  # fmt: skip
         proc = bench.start_router(name, conf, port, workers=workers)
@@ -259,6 +269,13 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
         targets.append(
             Target("haproxy", "HAProxy 1 thread, hash-type consistent", haproxy_port, proc)
         )
+    if "router-nokeys" in want:
+        proc = router("router-nokeys", nokeys_port, nokeys_admin_port, keys=False)
+        targets.append(
+            Target("router-nokeys",
+                   "wa-router (generic profile, memory store), `listen.idempotency_keys: false`",
+                   nokeys_port, proc, admin_port=nokeys_admin_port, metrics=True)
+        )  # fmt: skip
     if "router" in want:
         proc = router("router", router_port, admin_port)
         targets.append(
@@ -494,16 +511,17 @@ def measure(bench: Bench, targets: list[Target], backend: Proc, status_port: int
 
 
 def round_order(targets: list[Target], rnd: int) -> list[Target]:
-    """The targets in round ``rnd``'s order: the two of each pair (``router`` and
-    ``router-nometrics``, ``router-accesslog`` and ``router``) swap places every other
-    round (ABBA), so that neither always runs first: the difference measured is a few
-    percent, of the order of the drift between two runs."""
+    """The targets in round ``rnd``'s order: the paired routers (``router-nokeys``,
+    ``router``, ``router-nometrics``, ``router-accesslog``, those that run) take their
+    places in reverse order every other round (ABBA), so that none always runs first: each
+    pair's difference is a few percent, of the order of the drift between two runs. With
+    ``router`` between ``router-nokeys`` and ``router-nometrics``, it runs right next to
+    each of them in every round."""
     order = list(targets)
-    for pair in PAIRS:
-        names = [t.name for t in order]
-        if rnd % 2 == 0 and all(n in names for n in pair):
-            i, j = (names.index(n) for n in pair)
-            order[i], order[j] = order[j], order[i]
+    if rnd % 2 == 0:
+        slots = [i for i, t in enumerate(order) if t.name in PAIRED]
+        for i, t in zip(slots, [order[i] for i in reversed(slots)], strict=True):
+            order[i] = t
     return order
 
 
@@ -596,6 +614,7 @@ def run(bench: Bench) -> tuple[str, dict[str, Any]]:
             for t in targets
         },
         "metrics_cost": metrics_cost(targets),
+        "keys_cost": keys_cost(targets),
         "access_cost": access_cost(targets),
     }
     return report, raw

@@ -1,5 +1,6 @@
 """The proxy benchmark's targets and their runs, and its markdown report: the main table,
-what metrics cost (issue 6) and the access log cost, the Redis store (issue 3) and
+what metrics cost (issue 6), what idempotency keys cost requests without the header
+(issue 17) and what the access log costs, the Redis store (issue 3) and
 ``listen.workers: 2``."""
 
 from __future__ import annotations
@@ -21,18 +22,23 @@ from bench.lib.report import command_line, fmt_pct, fmt_us
 from bench.lib.wrk import LUA_SCRIPT, LUA_SEED, REQUEST_PATH, WrkResult, wrk_base
 
 ALL_TARGETS = (
-    "direct", "nginx", "haproxy", "router", "router-nometrics", "router-accesslog",
-    "router-redis", "router-workers2",
+    "direct", "nginx", "haproxy", "router-nokeys", "router", "router-nometrics",
+    "router-accesslog", "router-redis", "router-workers2",
 )  # fmt: skip
 # targets that are a wa-router process (router-workers2: a master and two workers)
-ROUTERS = ("router", "router-nometrics", "router-accesslog", "router-redis", "router-workers2")
+ROUTERS = ("router-nokeys", "router", "router-nometrics", "router-accesslog", "router-redis",
+           "router-workers2")
 WORKERS2 = "router-workers2"  # listen.workers: 2, Redis store (its own redis-server)
 METRICS_PAIR = ("router", "router-nometrics")  # metrics on / off, same config otherwise
 METRICS_TARGET = 0.95  # issue 6: router / router-nometrics >= 0.95 (cost <= 5%)
+# listen.idempotency_keys on (the default) / off, same config otherwise; the load carries
+# no Idempotency-Key: what the feature costs the requests without it
+KEYS_PAIR = ("router", "router-nokeys")
+KEYS_TARGET = 0.98  # issue 17: router / router-nokeys >= 0.98 (cost <= 2%)
 ACCESS_PAIR = ("router-accesslog", "router")  # access log (JSON, to a file) on / off
-ACCESS_TARGET = 0.95  # router-accesslog / router >= 0.95 (cost <= 5%)
-# Pairs whose two targets swap places every other round (ABBA), a feature on / off.
-PAIRS = (METRICS_PAIR, ACCESS_PAIR)
+ACCESS_TARGET = 0.95  # issue 17: router-accesslog / router >= 0.95 (cost <= 5%)
+# Compared pairwise, each round: their order is reversed every other round (round_order)
+PAIRED = ("router-nokeys", "router", "router-nometrics", "router-accesslog")
 
 
 @dataclass
@@ -118,8 +124,9 @@ def render(
         f"(same command, `-d{args.warmup:g}s`); {args.repeats} interleaved rounds of "
         f"{', '.join(t.name for t in targets)}"
         + (
-            " (router and router-nometrics swap places every other round)"
-            if {t.name for t in targets} >= set(METRICS_PAIR)
+            f" ({', '.join(n for n in PAIRED if n in {t.name for t in targets})} in reverse "
+            "order every other round)"
+            if len({t.name for t in targets} & set(PAIRED)) > 1
             else ""
         )
         + "; medians shown",
@@ -197,27 +204,19 @@ def render(
                 f"{args.sessions} distinct session ids."
             )
     lines += render_metrics(args, targets, nginx)
+    lines += render_keys(targets, nginx)
     lines += render_access(targets)
     lines += render_redis(targets, base)
     lines += render_workers(args, targets, base)
     return "\n".join(lines) + "\n"
 
 
-def metrics_cost(targets: list[Target]) -> dict[str, object] | None:
-    """router / router-nometrics: what per-request accounting costs (issue 6: ratio >=
-    0.95)."""
-    return pair_cost(targets, METRICS_PAIR, METRICS_TARGET)
-
-
-def access_cost(targets: list[Target]) -> dict[str, object] | None:
-    """router-accesslog / router: what the access log costs (ratio >= 0.95)."""
-    return pair_cost(targets, ACCESS_PAIR, ACCESS_TARGET)
-
-
-def pair_cost(targets: list[Target], pair: tuple[str, str], target: float
-              ) -> dict[str, object] | None:
-    """``pair`` (a feature on, off) per round (both ran in the same round, back to back)
-    and as medians."""
+def pair_cost(
+    targets: list[Target], pair: tuple[str, str], target: float
+) -> dict[str, object] | None:
+    """``pair[0]`` / ``pair[1]`` (a feature on / off, the same config otherwise), per round
+    (both ran in the same round) and as medians: what the feature costs; ``ok`` when the
+    median of the per-round ratios is >= ``target``."""
     on = next((t for t in targets if t.name == pair[0] and t.runs), None)
     off = next((t for t in targets if t.name == pair[1] and t.runs), None)
     if on is None or off is None:
@@ -235,6 +234,7 @@ def pair_cost(targets: list[Target], pair: tuple[str, str], target: float
         if a.proxy_cpu and b.proxy_cpu and a.rps and b.rps
     ]
     return {
+        "pair": list(pair),
         "per_round_on": [r.rps for r in on.runs],
         "per_round_off": [r.rps for r in off.runs],
         "per_round_ratio": ratios,
@@ -249,6 +249,22 @@ def pair_cost(targets: list[Target], pair: tuple[str, str], target: float
         "target": target,
         "ok": median_ratio >= target,
     }
+
+
+def metrics_cost(targets: list[Target]) -> dict[str, object] | None:
+    """router / router-nometrics: what per-request accounting costs (issue 6: >= 0.95)."""
+    return pair_cost(targets, METRICS_PAIR, METRICS_TARGET)
+
+
+def access_cost(targets: list[Target]) -> dict[str, object] | None:
+    """router-accesslog / router: what the access log costs (issue 17: >= 0.95)."""
+    return pair_cost(targets, ACCESS_PAIR, ACCESS_TARGET)
+
+
+def keys_cost(targets: list[Target]) -> dict[str, object] | None:
+    """router / router-nokeys: what ``listen.idempotency_keys: true`` costs requests that
+    carry no Idempotency-Key (issue 17: >= 0.98)."""
+    return pair_cost(targets, KEYS_PAIR, KEYS_TARGET)
 
 
 MIN_ROUNDS_CI = 6  # fewer rounds: a bootstrap interval of their median means nothing
@@ -441,6 +457,71 @@ def render_access(targets: list[Target]) -> list[str]:
 
 def _cpu_per_response(r: WrkResult) -> str:
     return f"{r.proxy_cpu / r.rps * 1e6:.1f} us" if r.proxy_cpu and r.rps else "-"
+
+
+def render_keys(targets: list[Target], nginx: Target | None) -> list[str]:
+    """The idempotency keys section: router (``listen.idempotency_keys: true``, the
+    default) against router-nokeys (false), round by round, under a load without the
+    header: what the feature costs the requests that do not use it (issue 17: <= 2%)."""
+    cost = keys_cost(targets)
+    on = next((t for t in targets if t.name == KEYS_PAIR[0] and t.runs), None)
+    off = next((t for t in targets if t.name == KEYS_PAIR[1] and t.runs), None)
+    if cost is None or on is None or off is None:
+        return []
+    ratios = cost["per_round_ratio"]
+    median_ratio = cost["median_ratio"]
+    assert isinstance(ratios, list) and isinstance(median_ratio, float)
+    lines = [
+        "",
+        "### Idempotency keys enabled, header absent (issue 17)",
+        "",
+        "| round | router (keys on) req/s | router-nokeys req/s | on / off "
+        "| router CPU per response, on / off | others CPU, on / off | nginx req/s (reference) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for i, (a, b, ratio) in enumerate(zip(on.runs, off.runs, ratios, strict=False), 1):
+        ref = f"{nginx.runs[i - 1].rps:,.0f}" if nginx is not None and i <= len(nginx.runs) else "-"
+        lines.append(
+            f"| {i} | {a.rps:,.0f} | {b.rps:,.0f} | {ratio:.3f} "
+            f"| {_cpu_per_response(a)} / {_cpu_per_response(b)} "
+            f"| {fmt_pct(a.others_cpu)} / {fmt_pct(b.others_cpu)} | {ref} |"
+        )
+    low, high = bootstrap_median_ci(ratios)
+    enough = len(ratios) >= MIN_ROUNDS_CI
+    if median_ratio < KEYS_TARGET:
+        verdict = "MISSED" if not enough or high < KEYS_TARGET else (
+            "not resolved (the interval reaches the target): add rounds")
+    elif not enough or low < KEYS_TARGET:
+        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
+    else:
+        verdict = "ok"
+    interval = (
+        f"95% bootstrap interval of that median {low:.3f}-{high:.3f}"
+        if enough
+        else f"no interval with fewer than {MIN_ROUNDS_CI} rounds"
+    )
+    cpu_ratio = cost["median_cpu_ratio"]
+    lines += [
+        "",
+        f"- router / router-nokeys: **{median_ratio:.3f}** (median of the per-round ratios; "
+        f"{interval}; ratio of the medians {cost['ratio_of_medians']:.3f}, per-round range "
+        f"{min(ratios):.3f}-{max(ratios):.3f}): the keys cost requests without the header "
+        f"**{cost['cost']:.1%}** of throughput; target <= {1 - KEYS_TARGET:.0%} (ratio >= "
+        f"{KEYS_TARGET}): {verdict}",
+        "- router CPU per response: "
+        + (
+            f"median of the per-round off / on ratios **{cpu_ratio:.3f}**"
+            if isinstance(cpu_ratio, float)
+            else "-"
+        )
+        + f"; latency on / off: p50 {fmt_us(on.median('50'))} / {fmt_us(off.median('50'))}, "
+        f"p99 {fmt_us(on.median('99'))} / {fmt_us(off.median('99'))}",
+        "- router-nokeys: `listen.idempotency_keys: false`, otherwise the router's config and "
+        "load (GETs, no Idempotency-Key; metrics on, scraped alike); the paired routers run "
+        "in reverse order every other round. The keyed path itself (POSTs with a key, Redis) "
+        "is measured by `idempotency_bench.py`.",
+    ]
+    return lines
 
 
 def render_redis(targets: list[Target], nginx_rps: float | None) -> list[str]:

@@ -8,7 +8,8 @@ bench/README.md for what each measures):
 
   proxy      proxy_bench.py: throughput and p50/p99 at saturation: backend direct, nginx,
              HAProxy, router (memory), router (Redis), router (workers: 2)
-  metrics    proxy_bench.py: what metrics cost (router / router-nometrics) and what the
+  metrics    proxy_bench.py: what metrics cost (router / router-nometrics), what idempotency
+             keys cost requests without the header (router / router-nokeys) and what the
              access log costs (router-accesslog / router), ABBA rounds
   latency    latency_bench.py: p50/p99 at a fixed 2,000 req/s, router vs nginx
   growth     growth_bench.py: req/s, p99 and RSS over 1k/10k/100k sessions x 3/50/200
@@ -17,6 +18,9 @@ bench/README.md for what each measures):
   store      store_bench.py: the Redis store with 100,000 sessions over 200 instances
   failover   failover_bench.py --sessions 50 (and, in a full run, 500 with hold_timeout 60s)
   webhook    webhook_bench.py: webhook accept rate and delivery latency
+  outbox     outbox_bench.py: enqueue, campaign batches, dispatch, 1,000,000 queued
+  idempotency  idempotency_bench.py: sendText with a unique Idempotency-Key per request
+             against the same load without it (Redis store)
   extract    extract_bench.py: SessionExtractor.extract, ns per call
 
 Each writes its markdown report and raw JSON into its own directory,
@@ -71,11 +75,12 @@ STEPS = [
     ),
     Step(
         "metrics",
-        "Metrics and access log cost (issue 6)",
+        "Metrics cost (issue 6); idempotency keys enabled, header absent; access log (issue 17)",
         "proxy_bench.py",
-        ["--targets", "nginx,router,router-nometrics,router-accesslog", "--repeats", "20",
-         "--duration", "5", "--warmup", "1"],
-        ["--targets", "nginx,router,router-nometrics,router-accesslog", "--repeats", "2",
+        ["--targets", "nginx,router-nokeys,router,router-nometrics,router-accesslog",
+         "--repeats", "20", "--duration", "5", "--warmup", "1"],
+        ["--targets", "nginx,router-nokeys,router,router-nometrics,router-accesslog",
+         "--repeats", "2",
          "--duration", "2", "--warmup", "1", *WAIT_QUICK],
         3600,
     ),
@@ -146,6 +151,14 @@ STEPS = [
         ["--duration", "5", "--dispatch", "10000", "--batches", "5", "--million", "1000000"],
         ["--duration", "3", "--dispatch", "2000", "--batches", "1"],
         1200,
+    ),
+    Step(
+        "idempotency",
+        "Idempotency-Key on every POST, Redis store: sendText with and without keys (issue 17)",
+        "idempotency_bench.py",
+        ["--duration", "8", "--warmup", "2", "--repeats", "6"],
+        ["--duration", "3", "--warmup", "1", "--repeats", "1", *WAIT_QUICK],
+        1800,
     ),
     Step(
         "extract",

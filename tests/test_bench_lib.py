@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 import bench.lib.noisy as noisy
+from bench import idempotency_bench, proxy_bench
 from bench.lib.configs import instance_url, redis_args, redis_url, router_yaml
 from bench.lib.ports import free_ports
 from bench.lib.procs import Processes
-from bench.lib.wrk import parse_wrk
+from bench.lib.wrk import WrkResult, parse_wrk
+from bench.proxy_results import KEYS_PAIR, Target, keys_cost
+from bench.suite_targets import _ratio_verdict
 from router.config import parse_config
 from tests.procs import Proc, router_config
 
@@ -115,3 +118,72 @@ def test_warmups_are_never_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
         Processes(), args, lambda quiet, attempt: 0.9, lambda o: o, "warmup", retries=False
     )
     assert (best, discarded) == (0.9, [])
+
+
+def test_router_yaml_turns_idempotency_keys_off() -> None:
+    instances = [("b1", instance_url(9001))]
+    assert parse_config(router_yaml(8080, 8081, instances), env={}).listen.idempotency_keys
+    off = router_yaml(8080, 8081, instances, workers=2, store_url=redis_url(6379),
+                      idempotency_keys=False)
+    config = parse_config(off, env={})
+    assert config.listen.idempotency_keys is False and config.listen.workers == 2
+
+
+def _target(name: str, *rps: float) -> Target:
+    t = Target(name, name, 1, None)
+    t.runs = [WrkResult(rps=r, requests=int(r), latency_us={"50": 1.0, "99": 2.0}, non2xx=0,
+                        socket_errors={}) for r in rps]  # fmt: skip
+    return t
+
+
+def test_the_paired_routers_run_in_reverse_order_every_other_round() -> None:
+    targets = [_target(n) for n in ("nginx", "router-nokeys", "router", "router-nometrics",
+                                    "router-redis")]  # fmt: skip
+    names = [[t.name for t in proxy_bench.round_order(targets, rnd)] for rnd in (1, 2, 3)]
+    assert names[0] == names[2] == [t.name for t in targets]
+    assert names[1] == ["nginx", "router-nometrics", "router", "router-nokeys", "router-redis"]
+    two = [t for t in targets if t.name in ("nginx", "router", "router-nometrics")]
+    assert [t.name for t in proxy_bench.round_order(two, 2)] == [
+        "nginx", "router-nometrics", "router"]
+
+
+def test_keys_cost_is_the_median_of_the_per_round_ratios() -> None:
+    on, off = _target(KEYS_PAIR[0], 99, 100, 90), _target(KEYS_PAIR[1], 100, 100, 100)
+    cost = keys_cost([on, off])
+    assert cost is not None
+    assert cost["per_round_ratio"] == [0.99, 1.0, 0.9] and cost["median_ratio"] == 0.99
+    assert cost["target"] == 0.98 and cost["ok"] is True
+    assert keys_cost([on]) is None
+
+
+def test_a_keyed_run_adds_one_key_per_response_and_at_most_one_per_request_in_flight() -> None:
+    assert idempotency_bench.key_bounds(1000, 1000, 32) == []
+    assert idempotency_bench.key_bounds(1000, 1032, 32) == []
+    assert "replayed" in idempotency_bench.key_bounds(1000, 999, 32)[0]
+    assert "in flight" in idempotency_bench.key_bounds(1000, 1033, 32)[0]
+
+
+def test_idempotency_rounds_alternate_and_ratios_pair_up() -> None:
+    modes = ["plain", "keyed", "nokeys"]
+    assert idempotency_bench.round_order(1, modes) == modes
+    assert idempotency_bench.round_order(2, modes) == ["nokeys", "keyed", "plain"]
+    r = idempotency_bench.ratio_summary([7.0, 8.0, 9.0], [10.0, 10.0, 10.0])
+    assert r["per_round"] == [0.7, 0.8, 0.9] and r["median"] == 0.8 and r["ci95"] is None
+    six = idempotency_bench.ratio_summary([7.0] * 6, [10.0] * 6)
+    assert six["ci95"] == (0.7, 0.7)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "ci", "rounds", "verdict"),
+    [
+        (0.8, [0.75, 0.85], 6, "met"),
+        (0.8, [0.65, 0.85], 6, "met (not resolved: the interval reaches below 0.7)"),
+        (0.65, [0.6, 0.72], 6, "not resolved (the interval reaches 0.7)"),
+        (0.65, [0.6, 0.68], 6, "MISSED"),
+        (0.8, [0.65, 0.85], 3, "met"),  # too few rounds for an interval
+    ],
+)
+def test_a_ratio_is_met_only_when_its_interval_clears_the_target(
+    ratio: float, ci: list[float], rounds: int, verdict: str
+) -> None:
+    assert _ratio_verdict(ratio, ci, rounds, 0.7)[0] == verdict

@@ -218,3 +218,30 @@ async def test_a_bad_key_and_an_orphaned_claim(krig: KeyedRig) -> None:
     krig.conn.data_received(keyed(key="k-9"))
     await settle()
     assert b"outcome_unknown" in krig.client.take()
+
+
+class SlowAnswer(MemoryKeys):
+    """Claims at once (as a Redis call would on its way out), answers when let go."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock)
+        self.go = asyncio.Event()
+
+    async def claim(self, digest: str, record: Record, ttl: float) -> Record | None:
+        found = await super().claim(digest, record, ttl)
+        await self.go.wait()
+        return found
+
+
+async def test_a_client_gone_while_its_key_is_claimed_frees_the_key(krig: KeyedRig) -> None:
+    keys = krig.server.keys = SlowAnswer(krig.clock)
+    krig.pooled()
+    krig.conn.data_received(keyed(key="k-gone"))
+    await settle()  # claimed, not yet answered
+    krig.conn.connection_lost(None)
+    keys.go.set()
+    await settle()
+    assert krig.sent() == b""  # never sent ...
+    d = digest("", "alice", "POST", "/api/sendText", "k-gone")
+    claim = Record(State.IN_FLIGHT, fingerprint(b'{"text":"hi"}'), krig.clock.wall())
+    assert await keys.claim(d, claim, 60) is None  # ... so the key was released

@@ -28,6 +28,7 @@ def router_yaml(
     store_prefix: str | None = None,
     metrics: bool = True,
     access_log: str | None = None,
+    idempotency_keys: bool = True,
     instance_extra: str = "",
     extra: str = "",
 ) -> str:
@@ -35,9 +36,12 @@ def router_yaml(
     ``port`` and ``admin_port`` may be placeholders (the tests' ``"{port}"``); ``workers``
     > 1 sets ``listen.workers``; ``metrics`` false, ``metrics: {enabled: false}``;
     ``access_log``: a file the JSON access log (``log.access``) is written to;
+    ``idempotency_keys`` false, ``listen.idempotency_keys: false``;
     ``instance_extra``: more keys in each instance's mapping (``", weight: 2"``); ``extra``:
     more YAML, after the instances."""
     listen = f"host: {HOST}, port: {port}" + (f", workers: {workers}" if workers > 1 else "")
+    if not idempotency_keys:
+        listen += ", idempotency_keys: false"
     lines = [f"listen: {{{listen}}}", f"admin: {{host: {HOST}, port: {admin_port}}}"]
     if profile is not None:
         lines.append(f"profile: {profile}")

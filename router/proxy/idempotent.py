@@ -2,7 +2,9 @@
 in ``router.idempotency.model``.
 
 The body is read whole (``KEYED``: its SHA-256 is the fingerprint, and the session may be
-named in it), then a task claims the key (``CLAIMING``). A claimed key is forwarded as any
+named in it), then the key is claimed (``CLAIMING``: no task; a callback runs when the
+claim, batched with the others of the moment, is answered; a key claimed for a request
+that was answered or aborted meanwhile is released). A claimed key is forwarded as any
 request, with a ``Pending`` on the exchange that keeps a copy of the response (status,
 content type, body up to 1 MiB) as it is relayed; the outcome is kept when the exchange
 ends: the response, or ``outcome_unknown`` when the instance may have acted on the request
@@ -12,6 +14,7 @@ never reached an instance. Requests without the header never come here.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import TYPE_CHECKING
@@ -28,9 +31,9 @@ from router.errors import (
 )
 from router.idempotency import model
 from router.idempotency.model import KEPT_BODY, Record, State, Verdict
-from router.proxy import waits
+from router.idempotency.redis_store import RedisKeys
 from router.proxy.access import client_key
-from router.proxy.phase import Phase
+from router.proxy.phase import FINAL, Phase
 from router.proxy.responses import error_body
 
 if TYPE_CHECKING:
@@ -85,14 +88,21 @@ def start(ex: Exchange) -> None:
 
 
 def body_read(ex: Exchange) -> None:
-    waits.spawn(ex, Phase.CLAIMING, _claim(ex))
+    """The body is in: claim the key. No task: the claim is queued with the others of this
+    moment (one Redis call for all of them) and ``Claim.answered`` runs with the answer."""
+    try:
+        _claim(ex)
+    except RouterError as e:
+        ex.fail(e)
+    except Exception:
+        log.exception("request %s failed", ex.request_id, extra={"request_id": ex.request_id})
+        ex.fail(RouterError("internal error"))
 
 
-async def _claim(ex: Exchange) -> None:
+def _claim(ex: Exchange) -> None:
     keys = ex.conn.server.keys
     assert keys is not None
     router = ex.router
-    config = router.config
     body = b"".join(ex.body_parts)
     try:
         found = router.extractor.extract(ex.method_str, ex.path, ex.query, ex.header_map, body)
@@ -105,33 +115,87 @@ async def _claim(ex: Exchange) -> None:
     digest = model.digest(scope, session, ex.method_str, ex.path, ex.header_map[HEADER])
     fingerprint = model.fingerprint(body)
     now = router.clock.wall()
-    ttl = config.outbox.idempotency_ttl
-    try:
-        kept = await keys.claim(digest, Record(State.IN_FLIGHT, fingerprint, now), ttl)
-    except StoreUnavailable as e:
-        # Without the store no one can tell a retry from a first request: not sent.
-        ex.fail(StoreUnavailable(f"idempotency keys unavailable ({e.message}); try again"))
-        return
-    in_flight_for = config.limits.upstream_timeout + config.failover.hold_timeout + IN_FLIGHT_MARGIN
-    verdict = model.decide(kept, fingerprint, now, in_flight_for)
-    if verdict is Verdict.PROCEED:
-        ex.idem = Pending(digest, fingerprint, now, ttl)
-        ex.route(session)
-    elif verdict is Verdict.REPLAY:
-        assert kept is not None
-        ex.replayed = True
-        ex.respond_json(kept.status, kept.body, REPLAYED,
-                        content_type=kept.content_type.encode("latin-1") or b"application/octet-stream")
-    elif verdict is Verdict.IN_FLIGHT:
-        ex.fail(IdempotencyInFlight("a request with this Idempotency-Key is still being answered"))
-    elif verdict is Verdict.REUSED:
-        ex.fail(IdempotencyKeyReused("this Idempotency-Key was used with another body"))
+    ttl = router.config.outbox.idempotency_ttl
+    record = Record(State.IN_FLIGHT, fingerprint, now)
+    ex.enter(Phase.CLAIMING)
+    claim = Claim(ex, session, digest, fingerprint, now, ttl)
+    if isinstance(keys, RedisKeys):
+        keys.claim_then(digest, record, ttl, claim.answered)
     else:
-        assert kept is not None
-        if kept.state is State.IN_FLIGHT:  # orphaned by a router that died: settle it
-            keys.keep(digest, Record(State.UNKNOWN, fingerprint, kept.at), ttl)
-        ex.replayed = True  # the kept outcome (unknown), with Idempotent-Replayed as well
-        ex.respond_json(502, error_body(_unknown(), ex.request_id), REPLAYED)
+        asyncio.ensure_future(keys.claim(digest, record, ttl)).add_done_callback(claim.from_task)
+
+
+class Claim:
+    """A keyed request whose key is being claimed: what it does with the answer."""
+
+    __slots__ = ("digest", "ex", "fingerprint", "now", "session", "ttl")
+
+    def __init__(self, ex: Exchange, session: str | None, digest: str, fingerprint: str,
+                 now: float, ttl: float) -> None:
+        self.ex = ex
+        self.session = session
+        self.digest = digest
+        self.fingerprint = fingerprint
+        self.now = now
+        self.ttl = ttl
+
+    def from_task(self, task: asyncio.Future[Record | None]) -> None:
+        if task.cancelled():
+            self.answered(None, StoreUnavailable("cancelled"))
+        else:
+            error = task.exception()
+            self.answered(None if error is not None else task.result(), error)
+
+    def answered(self, kept: Record | None, error: BaseException | None) -> None:
+        """What the key held (None: it is ours now), or why the store did not answer."""
+        ex = self.ex
+        try:
+            self._decide(kept, error)
+        except RouterError as e:
+            ex.fail(e)
+        except Exception:
+            log.exception("request %s failed", ex.request_id, extra={"request_id": ex.request_id})
+            ex.fail(RouterError("internal error"))
+
+    def _decide(self, kept: Record | None, error: BaseException | None) -> None:
+        ex = self.ex
+        keys = ex.conn.server.keys
+        assert keys is not None
+        if error is not None:
+            if isinstance(error, StoreUnavailable):
+                # Without the store no one can tell a retry from a first request: not sent.
+                ex.fail(StoreUnavailable(f"idempotency keys unavailable ({error.message}); "
+                                         "try again"))
+                return
+            raise error
+        if ex.phase & FINAL:  # answered or aborted meanwhile (the client went away, say)
+            if kept is None:
+                keys.release(self.digest)  # ours, and never sent: a retry may go
+            return
+        config = ex.router.config
+        in_flight_for = (config.limits.upstream_timeout + config.failover.hold_timeout
+                         + IN_FLIGHT_MARGIN)
+        verdict = model.decide(kept, self.fingerprint, self.now, in_flight_for)
+        if verdict is Verdict.PROCEED:
+            ex.idem = Pending(self.digest, self.fingerprint, self.now, self.ttl)
+            ex.route(self.session)
+        elif verdict is Verdict.REPLAY:
+            assert kept is not None
+            ex.replayed = True
+            ex.respond_json(kept.status, kept.body, REPLAYED,
+                            content_type=kept.content_type.encode("latin-1")
+                            or b"application/octet-stream")
+        elif verdict is Verdict.IN_FLIGHT:
+            ex.fail(IdempotencyInFlight("a request with this Idempotency-Key is still being "
+                                        "answered"))
+        elif verdict is Verdict.REUSED:
+            ex.fail(IdempotencyKeyReused("this Idempotency-Key was used with another body"))
+        else:
+            assert kept is not None
+            if kept.state is State.IN_FLIGHT:  # orphaned by a router that died: settle it
+                keys.keep(self.digest, Record(State.UNKNOWN, self.fingerprint, kept.at), self.ttl)
+            ex.replayed = True  # the kept outcome (unknown), with Idempotent-Replayed as well
+            ex.respond_json(502, error_body(_unknown(), ex.request_id), REPLAYED)
 
 
 def _unknown() -> OutcomeUnknown:
