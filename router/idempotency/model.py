@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_KEY = 255
 KEPT_BODY = 1024 * 1024  # a response body kept for replay at most this large
@@ -26,8 +26,10 @@ class State(enum.Enum):
     UNKNOWN = b"U"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
+    """What a key holds. A named tuple, not a frozen dataclass: one is made for every keyed
+    request, and a frozen dataclass's ``__init__`` costs several times a tuple's."""
+
     state: State
     fingerprint: str
     at: float  # when the key was claimed (wall clock)
@@ -36,9 +38,9 @@ class Record:
     body: bytes = b""
 
     def encode(self) -> bytes:
-        head = b"%s\n%s\n%r\n%d\n%s\n" % (self.state.value, self.fingerprint.encode(), self.at,
-                                          self.status, self.content_type.encode("latin-1"))
-        return head + self.body
+        return b"%s\n%s\n%r\n%d\n%s\n%s" % (
+            self.state.value, self.fingerprint.encode(), self.at, self.status,
+            self.content_type.encode("latin-1"), self.body)
 
     @classmethod
     def decode(cls, raw: bytes) -> Record:

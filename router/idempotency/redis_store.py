@@ -2,10 +2,13 @@
 ``<prefix>idem:<digest>`` (``Record.encode``), with its TTL.
 
 Every claim and every outcome (kept or released) queued at the same moment goes in one
-script call: the outcomes first, then the claims, whose old values are the answer. One
-call is in flight at a time; what arrives meanwhile goes in the next, so under load a
-batch is what accumulated during one round trip, and a key costs the data path no Redis
-round trip of its own. What a key costs the router is what matters (on the data path, the
+script call: the outcomes first, then the claims, whose old values are the answer. At
+most ``IN_FLIGHT`` (2) calls are in flight; what arrives meanwhile goes in the next, so
+under load a batch is what accumulated during a round trip, and a key costs the data path
+no Redis round trip of its own. (With one call in flight the proxy sat idle a fifth of the
+time waiting for claims; two calls on two connections may reach Redis in either order,
+which is safe: a claim succeeds only on an absent key, so a late write of an outcome can
+only delay a retry with 409, never let a request through twice.) What a key costs the router is what matters (on the data path, the
 router's CPU is the bottleneck): outcomes ride with the claims that are sent anyway (a
 pipeline of SETs cost a second round trip per batch, a command packed and a reply parsed
 in Python per key), each side of a call is one argument (the items packed one after
@@ -16,16 +19,20 @@ proxy back directly (``claim_then``: no future, no task per request).
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
+import redis.exceptions as rexc
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 
 from router.errors import StoreUnavailable
 from router.idempotency.model import Record
 from router.store.redis_client import RedisClients
-from router.store.redis_commands import guarded
+from router.store.redis_commands import LOST, unavailable
 
 # ARGV[1]: the writes, ARGV[2]: the claims; each a run of packed (key, value, ttl ms)
 # triples (``item``). A write is SET PX, or DEL when the value is empty (released); one
@@ -61,6 +68,11 @@ while i <= #a do
 end
 return out
 """
+IN_FLIGHT = 2  # calls in flight at most (see the module docstring)
+RELEASED_TTL = b"1:0"  # a release (DEL) carries no TTL
+CALL_SHA: Final = hashlib.sha1(CALL.encode()).hexdigest().encode()
+# EVALSHA <sha> 0 <writes> <claims>, up to the writes' length
+CALL_HEAD: Final = b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n$1\r\n0\r\n" % CALL_SHA
 MAX_CLAIMS = 512  # claims in one call at most
 MAX_WRITES = 512  # writes in one call at most ...
 MAX_WRITE_BYTES = 4 * 1024 * 1024  # ... and at most this much of them (but at least one)
@@ -71,15 +83,19 @@ Answer = Callable[[Record | None, BaseException | None], None]
 log = logging.getLogger("wa_router.idempotency")
 
 
-def item(key: str, value: bytes, ttl_ms: int) -> bytes:
-    """One packed (key, value, ttl) triple, as ``router.store.packing.pack`` makes them."""
+def item(key: str, value: bytes, ttl: bytes) -> bytes:
+    """One packed (key, value, ttl) triple, as ``router.store.packing.pack`` makes them
+    (``ttl``: packed already, by ``packed_ttl``)."""
     k = key.encode()
-    t = b"%d" % ttl_ms
-    return b"%d:%s%d:%s%d:%s" % (len(k), k, len(value), value, len(t), t)
+    return b"%d:%s%d:%s%s" % (len(k), k, len(value), value, ttl)
 
 
-def ttl_ms(ttl: float) -> int:
-    return max(1, int(ttl * 1000))
+@functools.lru_cache(maxsize=64)
+def packed_ttl(ttl: float) -> bytes:
+    """A TTL in seconds as the packed milliseconds a write carries (the same few values,
+    made once)."""
+    t = b"%d" % max(1, int(ttl * 1000))
+    return b"%d:%s" % (len(t), t)
 
 
 class RedisKeys:
@@ -92,7 +108,8 @@ class RedisKeys:
         self._answers: list[Answer] = []  # one per claim, in order
         self._writes: list[bytes] = []
         self._flushes: list[asyncio.Future[None]] = []  # flush() callers
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # calls in flight (at most IN_FLIGHT)
+        self._starting = False  # a task was created and has not taken its batch yet
         self.calls = 0  # script calls made (tests, benchmarks)
 
     def __repr__(self) -> str:
@@ -100,19 +117,19 @@ class RedisKeys:
 
     async def open(self) -> None:
         self._client = self._clients.client(op_timeout=self._op_timeout, name="wa-router-idempotency")
-        self._script = self._client.register_script(CALL)
 
     async def close(self) -> None:
-        if self._task is not None:  # the call in flight and those queued
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._tasks:  # the calls in flight and those queued
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     def _wake(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(),
-                                                                name="idempotency-keys")
+        if len(self._tasks) < IN_FLIGHT and not self._starting:
+            self._starting = True
+            task = asyncio.get_running_loop().create_task(self._run(), name="idempotency-keys")
+            self._tasks.add(task)
 
     async def claim(self, digest: str, record: Record, ttl: float) -> Record | None:
         fut: asyncio.Future[Record | None] = asyncio.get_running_loop().create_future()
@@ -131,16 +148,16 @@ class RedisKeys:
     def claim_then(self, digest: str, record: Record, ttl: float, answer: Answer) -> None:
         """``claim``, its answer handed to ``answer`` (from the call's task, never from
         here): what the proxy uses, without a future or a task per request."""
-        self._claims.append(item(self.p + digest, record.encode(), ttl_ms(ttl)))
+        self._claims.append(item(self.p + digest, record.encode(), packed_ttl(ttl)))
         self._answers.append(answer)
         self._wake()
 
     def keep(self, digest: str, record: Record, ttl: float) -> None:
-        self._writes.append(item(self.p + digest, record.encode(), ttl_ms(ttl)))
+        self._writes.append(item(self.p + digest, record.encode(), packed_ttl(ttl)))
         self._wake()
 
     def release(self, digest: str) -> None:
-        self._writes.append(item(self.p + digest, b"", 0))
+        self._writes.append(item(self.p + digest, b"", RELEASED_TTL))
         self._wake()
 
     async def flush(self) -> None:
@@ -156,15 +173,43 @@ class RedisKeys:
         return self._client
 
     async def _run(self) -> None:
+        lease: list[AbstractConnection] = []  # this task's connection, while it has calls
         try:
             # Let callers already scheduled in this loop iteration join the call.
             await asyncio.sleep(0)
+            self._starting = False
             while self._claims or self._writes or self._flushes:
-                await self._call()
+                await self._call(lease)
         finally:
-            self._task = None
+            self._starting = False
+            self._tasks.discard(asyncio.current_task())
+            if lease and self._client is not None:
+                await self._client.connection_pool.release(lease[0])
 
-    async def _call(self) -> None:
+    async def _send(self, conn: AbstractConnection, writes: bytes, claims: bytes
+                    ) -> list[int | bytes]:
+        """One call, written on ``conn`` as it goes over the wire: redis-py's command path
+        (pool, retry, encoding the arguments one by one) cost the proxy more than the
+        script. The client's socket timeout bounds the write and the read."""
+        packed = [CALL_HEAD, b"$%d\r\n" % len(writes), writes, b"\r\n$%d\r\n" % len(claims),
+                  claims, b"\r\n"]
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            try:
+                reply = await conn.read_response()
+            except rexc.NoScriptError:  # the script cache was flushed; nothing ran
+                await self._redis().script_load(CALL)
+                await conn.send_packed_command(packed, check_health=False)
+                reply = await conn.read_response()
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be used again as is.
+            await conn.disconnect(nowait=True)
+            raise
+        if not isinstance(reply, list):
+            raise StoreUnavailable(f"idempotency keys: unexpected reply {type(reply).__name__}")
+        return reply
+
+    async def _call(self, lease: list[AbstractConnection]) -> None:
         """One call with what is queued. Its answers are handed out right after this task
         has sent the next call (with what arrived meanwhile), so that Redis works on that
         one while the proxy forwards the requests whose keys it just claimed."""
@@ -185,11 +230,17 @@ class RedisKeys:
         reply: list[int | bytes] = []
         try:
             if claims or writes:
-                self._redis()
+                client = self._redis()
                 self.calls += 1
-                args = [b"".join(writes), b"".join(claims)]
-                reply = await guarded(lambda: self._script(args=args), deadline=self._op_timeout,
-                                      what="idempotency keys")
+                try:
+                    if not lease:
+                        # (Typed through a Callable: redis-py's pool leaves it untyped.)
+                        get: Callable[[], Awaitable[AbstractConnection]] = (
+                            client.connection_pool.get_connection)
+                        lease.append(await get())
+                    reply = await self._send(lease[0], b"".join(writes), b"".join(claims))
+                except (*LOST, rexc.RedisError) as e:
+                    raise unavailable(e, "idempotency keys") from e
                 if len(reply) != 1 + len(claims):
                     raise StoreUnavailable(f"idempotency keys: {len(reply)} answers to "
                                            f"{len(claims)} claims")

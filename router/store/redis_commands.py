@@ -42,10 +42,15 @@ async def guarded(make: Callable[[], Awaitable[T]], *, deadline: float, what: st
     try:
         async with asyncio.timeout(deadline):
             return await make()
-    except LOST as e:
-        raise StoreUnavailable(f"redis unavailable for {what}") from e
-    except rexc.RedisError as e:  # e.g. OOM: Redis is up but refuses the write
-        raise StoreUnavailable(f"redis refused a command for {what}: {e}") from e
+    except (*LOST, rexc.RedisError) as e:
+        raise unavailable(e, what) from e
+
+
+def unavailable(e: BaseException, what: str) -> StoreUnavailable:
+    """What a Redis failure (one of ``LOST``, or any ``RedisError``) means to the caller."""
+    if isinstance(e, LOST):
+        return StoreUnavailable(f"redis unavailable for {what}")
+    return StoreUnavailable(f"redis refused a command for {what}: {e}")  # e.g. OOM
 
 
 class Commands:
