@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from router.config import ConfigError, load_config
+from router.config.loader import load_agent_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -136,3 +137,46 @@ def test_kubernetes_router_config_is_valid(tmp_path: Path) -> None:
     secret = yaml.safe_load((K8S / "secret.yaml").read_text())
     used = set(re.findall(r"\$\{(\w+)", cm["data"]["config.yaml"]))
     assert used <= set(secret["stringData"]), used - set(secret["stringData"])
+
+
+def _agent_check(path: Path, env: dict[str, str]) -> str:
+    try:
+        config = load_agent_config(path, env={**ENV, **env})
+    except ConfigError as e:
+        pytest.fail(f"{path}: " + "; ".join(e.problems))
+    assert config.agent is not None and config.store.url is not None
+    return config.agent.instance
+
+
+def test_compose_agents_are_sidecars_of_their_instances() -> None:
+    """One agent per instance, in the instance's network namespace (a partition cuts both),
+    with the name the router's config gives the instance, and restarted if it dies."""
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    agents = {n: s for n, s in services.items() if n.startswith("agent-")}
+    router_names = set(_check(DEPLOY / "compose" / "router.yaml"))
+    named = set()
+    for agent in agents.values():
+        instance = agent["environment"]["INSTANCE_NAME"]
+        assert agent["network_mode"] == f"service:{instance}"
+        assert agent["restart"] in ("always", "unless-stopped")
+        assert "./compose/agent.yaml:/etc/wa-router/agent.yaml:ro" in agent["volumes"]
+        named.add(_agent_check(DEPLOY / "compose" / "agent.yaml", {"INSTANCE_NAME": instance}))
+    assert named == router_names
+
+
+def test_kubernetes_agent_is_a_native_sidecar_of_each_waha_pod(tmp_path: Path) -> None:
+    docs = list(yaml.safe_load_all((K8S / "waha.yaml").read_text()))
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    pod = sts["spec"]["template"]["spec"]
+    (agent,) = pod["initContainers"]
+    assert agent["restartPolicy"] == "Always" and agent["args"][0] == "agent"
+    path = tmp_path / "agent.yaml"
+    path.write_text(cm["data"]["agent.yaml"])
+    router_cm = yaml.safe_load((K8S / "configmap.yaml").read_text())
+    router_cfg = tmp_path / "config.yaml"
+    router_cfg.write_text(router_cm["data"]["config.yaml"])
+    pods = {f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])}
+    assert pods == set(_check(router_cfg))
+    assert {_agent_check(path, {"POD_NAME": p}) for p in pods} == pods
