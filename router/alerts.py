@@ -49,6 +49,7 @@ ALERTING: dict[str, str] = {
     "webhook_backlog_high": "webhook backlog high",
     "outbox_session_paused": "outbox session paused",
     "outbox_campaign_stalled": "outbox campaign stalled",
+    "fence_stuck": "failover blocked: the agent does not confirm its sessions stopped",
 }
 # An alert of the key on the right re-arms the one on the left (and the reverse).
 OPPOSITES = {"instance_down": "instance_up", "instance_up": "instance_down"}

@@ -144,3 +144,11 @@ async def test_agent_holding_lease_without_ack_blocks_the_move(
     await w.clock.advance(30.0)
     assert on(w, lost, "node-2")
     assert w.app.fencing.agent_up.get("node-2") is True
+    # ... but an operator is told, once, and the sessions move as soon as the agent acks
+    await w.clock.advance(20.0)
+    kinds = [e.kind for e in w.app.events.recent(500)]
+    assert kinds.count("fence_stuck") == 1
+    assert on(w, lost, "node-2")
+    agents.agents["node-2"].obeys = True
+    agents.acks["node-2"] = agents.orders["node-2"]
+    await w.clock.run_until(lambda: not any(on(w, [s], "node-2") for s in lost), limit=5)

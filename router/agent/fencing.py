@@ -29,6 +29,11 @@ T = TypeVar("T")
 
 POLL = 0.2  # seconds between looks at an agent's record while waiting
 WATCH = 1.0  # seconds between looks at every agent's lease (the gauge)
+# A wait this long with the agent holding its lease and no ack: the agent cannot stop its
+# instance's sessions (the instance hangs: it takes connections and answers nothing). The
+# sessions stay put (two live copies would be worse than the outage), and an operator is
+# told: restart the instance (a liveness probe does it) and its agent acknowledges at once.
+STUCK_AFTER = 30.0
 
 
 class AgentSource(Protocol):
@@ -108,6 +113,7 @@ class Fencing:
             return True
         order: str | None = None
         started = self._clock.now()
+        stuck = False
         try:
             while still():
                 try:
@@ -117,6 +123,15 @@ class Fencing:
                     await self._clock.sleep(POLL)
                     continue
                 d = decide(rec, order, self._config.current.failover.agent_memory)
+                if not stuck and d.verdict is Verdict.WAIT and rec.lease \
+                        and self._clock.now() - started >= STUCK_AFTER:
+                    stuck = True
+                    self.events.emit(
+                        "fence_stuck",
+                        f"instance {instance}: its agent holds its lease but has not confirmed "
+                        f"its sessions stopped for {STUCK_AFTER:.0f}s (the instance may hang): "
+                        "they stay there; restart the instance to let them move",
+                        instance=instance, severity="critical", data={"order": order})
                 if d.verdict is Verdict.NO_AGENT:
                     return True
                 if d.verdict is not Verdict.WAIT:
