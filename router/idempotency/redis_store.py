@@ -108,6 +108,7 @@ class RedisKeys:
         self._answers: list[Answer] = []  # one per claim, in order
         self._writes: list[bytes] = []
         self._flushes: list[asyncio.Future[None]] = []  # flush() callers
+        self._writing: set[asyncio.Future[None]] = set()  # calls in flight with writes
         self._tasks: set[asyncio.Task[None]] = set()  # calls in flight (at most IN_FLIGHT)
         self._starting = False  # a task was created and has not taken its batch yet
         self.calls = 0  # script calls made (tests, benchmarks)
@@ -163,9 +164,10 @@ class RedisKeys:
     async def flush(self) -> None:
         """Wait until what was kept or released so far is written (tests, shutdown)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        earlier = list(self._writing)  # another call in flight may carry earlier writes
         self._flushes.append(fut)
         self._wake()
-        await asyncio.shield(fut)
+        await asyncio.shield(asyncio.gather(fut, *earlier))
 
     def _redis(self) -> Redis:
         if self._client is None:
@@ -228,6 +230,10 @@ class RedisKeys:
             flushes, self._flushes = self._flushes, []
         error: BaseException | None = None
         reply: list[int | bytes] = []
+        written: asyncio.Future[None] | None = None
+        if writes:
+            written = asyncio.get_running_loop().create_future()
+            self._writing.add(written)
         try:
             if claims or writes:
                 client = self._redis()
@@ -251,6 +257,10 @@ class RedisKeys:
             raise
         except Exception as e:
             error = e
+        finally:
+            if written is not None:
+                self._writing.discard(written)
+                written.set_result(None)
         asyncio.get_running_loop().call_soon(_deliver, answers, reply, error, flushes, len(writes))
 
 
