@@ -791,3 +791,31 @@ async def test_404_from_instance_restores_a_lost_session(
         assert stats["calls"]["lost1"]["start"] == 1
         async with http.get(r.admin_url + "/admin/events", params={"kind": "session_lost"}) as resp:
             assert any(e["session"] == "lost1" for e in await resp.json())
+
+
+# -- 8. a held request is not cut by limits.upstream_timeout --------------------------------
+
+
+@pytest.mark.timeout(60)
+async def test_a_held_request_outlives_upstream_timeout(
+    tmp_path: Path, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    """``upstream_timeout`` counts from the send: a request held while its instance is down
+    waits up to ``hold_timeout`` (here 8 s, upstream_timeout 1 s) and is answered once the
+    instance is back, not cut with 504 after a second."""
+    state = str(tmp_path / "node-1.state.json")
+    sim = sim_factory("node-1", "--state-file", state)
+    router = router_factory(router_yaml([sim], failover="grace: 20s, hold_timeout: 8s")
+                            + "limits: {upstream_timeout: 1s}\n")
+    async with aiohttp.ClientSession() as http:
+        await create_sessions(http, [router], ["h1"])
+        await wait_all_working(http, [sim], ["h1"], 10, "h1 WORKING")
+        t_kill, _ = kill9(sim)
+        await poll(lambda: _state_is_not(http, router, "node-1", "healthy"), 5, "node-1 down")
+        held = asyncio.create_task(one_request(http, router.url, "h1", "get"))
+        await poll(lambda: holds(time.time() > t_kill + 2.5), 5, "held past upstream_timeout")
+        assert not held.done(), held.result()
+        sim_factory("node-1", "--state-file", state, port=sim.port)
+        result = await held
+    assert result.ok, result
+    assert result.latency > 2.0, result

@@ -34,6 +34,7 @@ from router.proxy.flow import (
     PAUSE_PIPELINE,
     PAUSE_PREBUFFER,
 )
+from router.proxy.phase import Phase
 from router.proxy.responses import error_response
 from router.transport.upstream import UpstreamConnection
 
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 _INF = float("inf")
+# Waits that end by their own deadline (hold_timeout, the connect timeout, the backoff, the
+# key store's): limits.upstream_timeout counts from the send (``Exchange.attach``).
+_BOUNDED_WAITS = Phase.HOLDING | Phase.CONNECTING | Phase.BACKOFF | Phase.CLAIMING
 
 
 class ClientConnection(asyncio.Protocol):
@@ -152,9 +156,19 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = _INF
         if kind == DL_ACTIVE and self.exchange is not None:
             ex = self.exchange
-            if ex.instance is not None and ex.upstream is not None:
-                self.server.router.passive_failure(ex.instance, connect_error=False)
-            ex.fail(UpstreamTimeout("the instance did not answer within limits.upstream_timeout"))
+            if ex.phase & _BOUNDED_WAITS:  # each bounded by its own deadline; the send re-arms
+                self.set_deadline(DL_ACTIVE)
+                return
+            err = UpstreamTimeout("the instance did not answer within limits.upstream_timeout")
+            up = ex.upstream
+            if ex.instance is not None and up is not None:
+                # The request is stuck on that connection: never reuse it. If the instance
+                # has meanwhile been seen down (a partition, a hung process), an idempotent
+                # request is held and sent again once its session moved; else 504.
+                up.abort()
+                ex.upstream_failed(err)
+            else:
+                ex.fail(err)
         elif kind == DL_BODY:
             stalled = self.parsing or self.exchange
             if self.paused:  # we stopped reading (held, or the instance is slow): not the client

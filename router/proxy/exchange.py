@@ -29,7 +29,13 @@ from router.errors import (
 from router.instances import Instance
 from router.outbox.routes import is_outbox
 from router.proxy import access, idempotent, intake, local, waits
-from router.proxy.flow import DL_BODY, PAUSE_BACKPRESSURE, PAUSE_PREBUFFER, PREBUFFER_LIMIT
+from router.proxy.flow import (
+    DL_ACTIVE,
+    DL_BODY,
+    PAUSE_BACKPRESSURE,
+    PAUSE_PREBUFFER,
+    PREBUFFER_LIMIT,
+)
 from router.proxy.framing import (
     CLOSE,
     CONTINUE,
@@ -340,6 +346,9 @@ class Exchange(RequestHead):
         if self.idem is not None:
             self.idem.sent = True
         up.bind(self, self.method == b"HEAD")
+        conn = self.conn
+        if conn.deadline_kind == DL_ACTIVE:  # upstream_timeout counts from the send, not the hold
+            conn.deadline = conn.loop_time() + self.router.config.limits.upstream_timeout
         body = self.body_parts
         if body:
             if self.replay is not None:
@@ -349,7 +358,6 @@ class Exchange(RequestHead):
             inst.address.base_path, inst.host_line, inst.api_key_line, self.conn.peer, body,
             self.request_done,
         ))
-        conn = self.conn
         if self.expect_continue and not self.request_done:
             self.expect_continue = False
             conn.write(CONTINUE)

@@ -40,6 +40,8 @@ def after_failure(
     body_at_hand: bool,
     method: bytes,
     time_left: float,
+    timed_out: bool = False,
+    instance_healthy: bool = True,
 ) -> Resend:
     """The decision after the connection to the instance failed.
 
@@ -48,10 +50,16 @@ def after_failure(
     response's body ends with the connection; reused: the connection had served an earlier
     request (pooled); retries: times this request was already sent again; body_sent: body
     bytes read from the client so far; body_complete: the client sent its whole body;
-    body_at_hand: all of it is still kept; time_left: until the hold deadline (seconds)."""
-    if responded:
-        return Resend.FINISH if eof_delimited else Resend.CUT
-    if reached and reused and not retries and body_sent == 0:
+    body_at_hand: all of it is still kept; time_left: until the hold deadline (seconds);
+    timed_out: no answer within limits.upstream_timeout; instance_healthy: the health
+    checks still see the instance up (a timeout then is a slow answer, not a failure)."""
+    if responded:  # (a stalled close-delimited body is cut: the stall is not its end)
+        return Resend.FINISH if eof_delimited and not timed_out else Resend.CUT
+    if timed_out and instance_healthy:
+        # A slow answer from an instance that is up: the session is still there, and
+        # sending the request there again only doubles the wait.
+        return Resend.FAIL
+    if reached and reused and not retries and body_sent == 0 and not timed_out:
         # A pooled connection the instance closed just as it was reused: no answer, no
         # body, nothing lost.
         return Resend.RECONNECT

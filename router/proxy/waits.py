@@ -14,7 +14,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from router.errors import RouterError, UpstreamError
+from router.errors import RouterError, UpstreamError, UpstreamTimeout
 from router.instances import Instance
 from router.proxy.framing import EOF_DELIMITED, LAST_CHUNK, OUT_CHUNKED
 from router.proxy.phase import FINAL, Phase
@@ -43,6 +43,8 @@ def after_failure(ex: Exchange, err: UpstreamError, inst: Instance, up: Upstream
         body_at_hand=ex.replay is not None,
         method=ex.method,
         time_left=ex.hold_deadline() - ex.conn.loop_time(),
+        timed_out=isinstance(err, UpstreamTimeout),
+        instance_healthy=inst.healthy,
     )
     if decision is Resend.FINISH:
         if ex.framing & OUT_CHUNKED:
