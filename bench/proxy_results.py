@@ -280,6 +280,24 @@ def bootstrap_median_ci(values: list[float], level: float = 0.95) -> tuple[float
     return medians[cut], medians[n - 1 - cut]
 
 
+def pair_verdict(ratios: list[float], median_ratio: float, target: float) -> tuple[str, str]:
+    """A feature's on / off verdict against ``target`` and the text of its interval: "ok"
+    only when the 95% interval of the median (from MIN_ROUNDS_CI rounds) stays above it,
+    "MISSED" only when it stays below (as the suite's table judges, ``_ratio_verdict``)."""
+    low, high = bootstrap_median_ci(ratios)  # the same interval as in the JSON
+    enough = len(ratios) >= MIN_ROUNDS_CI
+    if median_ratio < target:
+        verdict = "MISSED" if not enough or high < target else (
+            "not resolved (the interval reaches the target): add rounds")
+    elif not enough or low < target:
+        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
+    else:
+        verdict = "ok"
+    interval = (f"95% bootstrap interval of that median {low:.3f}-{high:.3f}" if enough
+                else f"no interval with fewer than {MIN_ROUNDS_CI} rounds")
+    return verdict, interval
+
+
 def _others(r: WrkResult) -> float:
     return r.others_cpu or 0.0
 
@@ -322,20 +340,8 @@ def render_metrics(
         + f" | | {ref} |"
     )
     median_ratio = cost["median_ratio"]
-    low, high = bootstrap_median_ci(ratios)  # the same interval as in the JSON
     assert isinstance(median_ratio, float)
-    enough = len(ratios) >= MIN_ROUNDS_CI
-    if median_ratio < METRICS_TARGET:
-        verdict = "MISSED"
-    elif not enough or low < METRICS_TARGET:
-        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
-    else:
-        verdict = "ok"
-    interval = (
-        f"95% bootstrap interval of that median {low:.3f}-{high:.3f}"
-        if enough
-        else f"no interval with fewer than {MIN_ROUNDS_CI} rounds"
-    )
+    verdict, interval = pair_verdict(ratios, median_ratio, METRICS_TARGET)
     lines += [
         "",
         f"- router / router-nometrics: **{median_ratio:.3f}** (median of the per-round "
@@ -428,16 +434,7 @@ def render_access(targets: list[Target]) -> list[str]:
             f"| {fmt_pct(a.others_cpu)} / {fmt_pct(b.others_cpu)} "
             f"| {'-' if a.access_lines is None else f'{a.access_lines:,}'} |"
         )
-    enough = len(ratios) >= MIN_ROUNDS_CI
-    low, high = bootstrap_median_ci(ratios)
-    if median_ratio < ACCESS_TARGET:
-        verdict = "MISSED"
-    elif not enough or low < ACCESS_TARGET:
-        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
-    else:
-        verdict = "ok"
-    interval = (f"95% bootstrap interval {low:.3f}-{high:.3f}" if enough
-                else f"no interval with fewer than {MIN_ROUNDS_CI} rounds")
+    verdict, interval = pair_verdict(ratios, median_ratio, ACCESS_TARGET)
     lines += [
         "",
         f"- router-accesslog / router: **{median_ratio:.3f}** (median of the per-round "
@@ -486,20 +483,7 @@ def render_keys(targets: list[Target], nginx: Target | None) -> list[str]:
             f"| {_cpu_per_response(a)} / {_cpu_per_response(b)} "
             f"| {fmt_pct(a.others_cpu)} / {fmt_pct(b.others_cpu)} | {ref} |"
         )
-    low, high = bootstrap_median_ci(ratios)
-    enough = len(ratios) >= MIN_ROUNDS_CI
-    if median_ratio < KEYS_TARGET:
-        verdict = "MISSED" if not enough or high < KEYS_TARGET else (
-            "not resolved (the interval reaches the target): add rounds")
-    elif not enough or low < KEYS_TARGET:
-        verdict = "ok, but not resolved (too noisy or too few rounds): add rounds"
-    else:
-        verdict = "ok"
-    interval = (
-        f"95% bootstrap interval of that median {low:.3f}-{high:.3f}"
-        if enough
-        else f"no interval with fewer than {MIN_ROUNDS_CI} rounds"
-    )
+    verdict, interval = pair_verdict(ratios, median_ratio, KEYS_TARGET)
     cpu_ratio = cost["median_cpu_ratio"]
     lines += [
         "",
