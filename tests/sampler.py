@@ -60,7 +60,9 @@ Sample = tuple[float, str, frozenset[str] | None]  # time, sim, sessions WORKING
 def read(paths: Iterable[Path]) -> list[Sample]:
     samples: list[Sample] = []
     for path in paths:
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        # A line the sampler is writing right now is left for the next read.
+        for line in text[:text.rfind("\n") + 1].splitlines():
             d = json.loads(line)
             w = d["working"]
             samples.append((float(d["t"]), d["sim"], None if w is None else frozenset(w)))

@@ -154,6 +154,16 @@ class World:
         assert {s[1] for s in samples} == {"node-a", "node-b"}, "a sampler recorded nothing"
         return sampler.double_live(samples, unanswered={"node-a": a_killed})
 
+    async def sampled_after(self, t: float, samples: int = 3) -> None:
+        """Until each sampler has recorded ``samples`` samples taken after ``t``."""
+
+        def enough() -> bool:
+            got = sampler.read([self.tmp / "samples-a.jsonl", self.tmp / "samples-b.jsonl"])
+            return all(sum(1 for ts, sim, _ in got if sim == name and ts > t) >= samples
+                       for name in ("node-a", "node-b"))
+
+        await poll(lambda: holds(enough()), 5, "samples after healing", interval=0.05)
+
     def start_load(self) -> None:
         lanes = [(self.router.url, SESSIONS[k::4]) for k in range(4)]
         self.load = Load(self.http, lanes, pace=0.05, max_requests=4000)
@@ -280,7 +290,7 @@ async def test_router_path_cut_handoff_by_stop_order(tmp_path: Path) -> None:
         ordered = await first_event(w.http, w.router, "fence_ordered", after=t_cut)
         w.ns.unblock()
         await poll(lambda: _healthy(w, "node-a"), 15, "node-a healthy again")
-        await asyncio.sleep(0.3)  # a few samples after healing, for the double-live record
+        await w.sampled_after(time.time())  # both sims' state after healing, on record
         results = await w.stop_load()
         double, who = w.stop_samplers()
         calls_b = await sim_calls(w.http, w.b)
@@ -311,7 +321,7 @@ async def test_whole_namespace_cut_self_fence_then_lapse(tmp_path: Path) -> None
         w.ns.heal()
         await poll(lambda: _healthy(w, "node-a"), 15, "node-a healthy again")
         await poll(lambda: _agents_up(w), 15, "agent A holds its lease again")
-        await asyncio.sleep(0.3)
+        await w.sampled_after(time.time())
         results = await w.stop_load()
         double, who = w.stop_samplers()
         calls_a = await sim_calls(w.http, w.a)
@@ -439,7 +449,7 @@ async def test_without_agents_a_partition_leaves_sessions_live_twice(tmp_path: P
             return not any(st.get(s) == "WORKING" for s in w.on_a)
 
         t_clean = await poll(a_stopped, 20, "the router stops node-a's stale copies")
-        await asyncio.sleep(0.3)
+        await w.sampled_after(time.time())
         results = await w.stop_load()
         double, who = w.stop_samplers()
     report("whole namespace cut, no agents", double=double, who=who, cut=t_cut,

@@ -65,6 +65,8 @@ TABLE: list[tuple[dict[str, Any], Resend, str]] = [
     ({**CONNECT_REFUSED, "reused": True}, REROUTE, "a connect error is no keep-alive race"),
     ({"timed_out": True}, FAIL,
      "no answer in upstream_timeout from an instance still up: a slow answer, 504"),
+    ({"timed_out": True, "reached": False, "method": b"POST", "body_sent": 40}, REROUTE,
+     "a connect timeout (the instance healthy again by then): it never got the request"),
     ({"timed_out": True, "instance_healthy": False}, REROUTE,
      "no answer, and the instance is down meanwhile (a partition): a GET is held and resent"),
     ({"timed_out": True, "instance_healthy": False, "reused": True}, REROUTE,

@@ -51,11 +51,11 @@ def after_failure(
     request (pooled); retries: times this request was already sent again; body_sent: body
     bytes read from the client so far; body_complete: the client sent its whole body;
     body_at_hand: all of it is still kept; time_left: until the hold deadline (seconds);
-    timed_out: no answer within limits.upstream_timeout; instance_healthy: the health
-    checks still see the instance up (a timeout then is a slow answer, not a failure)."""
+    timed_out: no answer in time (a connect timeout is ``reached`` False); instance_healthy:
+    the health checks still see the instance up (a timeout then is a slow answer)."""
     if responded:  # (a stalled close-delimited body is cut: the stall is not its end)
         return Resend.FINISH if eof_delimited and not timed_out else Resend.CUT
-    if timed_out and instance_healthy:
+    if timed_out and reached and instance_healthy:
         # A slow answer from an instance that is up: the session is still there, and
         # sending the request there again only doubles the wait.
         return Resend.FAIL
