@@ -50,6 +50,7 @@ ALERTING: dict[str, str] = {
     "outbox_session_paused": "outbox session paused",
     "outbox_campaign_stalled": "outbox campaign stalled",
     "fence_stuck": "failover blocked: the agent does not confirm its sessions stopped",
+    "stale_copy": "sessions run on two instances: stale copies could not be stopped",
 }
 # An alert of the key on the right re-arms the one on the left (and the reverse).
 OPPOSITES = {"instance_down": "instance_up", "instance_up": "instance_down"}

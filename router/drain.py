@@ -3,7 +3,8 @@
 A drained instance takes no new session and its sessions move elsewhere, at most
 ``failover.restore_concurrency`` at a time, each one held, stopped on the old instance and
 restored on the new one (``Failover.move(stop_old=True)``): no request fails, none reaches
-a half-moved session. Operator drains live in the store (``set_drained``), so every router
+a half-moved session. Without a stop call (``failover.stop: none``, Evolution API) a drain
+is a cordon: the sessions move by failover once the operator stops the instance. Operator drains live in the store (``set_drained``), so every router
 process and replica places nothing there; each one re-reads the flags every second. An
 instance a reload removed is drained the same way and dropped once it holds no session.
 
@@ -93,7 +94,9 @@ class Drainer:
         await self.store.set_drained(name, True)  # StoreUnavailable: 503, nothing changed
         if not inst.drained:
             inst.set_flags(drained=True)
-            self.events.emit("instance_drained", f"instance {name} drained: its sessions move away",
+            how = ("its sessions move away" if self.mover.api.can_stop else
+                   "failover.stop is none, so its sessions move once it is stopped")
+            self.events.emit("instance_drained", f"instance {name} drained: {how}",
                              instance=name, data={"sessions": self.sessions(name)})
         self.kick()
         return inst
@@ -139,6 +142,9 @@ class Drainer:
         (``Conflict`` while one runs)."""
         if self.rebalancing:
             raise Conflict("a rebalance is already running")
+        if not self.mover.api.can_stop:
+            raise Conflict("failover.stop is none (e.g. Evolution API): a session cannot leave "
+                           "an instance that runs it, so there is nothing to rebalance")
         moves = await self.plan()
         if moves:
             self.events.emit("rebalance_started", f"rebalance: {len(moves)} session moves",
@@ -186,7 +192,9 @@ class Drainer:
                 if inst.removing and not busy:
                     self._drop(inst)
                 continue
-            if not busy and self.is_leader():
+            # Without a stop call a drain is a cordon: the sessions leave by failover (grace,
+            # fencing) once the operator stops the instance.
+            if not busy and self.is_leader() and self.mover.api.can_stop:
                 self.tasks.spawn(self._move_all(inst), key=key)
 
     def _drop(self, inst: Instance) -> None:

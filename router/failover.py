@@ -116,17 +116,27 @@ class Failover:
             log.warning("rediscovery of %s failed: its sessions could not be listed", inst.name)
             return
         adopted = stopped = 0
+        stale: list[str] = []
         for name in names:
             a = await self.store.get(name)
             if a is None:
                 await self.store.create_if_absent(name, inst.name)
                 adopted += 1
             elif a.instance != inst.name and self.mover.fenced(a):
-                await self.mover.stop_copy(inst, name)
-                stopped += 1
-                self.events.emit("stale_copy_stopped",
-                                 f"stopped stale copy of {name} on {inst.name} (assigned to {a.instance})",
-                                 session=name, instance=inst.name, severity="warning")
+                if await self.mover.stop_copy(inst, name):
+                    stopped += 1
+                    self.events.emit("stale_copy_stopped",
+                                     f"stopped stale copy of {name} on {inst.name} (assigned to {a.instance})",
+                                     session=name, instance=inst.name, severity="warning")
+                else:
+                    stale.append(name)
+        if stale:
+            # Evolution API (no stop call) or a stop that failed: two copies may fight until
+            # the instance is stopped; the operator has to act.
+            how = "failover.stop is none: stop that instance" if not self.mover.api.can_stop else "stop failed"
+            self.events.emit("stale_copy", f"instance {inst.name} runs {len(stale)} sessions assigned "
+                             f"elsewhere that could not be stopped ({how}): {', '.join(stale[:10])}",
+                             instance=inst.name, severity="critical", data={"sessions": stale})
         if adopted or stopped:
             self._changed.fire()
             self.events.emit("rediscovered", f"instance {inst.name}: adopted {adopted}, stopped {stopped}",

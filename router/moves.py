@@ -113,8 +113,8 @@ class Mover:
         """Reassign one session, stop its old copy if asked, restore it on its target."""
         a = self._store.cached(m.session)
         if (a is None or (m.planned and a.moving) or (m.source is not None and a.instance != m.source)
-                or (m.still is not None and not m.still())):
-            return False  # gone, moving, moved since it was planned, or no longer wanted
+                or (m.still is not None and not m.still()) or (m.stop_old and self.pinned(a.instance))):
+            return False  # gone, moving, moved since planned, no longer wanted, or unstoppable
         if m.target is not None:
             dest = self._fleet.get(m.target)
             if dest is None or not dest.available:
@@ -152,12 +152,24 @@ class Mover:
         return (current is not None and current.epoch == a.epoch
                 and (self.is_leader() or (a.session, a.epoch) in self._manual))
 
-    async def stop_copy(self, inst: Instance, session: str) -> None:
-        """Stop (never delete) a copy of ``session`` on ``inst``."""
+    def pinned(self, source: str) -> bool:
+        """Whether a session on ``source`` cannot move now: without a stop call
+        (``failover.stop: none``) a copy ends only with its instance, so sessions move
+        once it is down, never from a running one (two live copies fight)."""
+        inst = self._fleet.get(source)
+        return not self.api.can_stop and inst is not None and inst.healthy
+
+    async def stop_copy(self, inst: Instance, session: str) -> bool:
+        """Stop (never delete, never log out) a copy of ``session`` on ``inst``; False
+        when it could not be (or there is no stop call)."""
+        if not self.api.can_stop:
+            return False
         try:
-            await self.api.stop(inst, session)
+            resp = await self.api.stop(inst, session)
         except UpstreamError as e:
             log.warning("stop of %s on %s: %s", session, inst.name, e.message)
+            return False
+        return resp.status < 300 or resp.status == 404
 
     async def restore(self, a: Assignment) -> bool:
         """Start ``a`` on its instance until ready, then settle it (once per epoch)."""
@@ -227,7 +239,7 @@ class Mover:
             status = await self.api.status(target, a.session)
             if self.api.is_ready(status):
                 return True
-            if status == "FAILED":
+            if self.api.is_failed(status):
                 return False
             await self._clock.sleep(poll)
             poll = min(poll * 1.5, 0.25)  # status GETs are cheap; readiness latency is not

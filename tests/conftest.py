@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flavors import WAHA, Flavor
 from tests.procs import Proc, RouterProc, start_router, start_sim
 from tests.redis_server import RedisServer
 
@@ -30,8 +31,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def sim_factory(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     started: list[Proc] = []
 
-    def make(name: str, *extra: str, port: int | None = None) -> Proc:
-        p = start_sim(tmp_path, name, port, *extra)
+    def make(name: str, *extra: str, port: int | None = None, flavor: Flavor = WAHA) -> Proc:
+        p = start_sim(tmp_path, name, port, *extra, flavor=flavor)
         started.append(p)
         return p
 

@@ -20,6 +20,7 @@ from bench.lib import REPO
 from bench.lib.configs import router_yaml
 from bench.lib.cpu import rss_kib as rss_kib
 from bench.lib.ports import free_port as free_port
+from tests.flavors import WAHA, Flavor
 
 PY = sys.executable
 ROOT = REPO  # processes run in the repo root: this checkout's router/
@@ -48,6 +49,7 @@ class Proc:
     port: int
     name: str = ""
     log: Path | None = None
+    flavor: Flavor = WAHA  # the API a sim speaks (tests.flavors)
 
     @property
     def url(self) -> str:
@@ -68,19 +70,20 @@ class Proc:
 
 
 def start_sim(
-    tmp: Path, name: str, port: int | None = None, *extra: str
+    tmp: Path, name: str, port: int | None = None, *extra: str, flavor: Flavor = WAHA
 ) -> Proc:
     port = port or free_port()
     log = tmp / f"sim-{name}-{port}.log"
     proc = subprocess.Popen(
-        [PY, "-m", "router", "sim", "--host", "127.0.0.1", "--port", str(port), "--name", name, *extra],
+        [PY, "-m", "router", "sim", "--host", "127.0.0.1", "--port", str(port), "--name", name,
+         *flavor.sim_args(), *extra],
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    p = Proc(proc, port, name, log)
+    p = Proc(proc, port, name, log, flavor)
     try:
-        wait_http(p.url + "/ping", proc=proc)
+        wait_http(p.url + flavor.ready_path, proc=proc)
     except Exception:
         p.stop()
         raise
@@ -110,7 +113,7 @@ def start_router(tmp: Path, config_yaml: str, *, env: dict[str, str] | None = No
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
-    r = RouterProc(proc, port, "router", log, admin_port, path)
+    r = RouterProc(proc, port, "router", log, admin_port=admin_port, config_path=path)
     try:
         wait_http(r.url + "/healthz", proc=proc)
     except Exception:

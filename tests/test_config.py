@@ -13,12 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.config import (
+    PROFILE_DEFAULTS,
     Config,
     ConfigError,
     InstanceCall,
     InstanceConfig,
+    ListCall,
     Secret,
     SessionRule,
+    StatusCall,
     check_config,
     load_config,
     parse_config,
@@ -97,8 +100,8 @@ failover:
   restore_concurrency: 2
   restore: {path: '/s/{session}/up'}
   stop: {method: put, path: '/s/{session}/down'}
-  status: {path: '/s/{session}', ready: [WORKING, CONNECTED]}
-  list: {method: GET, path: /s}
+  status: {path: '/s/{session}', field: data.state, ready: [WORKING, CONNECTED], failed: [BANNED]}
+  list: {method: GET, path: /s, items: data.sessions, name: id, state: info.state, stopped: [DOWN], confirm: false}
 limits: {max_body: 10MB, upstream_connect_timeout: 1s, upstream_timeout: 2m, client_header_timeout: 5s}
 webhooks:
   path: /hooks
@@ -158,11 +161,13 @@ def test_every_key_parses_into_the_model() -> None:
     assert (p.ejection_time, p.max_ejection_time, p.max_ejection_percent) == (30.0, 600.0, 0)
     f = c.failover
     assert (f.grace, f.hold_timeout, f.restore_concurrency) == (0.0, 60.0, 2)
-    assert f.restore == InstanceCall("POST", "/s/{session}/up")  # method kept from the default
+    # method kept from the profile's default (evolution: GET /instance/connect/{session})
+    assert f.restore == InstanceCall("GET", "/s/{session}/up")
     assert f.stop == InstanceCall("PUT", "/s/{session}/down")
-    assert (f.status.method, f.status.path) == ("GET", "/s/{session}")
-    assert f.status.ready == frozenset({"WORKING", "CONNECTED"})
-    assert f.list == InstanceCall("GET", "/s")
+    assert f.status == StatusCall("GET", "/s/{session}", "data.state",
+                                  frozenset({"WORKING", "CONNECTED"}), frozenset({"BANNED"}))
+    assert f.list == ListCall("GET", "/s", "data.sessions", "id", "info.state", frozenset({"DOWN"}),
+                              confirm=False)
     lim = c.limits
     assert (lim.max_body, lim.upstream_connect_timeout, lim.upstream_timeout) == (10**7, 1.0, 120.0)
     assert lim.client_header_timeout == 5.0
@@ -254,7 +259,7 @@ def test_the_contract_example_loads_and_matches_the_defaults() -> None:
     assert config.webhooks.retries == defaults.webhooks.retries
 
 
-@pytest.mark.parametrize("name", ["example.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["example.yaml", "demo.yaml", "evolution.example.yaml"])
 def test_shipped_configs_load_without_environment(name: str) -> None:
     config = load_config(CONFIG_DIR / name, env={})
     assert config.source == str(CONFIG_DIR / name)
@@ -789,3 +794,82 @@ def test_loopback_admin_needs_no_token_and_api_keys_skip_empty() -> None:
     c = parse(BASE + "listen: {api_keys: ['${K1}', '', '${K2:-}', k3-s3cret]}", K1="k1-s3cret")
     assert [k.value for k in c.listen.api_keys] == ["k1-s3cret", "k3-s3cret"]
     assert "s3cret" not in repr(c)
+
+
+# -- the control plane per profile (issue 19) -----------------------------------------------
+
+
+def test_each_profile_gets_its_own_control_plane_defaults() -> None:
+    evo = parse(ONE_INSTANCE + "profile: evolution\n")
+    assert evo.failover == PROFILE_DEFAULTS["evolution"][0]
+    assert evo.failover.restore == InstanceCall("GET", "/instance/connect/{session}")
+    assert evo.failover.stop is None  # Evolution API: nothing ends a copy and keeps its auth
+    assert evo.failover.status == StatusCall("GET", "/instance/connectionState/{session}",
+                                             "instance.state", frozenset({"open"}),
+                                             frozenset({"refused"}))
+    assert (evo.failover.list.path, evo.failover.list.state, evo.failover.list.confirm) == (
+        "/instance/fetchInstances", "connectionStatus", True)
+    assert evo.health.path == "/" and evo.sessions.fan_out == (("GET", "/instance/fetchInstances"),)
+    for name in ("waha", "generic"):
+        c = parse(ONE_INSTANCE + f"profile: {name}\n")
+        assert (c.failover, c.health, c.sessions.fan_out) == (
+            Config(instances=()).failover, Config(instances=()).health, (("GET", "/api/sessions"),))
+    assert evo.failover.stop is None and parse(ONE_INSTANCE).failover.stop is not None
+
+
+def test_a_key_replaces_only_itself_on_top_of_the_profile() -> None:
+    c = parse(ONE_INSTANCE + "profile: evolution\nfailover: {status: {ready: [open, connecting]}, "
+              "list: {confirm: false}}\nhealth: {interval: 2s}\n")
+    assert c.failover.status.path == "/instance/connectionState/{session}"
+    assert c.failover.status.ready == frozenset({"open", "connecting"})
+    assert c.failover.list.path == "/instance/fetchInstances" and not c.failover.list.confirm
+    assert (c.health.path, c.health.interval) == ("/", 2.0)
+    env = parse("profile: ${P}\n" + ONE_INSTANCE, P="evolution")  # expanded before it is read
+    assert env.failover.stop is None
+
+
+@pytest.mark.parametrize(("text", "stop"), [
+    ("failover: {stop: none}", None),
+    ("failover: {stop: NONE}", None),
+    ("profile: evolution\nfailover: {stop: {method: post, path: '/instance/close/{session}'}}",
+     InstanceCall("POST", "/instance/close/{session}")),
+    ("failover: {stop: {path: '/x/{session}/halt'}}", InstanceCall("POST", "/x/{session}/halt")),
+])
+def test_stop_may_be_none_or_a_call(text: str, stop: InstanceCall | None) -> None:
+    assert parse(ONE_INSTANCE + text + "\n").failover.stop == stop
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("profile: evolution\nfailover: {stop: {path: '/instance/close/{session}'}}",
+     "failover.stop: give both method and path (this profile has no stop call to start from), "
+     "or none"),
+    ("failover: {stop: halt}", "failover.stop: must be a mapping (got str)"),
+    ("failover: {status: {field: 'instance..state'}}",
+     "failover.status.field: must be a dotted field path like instance.state "
+     "(got 'instance..state')"),
+    ("failover: {status: {ready: [open], failed: [open, refused]}}",
+     "failover.status.failed: a value can't mean both ready and failed: open"),
+    ("failover: {status: {ready: []}}", "failover.status.ready: must not be empty"),
+    ("failover: {list: {items: 'data.', name: ''}}",
+     "failover.list.items: must be a dotted field path like instance.state (got 'data.')"),
+    ("failover: {list: {name: ''}}", "failover.list.name: must not be empty"),
+    ("failover: {list: {path: '/x/{session}', confirm: maybe}}",
+     "failover.list.confirm: must be true or false (got 'maybe')"),
+    ("profile: evolution\nstore: {url: 'redis://r:6379'}\nagent: {instance: node-1, url: "
+     "'http://127.0.0.1:3001'}",
+     "agent.stop_command: required when failover.stop is none (e.g. profile evolution: no call "
+     "ends a copy without logging it out): the command that stops the instance, such as "
+     "[docker, stop, evolution-1]"),
+    ("profile: evolution\nagent: {instance: n, url: 'http://127.0.0.1:3001', stop_command: []}",
+     "agent.stop_command: must not be empty"),
+    ("profile: evo", "profile: must be one of waha, evolution, generic (got 'evo')"),
+])
+def test_check_config_refuses_bad_control_plane_keys(text: str, problem: str) -> None:
+    assert problem in problems(ONE_INSTANCE + text + "\n")
+
+
+def test_an_agent_of_an_evolution_instance_fences_with_its_command() -> None:
+    c = parse_config("profile: evolution\nagent: {instance: evo-1, url: 'http://127.0.0.1:8081', "
+                     "stop_command: [docker, stop, evo-1]}\n", agent=True)
+    assert c.agent is not None and c.agent.stop_command == ("docker", "stop", "evo-1")
+    assert c.failover.stop is None and c.health.path == "/"

@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.flavors import BOTH, WAHA, Flavor
 from tests.procs import Proc, RouterProc, bounded, router_config
 from tests.redis_server import RedisServer
 
@@ -57,17 +58,20 @@ FAST_HEALTH = "health: {interval: 300ms, timeout: 500ms, unhealthy_threshold: 2,
 def router_yaml(sims: list[Proc], *, failover: str, redis: RedisServer | None = None,
                 prefix: str = "wa-router:", instance_extra: str = "") -> str:
     """A router config (``{port}``/``{admin_port}`` are filled by start_router)."""
+    flavor = sims[0].flavor  # its profile, and the instances' key
     lines = [
         "listen: {host: 127.0.0.1, port: {port}, shutdown_timeout: 2s}",
         "admin: {host: 127.0.0.1, port: {admin_port}}",
         FAST_HEALTH,
         f"failover: {{{failover}}}",
         "log: {format: json}",
+        *flavor.router_lines(),
     ]
     if redis is not None:
         lines.append(f"store: {{url: '{redis.url}', prefix: '{prefix}'}}")
     lines.append("instances:")
-    lines += [f"  - {{name: {s.name}, url: '{s.url}'{instance_extra}}}" for s in sims]
+    lines += [f"  - {{name: {s.name}, url: '{s.url}'{flavor.instance_extra()}{instance_extra}}}"
+              for s in sims]
     return "\n".join(lines) + "\n"
 
 
@@ -90,21 +94,21 @@ async def holds(value: bool) -> bool:
     return value
 
 
-async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
-    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+async def get_json(http: aiohttp.ClientSession, url: str,
+                   headers: dict[str, str] | None = None) -> Any:
+    async with http.get(url, timeout=aiohttp.ClientTimeout(total=5), headers=headers) as r:
         assert r.status == 200, (url, r.status, await r.text())
         return await r.json()
 
 
 async def sim_sessions(http: aiohttp.ClientSession, sim: Proc) -> dict[str, str]:
-    """What the instance itself runs, asked directly: session -> status."""
-    items = await get_json(http, f"{sim.url}/api/sessions?all=true")
-    return {s["name"]: s["status"] for s in items}
+    """What the instance itself runs, asked directly: session -> status (WAHA's words)."""
+    return await sim.flavor.sessions(http, sim.url)
 
 
 async def sim_calls(http: aiohttp.ClientSession, sim: Proc) -> dict[str, dict[str, int]]:
     """``/sim/stats`` per-session call counts (start, stop, create, delete, sendText...)."""
-    stats = await get_json(http, f"{sim.url}/sim/stats")
+    stats = await get_json(http, f"{sim.url}/sim/stats", sim.flavor.headers)
     calls: dict[str, dict[str, int]] = stats["calls"]
     return calls
 
@@ -184,13 +188,12 @@ def kill9(p: Proc) -> tuple[float, float]:
 
 
 async def create_sessions(http: aiohttp.ClientSession, routers: list[RouterProc],
-                          sessions: list[str]) -> None:
-    """``POST /api/sessions`` through the routers (alternately), all answered 201."""
+                          sessions: list[str], flavor: Flavor = WAHA) -> None:
+    """Create and start sessions through the routers (alternately), all answered 201."""
 
     async def create(i: int, s: str) -> None:
-        url = f"{routers[i % len(routers)].url}/api/sessions"
-        async with http.post(url, json={"name": s}, timeout=CLIENT_TIMEOUT) as resp:
-            assert resp.status == 201, (s, resp.status, await resp.text())
+        status, text = await flavor.create(http, routers[i % len(routers)].url, s, CLIENT_TIMEOUT)
+        assert status == 201, (s, status, text)
 
     await bounded(16, (create(i, s) for i, s in enumerate(sessions)), timeout=30)
 
@@ -258,17 +261,11 @@ class Result:
 OPS = ("get", "chats", "send")
 
 
-async def one_request(http: aiohttp.ClientSession, base: str, session: str, op: str) -> Result:
+async def one_request(http: aiohttp.ClientSession, base: str, session: str, op: str,
+                      flavor: Flavor = WAHA) -> Result:
     t0 = time.time()
     try:
-        if op == "get":
-            req = http.get(f"{base}/api/sessions/{session}", timeout=CLIENT_TIMEOUT)
-        elif op == "chats":
-            req = http.get(f"{base}/api/{session}/chats", timeout=CLIENT_TIMEOUT)
-        else:
-            req = http.post(f"{base}/api/sendText", timeout=CLIENT_TIMEOUT,
-                            json={"session": session, "chatId": "4915112345678@c.us", "text": "hi"})
-        async with req as resp:
+        async with flavor.request(http, base, session, op, CLIENT_TIMEOUT) as resp:
             body = await resp.read()
             error = ""
             if resp.status >= 400:
@@ -291,6 +288,7 @@ class Load:
     pace: float = 0.01
     ops: tuple[str, ...] = OPS
     max_requests: int = 20000  # per client
+    flavor: Flavor = WAHA
     results: list[Result] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -305,7 +303,7 @@ class Load:
                 return
             s = sessions[(i + n) % len(sessions)]
             op = self.ops[(i + i // len(sessions)) % len(self.ops)]
-            self.results.append(await one_request(self.http, base, s, op))
+            self.results.append(await one_request(self.http, base, s, op, self.flavor))
             await asyncio.sleep(self.pace)
 
     async def stop(self, timeout: float = 35) -> list[Result]:
@@ -324,15 +322,16 @@ def describe(results: list[Result]) -> str:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("flavor", BOTH, ids=str)
 async def test_kill9_one_of_three_under_load(
-    sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+    flavor: Flavor, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
 ) -> None:
-    sims = [sim_factory(f"node-{i}", "--start-delay", "1") for i in (1, 2, 3)]
+    sims = [sim_factory(f"node-{i}", "--start-delay", "1", flavor=flavor) for i in (1, 2, 3)]
     router = router_factory(router_yaml(
         sims, failover="grace: 1s, hold_timeout: 20s, restore_concurrency: 8"))
     sessions = [f"s{i:03d}" for i in range(150)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
-        await create_sessions(http, [router], sessions)
+        await create_sessions(http, [router], sessions, flavor)
         await wait_all_working(http, sims, sessions, 20, "150 sessions WORKING")
         before = await admin_sessions(http, router)
         assert {a["instance"] for a in before.values()} == {s.name for s in sims}
@@ -346,7 +345,7 @@ async def test_kill9_one_of_three_under_load(
         # for a sendText that is surely in flight at the kill.
         probe = moved[0]
         lanes = [(router.url, stay[k::4]) for k in range(4)] + [(router.url, moved[1:][k::4]) for k in range(4)]
-        load = Load(http, lanes)
+        load = Load(http, lanes, flavor=flavor)
         load.start()
         await poll(lambda: holds(len(load.results) > 200), 10, "load warm-up")
 
@@ -364,9 +363,10 @@ async def test_kill9_one_of_three_under_load(
         sampler = asyncio.create_task(sample_held())
         # Made STARTING behind the router's back, the sim holds a sendText up to --send-wait
         # (5 s): that POST is in the victim's hands when it dies.
-        async with http.post(f"{victim.url}/sim/sessions/{probe}/status", json={"status": "STARTING"}) as r:
+        async with http.post(f"{victim.url}/sim/sessions/{probe}/status", json={"status": "STARTING"},
+                             headers=flavor.headers) as r:
             assert r.status == 200
-        probe_task = asyncio.create_task(one_request(http, router.url, probe, "send"))
+        probe_task = asyncio.create_task(one_request(http, router.url, probe, "send", flavor))
 
         async def probe_in_flight() -> bool:
             return (await sim_calls(http, victim)).get(probe, {}).get("sendText", 0) == 1
@@ -399,11 +399,12 @@ async def test_kill9_one_of_three_under_load(
         starts = Counter({s: sum(calls[p].get(s, {}).get("start", 0) for p in calls) for s in sessions})
         assert all(starts[s] == 1 for s in moved), {s: starts[s] for s in moved if starts[s] != 1}
         assert all(starts[s] == 0 for s in stay)
-        assert not any(c.get("delete") for p in calls.values() for c in p.values())
+        # Never a call that drops the auth (WAHA DELETE, Evolution API logout or delete).
+        assert not any(c.get("delete") or c.get("logout") for p in calls.values() for c in p.values())
         # The in-flight POST: answered 502, and never sent again (it may have run).
         assert (probe_result.status, probe_result.error) == (502, "upstream_error"), probe_result
         assert not any(calls[p].get(probe, {}).get("sendText") for p in calls)
-        again = await one_request(http, router.url, probe, "send")  # the app's own retry
+        again = await one_request(http, router.url, probe, "send", flavor)  # the app's own retry
         assert again.status == 201 and again.instance == after[probe]["instance"], again
 
     moved_set = set(moved)
@@ -418,7 +419,7 @@ async def test_kill9_one_of_three_under_load(
     held = [r for r in moved_results if r.end > t_kill and r.latency > 0.25]
     first_release = min((r.end for r in held if r.ok), default=None)
     print(
-        f"\n[failover 150 sessions, 3 sims, start-delay 1s] killed {victim.name} ({len(moved)} sessions)"
+        f"\n[{flavor} failover 150 sessions, 3 sims, start-delay 1s] killed {victim.name} ({len(moved)} sessions)"
         f"\n  detection (kill -> marked down):        {t_down - t_kill:.2f}s"
         f"\n  all moved sessions WORKING (sims):      {t_working - t_kill:.2f}s after the kill"
         f"\n  all moved sessions settled in the map:  {t_settled - t_kill:.2f}s after the kill"

@@ -255,6 +255,9 @@ async def move_session(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown instance {target_name!r}")
     if not target.available:
         raise Conflict(f"instance {target_name!r} is not taking sessions (unhealthy or draining)")
+    if current.instance != target_name and parts.mover.pinned(current.instance):
+        raise Conflict(f"failover.stop is none: session {session!r} moves only once "
+                       f"{current.instance} is down (drain it, then stop it)")
     if current.instance != target_name:
         ok = await parts.mover.move(Move(session, "manual", source=current.instance,
                                          target=target_name, stop_old=True, manual=True))

@@ -36,6 +36,7 @@ from router.transport import HttpTransport
 log = logging.getLogger("wa_router.agent")
 
 TICK = 0.1
+STOP_COMMAND_TIMEOUT = 10.0
 
 
 class Agent:
@@ -149,10 +150,47 @@ class Agent:
             return await self._gone()
         if not names:
             return True
+        if not self.api.can_stop:
+            return await self._stop_instance(why, len(names))
         ok = True
         for name in names:
             ok = await self._stop(name, why) and ok
         return ok
+
+    async def _stop_instance(self, why: str, sessions: int) -> bool:
+        """No call ends one copy (``failover.stop: none``): run ``agent.stop_command`` to
+        stop the whole instance; fenced once it refuses connections."""
+        command = self.cfg.stop_command
+        if not command:  # check-config refuses this; a file edited under a running agent
+            log.error("cannot fence %s (%s): failover.stop is none and agent.stop_command is "
+                      "not set", self.cfg.instance, why)
+            return False
+        log.warning("stopping instance %s (%s, %d sessions running): %s", self.cfg.instance,
+                    why, sessions, command[0])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+        except OSError as e:
+            log.error("agent.stop_command could not run: %s", e.strerror or e)
+            return False
+        try:
+            code = await asyncio.wait_for(proc.wait(), STOP_COMMAND_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            log.error("agent.stop_command ran over %gs: killed", STOP_COMMAND_TIMEOUT)
+            return False
+        if code != 0:
+            log.error("agent.stop_command exited with %d", code)
+            return False
+        deadline = self.clock.now() + STOP_COMMAND_TIMEOUT
+        while not await self._gone():  # a process takes a moment to close its socket
+            if self.clock.now() >= deadline:
+                return False
+            await self.clock.sleep(TICK)
+        self.stopped_total += sessions
+        return True
 
     async def _gone(self) -> bool:
         """Whether the local instance refuses connections (nothing of it runs)."""
@@ -180,6 +218,10 @@ class Agent:
         instance (unknown sessions are left for the router to adopt)."""
         names = await self.api.running(self.instance)
         if not names:
+            return
+        if not self.api.can_stop:
+            # Stopping the instance would end its own sessions too; the router's
+            # rediscovery raises stale_copy for the operator.
             return
         try:
             values = await guarded(lambda: self.redis.hmget(self.key_map, names),

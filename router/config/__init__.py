@@ -2,6 +2,7 @@
 
 from router.config.loader import check_config, load_config, parse_config, redacted
 from router.config.model import (
+    PROFILE_DEFAULTS,
     AdminConfig,
     AlertsConfig,
     Config,
@@ -10,6 +11,7 @@ from router.config.model import (
     InstanceCall,
     InstanceConfig,
     LimitsConfig,
+    ListCall,
     ListenConfig,
     LogConfig,
     LogFormat,
@@ -33,6 +35,7 @@ from router.config.units import parse_duration, parse_size
 from router.errors import ConfigError
 
 __all__ = [
+    "PROFILE_DEFAULTS",
     "AdminConfig",
     "AlertsConfig",
     "Config",
@@ -42,6 +45,7 @@ __all__ = [
     "InstanceCall",
     "InstanceConfig",
     "LimitsConfig",
+    "ListCall",
     "ListenConfig",
     "LogConfig",
     "LogFormat",

@@ -56,6 +56,9 @@ class _Invalid(Exception):
     """The value is wrong; the message is recorded after the value's path."""
 
 
+Invalid = _Invalid  # for converters written outside this module
+
+
 class _Unresolved:
     """Stands for a string whose ``${...}`` reference was malformed (already reported)."""
 

@@ -20,16 +20,15 @@ from typing import Any, Final
 import yaml
 
 from router.config import fields as f
+from router.config.control import check_agent_stop, failover_section
 from router.config.model import (
+    PROFILE_DEFAULTS,
     AccessLogConfig,
     AdminConfig,
     AgentConfig,
     AlertsConfig,
     Config,
     DelayRange,
-    FailoverConfig,
-    HealthConfig,
-    InstanceCall,
     InstanceConfig,
     LimitsConfig,
     ListenConfig,
@@ -38,12 +37,11 @@ from router.config.model import (
     OutboxConfig,
     PassiveConfig,
     PlacementConfig,
+    Profile,
     RetryConfig,
     Secret,
     SendLimits,
     SessionRule,
-    SessionsConfig,
-    StatusCall,
     StoreConfig,
     WebhooksConfig,
     WebhookTarget,
@@ -160,17 +158,10 @@ def _address(host: str, port: int) -> str:
 
 # -- the schema -------------------------------------------------------------------------------
 
-_DEFAULT_FAILOVER: Final = FailoverConfig()
 _DEFAULT_OUTBOX: Final = OutboxConfig()
 _NAME: Final = r"[A-Za-z0-9_.-]{1,64}"
 _POSITIVE: Final = f.duration()
 _THRESHOLD: Final = f.integer(1)
-
-
-def _call(base: InstanceCall, *, session: bool) -> f.Converter:
-    """A request to an instance; keys left out keep ``base``'s values."""
-    table = {"method": f.method, "path": f.url_path(session=session)}
-    return f.section(partial(dataclasses.replace, base), table)
 
 
 _RULE = f.section(
@@ -227,6 +218,7 @@ _AGENT: Final = f.section(
         "api_key": f.secret,
         "renew": _POSITIVE,
         "fence_after": _POSITIVE,
+        "stop_command": f.list_of(f.text(), non_empty=True),
     },
     required={"instance": "", "url": ""},
     check=_check_agent,
@@ -251,26 +243,6 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
     "profile": f.choice("waha", "evolution", "generic"),
     "placement": f.section(PlacementConfig, {"balance_factor": f.number(1.0)}),
     "instances": f.list_of(_INSTANCE, non_empty=True, check=_check_unique_names),
-    "sessions": f.section(
-        SessionsConfig,
-        {
-            "id_pattern": f.regex,
-            "rules": f.list_of(_RULE),
-            "unscoped": f.choice("any", "reject"),
-            "fan_out": f.list_of(f.fan_out),
-            "json_body_limit": f.size(zero_ok=True),
-        },
-    ),
-    "health": f.section(
-        HealthConfig,
-        {
-            "path": f.url_path(),
-            "interval": _POSITIVE,
-            "timeout": _POSITIVE,
-            "unhealthy_threshold": _THRESHOLD,
-            "healthy_threshold": _THRESHOLD,
-        },
-    ),
     "passive": f.section(
         PassiveConfig,
         {
@@ -281,30 +253,6 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
             "max_ejection_percent": f.integer(0, 100),
         },
         check=_check_passive,
-    ),
-    "failover": f.section(
-        FailoverConfig,
-        {
-            "grace": f.duration(zero_ok=True),  # 0: fail over as soon as it is down
-            "hold_timeout": _POSITIVE,
-            "restore_concurrency": f.integer(1),
-            "restore": _call(_DEFAULT_FAILOVER.restore, session=True),
-            "stop": _call(_DEFAULT_FAILOVER.stop, session=True),
-            "status": f.section(
-                partial(dataclasses.replace, StatusCall()),
-                {
-                    "method": f.method,
-                    "path": f.url_path(session=True),
-                    "ready": f.list_of(f.text(), make=frozenset, non_empty=True),
-                },
-            ),
-            "list": _call(_DEFAULT_FAILOVER.list, session=False),
-            "max_held_requests": f.integer(1),
-            "restore_timeout": _POSITIVE,
-            "restore_attempts": f.integer(1),
-            "leader_ttl": _POSITIVE,
-            "agent_memory": _POSITIVE,
-        },
     ),
     "limits": f.section(
         LimitsConfig,
@@ -377,13 +325,50 @@ _TABLE: Final[Mapping[str, f.Converter]] = {
 def _check_root(config: Config, at: f.At) -> None:
     _check_config(config, at)
     _check_grace(config, at)
+    check_agent_stop(config, at)
 
 
-_ROOT: Final = f.section(Config, _TABLE, required={"instances": ()}, check=_check_root)
-# ``wa-router agent -c FILE``: the agent section and the store; instances are optional, so
-# the agent may read its own small file or the router's.
-_AGENT_ROOT: Final = f.section(partial(Config, instances=()), _TABLE,
-                               required={"agent": None}, check=_check_grace)
+def _check_agent_root(config: Config, at: f.At) -> None:
+    _check_grace(config, at)
+    check_agent_stop(config, at)
+
+
+_SESSIONS_TABLE: Final[Mapping[str, f.Converter]] = {
+    "id_pattern": f.regex,
+    "rules": f.list_of(_RULE),
+    "unscoped": f.choice("any", "reject"),
+    "fan_out": f.list_of(f.fan_out),
+    "json_body_limit": f.size(zero_ok=True),
+}
+_HEALTH_TABLE: Final[Mapping[str, f.Converter]] = {
+    "path": f.url_path(),
+    "interval": _POSITIVE,
+    "timeout": _POSITIVE,
+    "unhealthy_threshold": _THRESHOLD,
+    "healthy_threshold": _THRESHOLD,
+}
+
+
+def _roots(profile: Profile) -> tuple[f.Converter, f.Converter]:
+    """The router's and the agent's root converters, with ``profile``'s defaults for the
+    sections that depend on it (a section's keys replace only what they name)."""
+    failover, health, sessions = PROFILE_DEFAULTS[profile]
+    table = {
+        **_TABLE,
+        "failover": failover_section(failover),
+        "health": f.section(partial(dataclasses.replace, health), _HEALTH_TABLE),
+        "sessions": f.section(partial(dataclasses.replace, sessions), _SESSIONS_TABLE),
+    }
+    make = partial(Config, failover=failover, health=health, sessions=sessions)
+    return (f.section(make, table, required={"instances": ()}, check=_check_root),
+            # ``wa-router agent -c FILE``: the agent section and the store; instances are
+            # optional, so the agent may read its own small file or the router's.
+            f.section(partial(make, instances=()), table, required={"agent": None},
+                      check=_check_agent_root))
+
+
+_ROOTS: Final[Mapping[str, tuple[f.Converter, f.Converter]]] = {
+    profile: _roots(profile) for profile in PROFILE_DEFAULTS}
 
 
 # -- YAML ---------------------------------------------------------------------------------------
@@ -433,7 +418,11 @@ def parse_config(
     expanded = f.expand_tree(
         {} if document is None else document, os.environ if env is None else env, root
     )
-    config = f.convert(_AGENT_ROOT if agent else _ROOT, expanded, root)
+    # The profile picks the defaults of the sections that depend on it; a bad one is
+    # reported by its own converter (and the rest is read with waha's defaults).
+    profile = expanded.get("profile") if isinstance(expanded, dict) else None
+    roots = _ROOTS.get(profile, _ROOTS["waha"]) if isinstance(profile, str) else _ROOTS["waha"]
+    config = f.convert(roots[1] if agent else roots[0], expanded, root)
     if problems or not isinstance(config, Config):
         raise ConfigError(problems)
     return dataclasses.replace(config, source=source)

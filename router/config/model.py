@@ -131,9 +131,33 @@ class InstanceCall:
 
 @dataclass(frozen=True, slots=True)
 class StatusCall:
+    """One session's state on an instance: ``field`` is the dotted path to it in the JSON
+    answer; ``ready`` the values that mean it serves, ``failed`` those that mean a start
+    will not get there (a restore gives up early). A 404, or an answer without the field,
+    means the instance does not run the session."""
+
     method: str = "GET"
     path: str = "/api/sessions/{session}"
+    field: str = "status"
     ready: frozenset[str] = frozenset({"WORKING"})
+    failed: frozenset[str] = frozenset({"FAILED"})
+
+
+@dataclass(frozen=True, slots=True)
+class ListCall:
+    """The sessions an instance holds: ``items`` is the dotted path to the array in the
+    answer ("" for the answer itself), ``name`` and ``state`` the fields of each item,
+    ``stopped`` the states that mean not running. ``confirm``: the list may show sessions
+    this instance does not run (Evolution API lists the database's rows), so each one is
+    confirmed with the status call."""
+
+    method: str = "GET"
+    path: str = "/api/sessions?all=true"
+    items: str = ""
+    name: str = "name"
+    state: str = "status"
+    stopped: frozenset[str] = frozenset({"STOPPED", "FAILED"})
+    confirm: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +166,11 @@ class FailoverConfig:
     hold_timeout: float = 15.0
     restore_concurrency: int = 4
     restore: InstanceCall = InstanceCall("POST", "/api/sessions/{session}/start")
-    stop: InstanceCall = InstanceCall("POST", "/api/sessions/{session}/stop")
+    # None: the instances have no call that ends a copy and keeps its auth (Evolution API):
+    # a session then moves only once its instance is down (drain = cordon, then stop it).
+    stop: InstanceCall | None = InstanceCall("POST", "/api/sessions/{session}/stop")
     status: StatusCall = StatusCall()
-    list: InstanceCall = InstanceCall("GET", "/api/sessions?all=true")
+    list: ListCall = ListCall()
     # Bounded memory under an outage: beyond this many held requests, answer 503 at once.
     max_held_requests: int = 10000
     # How long one restore may take (start + polling status until ready) before a retry.
@@ -266,6 +292,10 @@ class AgentConfig:
     api_key: Secret | None = None
     renew: float = 1.0
     fence_after: float = 3.0
+    # Run to end every copy on the instance when ``failover.stop`` is none (no call ends
+    # one session): e.g. ``[docker, stop, evolution-1]``; the fence is confirmed once the
+    # instance refuses connections.
+    stop_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,3 +318,26 @@ class Config:
     log: LogConfig = LogConfig()
     agent: AgentConfig | None = None
     source: str | None = None  # the file it was read from, for reloads
+
+
+# -- per-profile defaults of the control plane ---------------------------------------------------
+
+# Evolution API v2 (docs/evolution-control-plane.md): connectionState is the live socket on
+# the server asked; fetchInstances lists database rows (maybe other servers'), so listed
+# sessions are confirmed; no call ends a copy without logging it out, hence no stop.
+_EVOLUTION_FAILOVER = FailoverConfig(
+    restore=InstanceCall("GET", "/instance/connect/{session}"),
+    stop=None,
+    status=StatusCall("GET", "/instance/connectionState/{session}", "instance.state",
+                      frozenset({"open"}), frozenset({"refused"})),
+    list=ListCall("GET", "/instance/fetchInstances", "", "name", "connectionStatus",
+                  frozenset({"close", "refused"}), confirm=True),
+)
+
+# The sections whose defaults depend on ``profile`` (keys left out of a section keep these).
+PROFILE_DEFAULTS: dict[Profile, tuple[FailoverConfig, HealthConfig, SessionsConfig]] = {
+    "waha": (FailoverConfig(), HealthConfig(), SessionsConfig()),
+    "generic": (FailoverConfig(), HealthConfig(), SessionsConfig()),
+    "evolution": (_EVOLUTION_FAILOVER, HealthConfig(path="/"),
+                  SessionsConfig(fan_out=(("GET", "/instance/fetchInstances"),))),
+}

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
-from router.sim import control, handlers
+from router.sim import control, evolution, handlers
 from router.sim.events import Hub
 from router.sim.manager import SessionExists, SessionManager, UnknownSession
 from router.sim.outbound import Outbound
@@ -42,8 +42,17 @@ async def count_requests(request: web.Request, handler: Handler) -> web.StreamRe
 
 @web.middleware
 async def check_api_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """With an api_key, everything but /ping and /health needs ``X-Api-Key`` (or query)."""
-    expected = sim(request).api_key
+    """With an api_key, everything but /ping and /health needs ``X-Api-Key`` (or query);
+    in the evolution flavour everything but ``/`` needs ``apikey``."""
+    st = sim(request)
+    expected = st.api_key
+    if st.flavor == "evolution":
+        if expected is None or request.path in evolution.OPEN_PATHS:
+            return await handler(request)
+        given = request.headers.get(evolution.AUTH_HEADER, "")
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return evolution.evo_error(401, "Unauthorized", "Unauthorized")
+        return await handler(request)
     if expected is None or request.path in OPEN_PATHS:
         return await handler(request)
     given = request.headers.get("X-Api-Key") or request.query.get(API_KEY_QUERY) or ""
@@ -108,8 +117,10 @@ def create_sim_app(
     state_file: str | None = None,
     send_wait: float = 5.0,
     ack_delay: float = 0.2,
+    flavor: str = "waha",
 ) -> web.Application:
-    """A simulated WAHA instance called ``name`` (see the package docstring)."""
+    """A simulated WAHA (or ``flavor="evolution"``: Evolution API v2) instance called
+    ``name`` (see the package docstring)."""
     hub = Hub()
     sender = None
     if webhook_url:
@@ -124,10 +135,14 @@ def create_sim_app(
         api_key=api_key or None,
         send_wait=send_wait,
         outbound=Outbound(ack_delay),
+        flavor=flavor,
     )
     app = web.Application(middlewares=[count_requests, check_api_key, map_errors])
     app[SIM] = state
-    handlers.add_routes(app)
+    if flavor == "evolution":
+        evolution.add_routes(app)
+    else:
+        handlers.add_routes(app)
     control.add_routes(app)
     handlers.add_echo(app)
     app.on_response_prepare.append(_tag_instance)
@@ -149,6 +164,7 @@ async def serve_sim(
     state_file: str | None = None,
     send_wait: float = 5.0,
     ack_delay: float = 0.2,
+    flavor: str = "waha",
 ) -> web.AppRunner:
     """Start a simulator on ``host:port`` (0 picks a free port, see ``bound_port``).
 
@@ -163,6 +179,7 @@ async def serve_sim(
         state_file=state_file,
         send_wait=send_wait,
         ack_delay=ack_delay,
+        flavor=flavor,
     )
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     await runner.setup()

@@ -17,7 +17,7 @@ from router.sim.app import bound_port, serve_sim
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(
-        prog="wa-router sim", description="Run one simulated WhatsApp API (WAHA subset) instance."
+        prog="wa-router sim", description="Run one simulated WhatsApp API instance (WAHA or Evolution API subset)."
     )
     p.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     p.add_argument("--name", required=True, help="instance name (X-Sim-Instance)")
@@ -35,6 +35,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ack-delay", type=float, default=0.2,
                    help="seconds from a send to its message.ack (ack 2), and to the next (ack 3)")
+    p.add_argument("--flavor", choices=("waha", "evolution"), default="waha",
+                   help="the API it speaks: WAHA, or Evolution API v2 (auth header apikey)")
     return p.parse_args(argv)
 
 
@@ -54,6 +56,7 @@ async def _serve(args: argparse.Namespace) -> None:
         state_file=args.state_file,
         send_wait=args.send_wait,
         ack_delay=args.ack_delay,
+        flavor=args.flavor,
     )
     try:
         host = f"[{args.host}]" if ":" in args.host else args.host

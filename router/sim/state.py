@@ -26,6 +26,7 @@ class SimState:
     send_wait: float = 5.0
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     outbound: Outbound = field(default_factory=Outbound)
+    flavor: str = "waha"  # or "evolution": which API it speaks (router.sim.evolution)
 
 
 SIM = web.AppKey("sim", SimState)
