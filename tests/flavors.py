@@ -58,14 +58,18 @@ class Flavor:
     # -- calls through the router or to a sim ------------------------------------------------
 
     async def create(self, http: aiohttp.ClientSession, base: str, session: str,
-                     timeout: aiohttp.ClientTimeout) -> tuple[int, str]:
-        """Create and start a session (through the router: ``base`` is its URL)."""
+                     timeout: aiohttp.ClientTimeout, *, start: bool = True,
+                     direct: bool = False) -> tuple[int, str]:
+        """Create (and start) a session through the router at ``base``, or ``direct`` on
+        the sim at ``base`` (with its key)."""
+        headers = self.headers if direct else {}
         if self.evolution:
-            req = http.post(f"{base}/instance/create", timeout=timeout,
-                            json={"instanceName": session, "qrcode": True,
+            req = http.post(f"{base}/instance/create", timeout=timeout, headers=headers,
+                            json={"instanceName": session, "qrcode": start,
                                   "integration": "WHATSAPP-BAILEYS"})
         else:
-            req = http.post(f"{base}/api/sessions", json={"name": session}, timeout=timeout)
+            req = http.post(f"{base}/api/sessions", json={"name": session, "start": start},
+                            timeout=timeout, headers=headers)
         async with req as resp:
             return resp.status, await resp.text()
 
@@ -84,15 +88,25 @@ class Flavor:
             items: list[dict[str, Any]] = await r.json()
         return {s["name"]: s["status"] for s in items}
 
+    async def working(self, http: aiohttp.ClientSession, base: str, session: str) -> bool:
+        """Whether the session is ready, asked through the router at ``base``."""
+        async with self.request(http, base, session, "get", aiohttp.ClientTimeout(total=10)) as r:
+            if r.status != 200:
+                return False
+            body = await r.json()
+        state = body.get("instance", {}).get("state") if self.evolution else body.get("status")
+        return bool(state == ("open" if self.evolution else "WORKING"))
+
     def request(self, http: aiohttp.ClientSession, base: str, session: str, op: str,
                 timeout: aiohttp.ClientTimeout) -> Any:
-        """One call of the load: ``get`` (the session's state), ``chats`` (echoed by the
-        sim) or ``send`` (a text)."""
+        """One call of the load: ``get`` (the session's state), ``chats`` (a GET the sim
+        echoes) or ``send`` (a text)."""
         if self.evolution:
             if op == "get":
                 return http.get(f"{base}/instance/connectionState/{session}", timeout=timeout)
-            if op == "chats":
-                return http.post(f"{base}/chat/findChats/{session}", json={}, timeout=timeout)
+            if op == "chats":  # a GET, like WAHA's: a POST in flight at a crash may fail
+                return http.get(f"{base}/group/fetchAllGroups/{session}?getParticipants=false",
+                                timeout=timeout)
             return http.post(f"{base}/message/sendText/{session}", timeout=timeout,
                              json={"number": CHAT, "text": "hi"})
         if op == "get":

@@ -11,11 +11,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from tests.flavors import WAHA, Flavor
+
 
 @dataclass
 class Load:
     """``clients`` loops over ``sessions``: GET the session, and every ``post_every``-th
-    request a POST /api/sendText (not idempotent: must never be lost or doubled)."""
+    request a sendText (not idempotent: must never be lost or doubled)."""
 
     url: str
     sessions: Sequence[str]
@@ -23,6 +25,7 @@ class Load:
     post_every: int = 5
     max_requests: int = 200_000
     max_seconds: float = 300.0
+    flavor: Flavor = WAHA  # the API spoken (tests.flavors)
     statuses: Counter[int] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
     by_instance: Counter[str] = field(default_factory=Counter)
@@ -67,12 +70,8 @@ class Load:
                     return
                 session = self.sessions[i % len(self.sessions)]
                 try:
-                    if self.post_every and n % self.post_every == 0:
-                        body = {"session": session, "chatId": "1@c.us", "text": f"m{n}"}
-                        resp_cm = http.post(self.url + "/api/sendText", json=body)
-                    else:
-                        resp_cm = http.get(f"{self.url}/api/sessions/{session}")
-                    async with resp_cm as resp:
+                    op = "send" if self.post_every and n % self.post_every == 0 else "get"
+                    async with self.flavor.request(http, self.url, session, op, timeout) as resp:
                         await resp.read()
                         self.statuses[resp.status] += 1
                         if not 200 <= resp.status < 300:

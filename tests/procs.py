@@ -125,8 +125,10 @@ def start_router(tmp: Path, config_yaml: str, *, env: dict[str, str] | None = No
 def router_config(sims: list[Proc], extra: str = "", instance_extra: str = "") -> str:
     """A router over ``sims``, its ports left as {port} and {admin_port} for start_router."""
     instances = [(s.name, s.url) for s in sims]
+    flavor = sims[0].flavor if sims else WAHA  # the sims' API: the router's profile and keys
     return router_yaml(
-        "{port}", "{admin_port}", instances, instance_extra=instance_extra, extra=extra
+        "{port}", "{admin_port}", instances, profile=flavor.name if flavor is not WAHA else None,
+        instance_extra=flavor.instance_extra() + instance_extra, extra=extra
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 
+from tests.flavors import BOTH, Flavor
 from tests.procs import Proc, RouterProc, router_config
 
 TOKEN = "adm-s3cret-token"
@@ -53,15 +56,20 @@ async def test_without_token_read_only_on_loopback(
             assert resp.status == 401
 
 
+@pytest.mark.parametrize("flavor", BOTH, ids=str)
 async def test_sessions_and_move(
-    three_sims: list[Proc], router_factory: Callable[..., RouterProc]
+    flavor: Flavor, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
 ) -> None:
+    """A move holds, stops the old copy (never deletes it), restores on the target. With no
+    stop call (Evolution API) a running session cannot move: 409, nothing changes; once its
+    instance is down it can."""
+    three_sims = [sim_factory(f"node-{i}", flavor=flavor) for i in (1, 2, 3)]
     r = router_factory(_with_token(three_sims))
     sims = {s.name: s for s in three_sims}
+    timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession() as http:
         for name in ("m1", "m2", "m3", "m4"):
-            async with http.post(r.url + "/api/sessions", json={"name": name}) as resp:
-                assert resp.status == 201
+            assert (await flavor.create(http, r.url, name, timeout))[0] == 201
         async with http.get(r.admin_url + "/admin/sessions", headers=AUTH) as resp:
             listed = await resp.json()
         assert [x["session"] for x in listed] == ["m1", "m2", "m3", "m4"]
@@ -77,19 +85,45 @@ async def test_sessions_and_move(
         target = next(n for n in sims if n != home["m1"])
         async with http.post(r.admin_url + "/admin/sessions/m1/move", json={"instance": target},
                              headers=AUTH) as resp:
-            assert resp.status == 200, await resp.text()
-            moved = await resp.json()
+            if not flavor.can_stop:
+                assert resp.status == 409, await resp.text()
+                assert "failover.stop is none" in (await resp.json())["message"]
+                async with http.get(r.admin_url + "/admin/sessions/m1", headers=AUTH) as again:
+                    assert await again.json() == one  # nothing moved
+                sims[home["m1"]].stop()  # down: now it may move
+                await _until_down(http, r, home["m1"])
+                async with http.post(r.admin_url + "/admin/sessions/m1/move",
+                                     json={"instance": target}, headers=AUTH) as resp2:
+                    assert resp2.status == 200, await resp2.text()
+                    moved = await resp2.json()
+            else:
+                assert resp.status == 200, await resp.text()
+                moved = await resp.json()
         assert moved["instance"] == target and moved["epoch"] > one["epoch"]
-        async with http.get(r.url + "/api/sessions/m1") as resp:
+        assert await flavor.working(http, r.url, "m1")
+        async with flavor.request(http, r.url, "m1", "get", timeout) as resp:
             assert resp.headers["X-Router-Instance"] == target
-            assert (await resp.json())["status"] in ("STARTING", "WORKING")
-        async with http.get(sims[home["m1"]].url + "/api/sessions/m1") as resp:
-            assert (await resp.json())["status"] == "STOPPED"  # stopped, never deleted
+        if flavor.can_stop:
+            listed_old = await flavor.sessions(http, sims[home["m1"]].url)
+            assert listed_old["m1"] == "STOPPED"  # stopped, never deleted
+        async with http.get(sims[target].url + "/sim/stats", headers=flavor.headers) as resp:
+            calls = (await resp.json())["calls"]
+        assert calls["m1"].get("start") == 1 and not calls["m1"].get("logout")
         for bad in ({"instance": "ghost"}, {"nope": 1}, "notjson"):
             kw = {"data": bad} if isinstance(bad, str) else {"json": bad}
             async with http.post(r.admin_url + "/admin/sessions/m2/move", headers=AUTH, **kw) as resp:
                 assert resp.status == 400
                 assert (await resp.json())["error"] == "bad_request"
+
+
+async def _until_down(http: aiohttp.ClientSession, r: RouterProc, name: str) -> None:
+    async with asyncio.timeout(15):
+        while True:
+            async with http.get(r.admin_url + "/admin/instances", headers=AUTH) as resp:
+                states = {i["name"]: i["state"] for i in await resp.json()}
+            if states[name] not in ("healthy", "draining"):
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_overview_paging_and_the_dashboard_page(

@@ -16,7 +16,7 @@ from router.app import App, create_app
 from router.config import parse_config
 from router.config.holder import ConfigHolder
 from router.config.model import Config
-from router.errors import SessionMoving
+from router.errors import Conflict, SessionMoving
 from router.instances import Instance
 from router.moves import Move
 from router.stats import NullStats
@@ -270,3 +270,43 @@ async def test_a_reload_reaches_the_real_transports_connect_timeout(world: World
     before = app.transport._connect_timeout()
     await app.reload(_everything_changed(world))
     assert before == 2.0 and app.transport._connect_timeout() == pytest.approx(0.7)
+
+
+# -- no stop call (failover.stop: none, as Evolution API) -------------------------------------
+
+
+async def test_without_a_stop_call_sessions_leave_only_an_instance_that_is_down() -> None:
+    """Drain is a cordon, rebalance and live moves are refused; once the drained instance
+    is down its sessions fail over as usual; one that comes back running them is alerted
+    (stale_copy), never stopped, logged out or deleted."""
+    w = await make_world(extra="failover: {stop: none, grace: 1s}\n")
+    try:
+        where = await w.place([f"n{i}" for i in range(30)])
+        on_1 = [s for s, i in where.items() if i == "node-1"]
+        assert on_1
+        await w.app.drainer.drain("node-1")
+        await w.clock.advance(5)  # several drainer passes
+        assert w.app.drainer.sessions("node-1") == len(on_1)  # cordoned, nothing moved
+        assert (await w.app.router.assign("new-after-drain")).instance != "node-1"
+        assert w.app.mover.pinned("node-1")
+        assert not await w.app.mover.move(Move(on_1[0], "manual", target="node-2", stop_old=True,
+                                               manual=True))
+        with pytest.raises(Conflict):
+            await w.app.drainer.rebalance()
+        old = w.fakes["node-1"]
+        old.crash()  # the operator stops it; its copies end with it
+        await w.clock.run_until(lambda: w.app.drainer.sessions("node-1") == 0 and w.settled(on_1),
+                                limit=30)
+        for s in on_1:
+            assert w.fakes.where(s) == [w.app.store.cached(s).instance]  # type: ignore[union-attr]
+        # Back, still running the old copies (as Evolution API reconnects them at boot).
+        old.restart()
+        for s in on_1:
+            old.run(s)
+        await w.clock.run_until(lambda: bool(w.app.events.recent(kind="stale_copy")), limit=10)
+        (alert,) = w.app.events.recent(kind="stale_copy")
+        assert alert.severity == "critical" and set(alert.data["sessions"]) == set(on_1)
+        assert not any(p.startswith("/api/sessions/") and (m == "DELETE" or p.endswith(("/stop", "/logout")))
+                       for m, p in old.calls)
+    finally:
+        await w.app.stop()

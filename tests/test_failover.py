@@ -514,18 +514,23 @@ async def test_restart_within_grace_keeps_sessions(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("flavor", BOTH, ids=str)
 async def test_returning_sim_stale_copies_stopped(
-    tmp_path: Path, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+    flavor: Flavor, tmp_path: Path, sim_factory: Callable[..., Proc],
+    router_factory: Callable[..., RouterProc]
 ) -> None:
+    """Rediscovery of an instance that comes back running sessions moved away meanwhile:
+    stopped there (WAHA), or, with no stop call (Evolution API), left alone and alerted as
+    ``stale_copy`` -- never logged out or deleted either way."""
     def state(name: str) -> str:
         return str(tmp_path / f"{name}.state.json")
 
-    sims = [sim_factory(f"node-{i}", "--start-delay", "1", "--state-file", state(f"node-{i}"))
-            for i in (1, 2, 3)]
+    sims = [sim_factory(f"node-{i}", "--start-delay", "1", "--state-file", state(f"node-{i}"),
+                        flavor=flavor) for i in (1, 2, 3)]
     router = router_factory(router_yaml(sims, failover="grace: 1s, hold_timeout: 20s, restore_concurrency: 8"))
     sessions = [f"r{i:02d}" for i in range(30)]
     async with aiohttp.ClientSession() as http:
-        await create_sessions(http, [router], sessions)
+        await create_sessions(http, [router], sessions, flavor)
         await wait_all_working(http, sims, sessions, 15, "sessions WORKING")
         before = await admin_sessions(http, router)
         victim = sims[0]
@@ -541,9 +546,10 @@ async def test_returning_sim_stale_copies_stopped(
             return all(now[s]["instance"] != victim.name and now[s]["state"] == "assigned" for s in moved)
 
         t_moved = await poll(settled, 10, "moves settled in the map")
-        # Back with its state file: it starts its old sessions again (like WAHA after a crash).
+        # Back with its state file: it starts its old sessions again (like WAHA after a
+        # crash, and Evolution API, which connects every stored instance at boot).
         returned = sim_factory(victim.name, "--start-delay", "1", "--state-file", state(victim.name),
-                               port=victim.port)
+                               port=victim.port, flavor=flavor)
         t_back = time.time()
         boot = await sim_sessions(http, returned)
         assert set(moved) <= set(boot) and all(boot[s] in RUNNING for s in moved), boot
@@ -552,28 +558,75 @@ async def test_returning_sim_stale_copies_stopped(
             listed = await sim_sessions(http, returned)
             return all(listed.get(s) == "STOPPED" for s in moved)
 
-        t_stopped = await poll(stale_stopped, 15, "stale copies STOPPED on the returning sim")
+        async def stale_alerted() -> bool:
+            return await first_event(http, router, "stale_copy", after=t_back) is not None
+
+        if flavor.can_stop:
+            t_stopped = await poll(stale_stopped, 15, "stale copies STOPPED on the returning sim")
+        else:
+            t_stopped = await poll(stale_alerted, 15, "stale_copy raised for the returning sim")
         await poll(lambda: _state_is(http, router, victim.name, "healthy"), 5, "returning sim up")
-        # Stopped, never deleted: the session's auth stays in place.
+        # Stopped (or left), never deleted nor logged out: the session's auth stays in place.
         calls = await sim_calls(http, returned)
-        assert all(calls.get(s, {}).get("stop", 0) >= 1 for s in moved), calls
-        assert not any(c.get("delete") for c in calls.values()), calls
+        if flavor.can_stop:
+            assert all(calls.get(s, {}).get("stop", 0) >= 1 for s in moved), calls
+        else:
+            stale = [e for e in await events(http, router) if e[1] == "stale_copy"]
+            assert len(stale) == 1 and all(s in stale[0][2] for s in moved[:10]), stale
+            assert not any(c.get("stop") or c.get("restart") for c in calls.values()), calls
+        assert not any(c.get("delete") or c.get("logout") for c in calls.values()), calls
         assert not any(c.get("start") for c in calls.values()), calls
         for p in survivors:
-            assert not any(c.get("delete") for c in (await sim_calls(http, p)).values())
+            assert not any(c.get("delete") or c.get("logout") for c in (await sim_calls(http, p)).values())
         listed = await sim_sessions(http, returned)
         assert set(moved) <= set(listed), "a stale copy was deleted"
-        await assert_single_copies(http, router, [returned, *survivors], sessions)
-        assert not [s for s, on in (await placement(http, [returned, *survivors])).items() if len(on) > 1]
+        if flavor.can_stop:
+            await assert_single_copies(http, router, [returned, *survivors], sessions)
+            assert not [s for s, on in (await placement(http, [returned, *survivors])).items() if len(on) > 1]
         # Requests for moved sessions still go to their new home.
         for s in moved[:5]:
-            r = await one_request(http, router.url, s, "send")
+            r = await one_request(http, router.url, s, "send", flavor)
             assert r.ok and r.instance != victim.name, r
     print(
-        f"\n[returning sim] {victim.name} killed with {len(moved)} sessions; moved and settled "
-        f"{t_moved - t_kill:.2f}s after the kill; restarted with its state file, its {len(moved)} "
-        f"stale copies STOPPED {t_stopped - t_back:.2f}s after its return (0 deletes)"
+        f"\n[{flavor} returning sim] {victim.name} killed with {len(moved)} sessions; moved and "
+        f"settled {t_moved - t_kill:.2f}s after the kill; restarted with its state file, its "
+        f"{len(moved)} stale copies "
+        + ("STOPPED" if flavor.can_stop else "alerted (stale_copy: no stop call)")
+        + f" {t_stopped - t_back:.2f}s after its return (0 deletes, 0 logouts)"
     )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("flavor", BOTH, ids=str)
+async def test_a_new_router_adopts_what_the_instances_run(
+    flavor: Flavor, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+) -> None:
+    """Rediscovery at start: sessions the instances already run (started behind any router)
+    are adopted where they run; a stopped one is not (Evolution API's list shows database
+    rows, so each running one is confirmed with connectionState)."""
+    sims = [sim_factory(f"node-{i}", flavor=flavor) for i in (1, 2)]
+    timeout = aiohttp.ClientTimeout(total=10)
+    where = {"a1": sims[0], "a2": sims[0], "b1": sims[1]}
+    async with aiohttp.ClientSession() as http:
+        for s, sim in where.items():
+            assert (await flavor.create(http, sim.url, s, timeout, direct=True))[0] == 201
+        assert (await flavor.create(http, sims[1].url, "off", timeout, start=False, direct=True))[0] == 201
+        router = router_factory(router_yaml(sims, failover="grace: 1s"))
+
+        async def adopted() -> bool:
+            return set(await admin_sessions(http, router)) >= set(where)
+
+        await poll(adopted, 15, "the running sessions adopted")
+        mapped = await admin_sessions(http, router)
+        assert {s: a["instance"] for s, a in mapped.items()} == {s: p.name for s, p in where.items()}
+        for s, sim in where.items():
+            r = await one_request(http, router.url, s, "send", flavor)
+            assert r.ok and r.instance == sim.name, r
+        calls = {p.name: await sim_calls(http, p) for p in sims}
+        # Adopted in place: nothing started, stopped or logged out to get there.
+        assert not any(c.get(k) for p in calls.values() for c in p.values()
+                       for k in ("start", "stop", "logout", "delete")), calls
+    print(f"\n[{flavor} rediscovery] adopted {sorted(mapped)} where they run; 'off' (stopped) left out")
 
 
 # -- 4. two routers on one Redis: each restore exactly once -------------------------------

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.flavors import BOTH, WAHA, Flavor
 from tests.load import Load
 from tests.procs import Proc, RouterProc, router_config
 from tests.redis_server import RedisServer
@@ -39,11 +40,12 @@ def rewrite(r: RouterProc, sims: list[Proc], extra: str = "") -> None:
     os.replace(tmp, r.config_path)  # atomic, as an operator's deploy tool would
 
 
-async def create_sessions(http: aiohttp.ClientSession, r: RouterProc, names: list[str]) -> None:
+async def create_sessions(http: aiohttp.ClientSession, r: RouterProc, names: list[str],
+                          flavor: Flavor = WAHA) -> None:
     for name in names:
-        async with http.post(r.url + "/api/sessions", json={"name": name}) as resp:
-            assert resp.status == 201, await resp.text()
-    await wait_for(lambda: all_working(http, r, names), 30, "sessions WORKING")
+        status, text = await flavor.create(http, r.url, name, aiohttp.ClientTimeout(total=30))
+        assert status == 201, text
+    await wait_for(lambda: all_working(http, r, names, flavor), 30, "sessions WORKING")
 
 
 async def loaded(http: aiohttp.ClientSession, r: RouterProc, names: list[str], seconds: float) -> Load:
@@ -55,11 +57,11 @@ async def loaded(http: aiohttp.ClientSession, r: RouterProc, names: list[str], s
     return load
 
 
-async def all_working(http: aiohttp.ClientSession, r: RouterProc, names: list[str]) -> bool:
+async def all_working(http: aiohttp.ClientSession, r: RouterProc, names: list[str],
+                      flavor: Flavor = WAHA) -> bool:
     for name in names:
-        async with http.get(f"{r.url}/api/sessions/{name}") as resp:
-            if resp.status != 200 or (await resp.json())["status"] != "WORKING":
-                return False
+        if not await flavor.working(http, r.url, name):
+            return False
     return True
 
 
@@ -191,49 +193,82 @@ async def _gone(http: aiohttp.ClientSession, r: RouterProc, name: str) -> bool:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("flavor", BOTH, ids=str)
 async def test_drain_of_100_sessions_under_load_fails_nothing(
-    sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
+    flavor: Flavor, sim_factory: Callable[..., Proc], router_factory: Callable[..., RouterProc]
 ) -> None:
-    three_sims = [sim_factory(f"node-{i}", "--start-delay", "0.2") for i in (1, 2, 3)]
-    r = router_factory(config(three_sims))
+    """WAHA: the drain moves every session (stopped there, not deleted). Evolution API (no
+    stop call): the drain is a cordon; the operator then stops the instance and its sessions
+    fail over. Either way no request fails and new sessions go elsewhere."""
+    three_sims = [sim_factory(f"node-{i}", "--start-delay", "0.2", flavor=flavor) for i in (1, 2, 3)]
+    r = router_factory(config(three_sims, "failover: {grace: 1s, restore_concurrency: 16}"))
     names = [f"d{i:03d}" for i in range(330)]
     async with aiohttp.ClientSession() as http:
-        await create_sessions(http, r, names)
+        await create_sessions(http, r, names, flavor)
         before = await instances(http, r)
         victim = max(before, key=lambda n: int(before[n]["sessions"]))  # type: ignore[call-overload]
         assert int(before[victim]["sessions"]) >= 100  # type: ignore[call-overload]
-        load = Load(r.url, names, clients=8, max_seconds=150)
+        sim = next(s for s in three_sims if s.name == victim)
+        load = Load(r.url, names, clients=8, max_seconds=150, flavor=flavor)
         load.start()
         await load.wait_requests(200)
         t0 = asyncio.get_running_loop().time()
-        async with http.post(f"{r.admin_url}/admin/instances/{victim}/drain", params={"wait": "120"},
+        wait = "120" if flavor.can_stop else "0"
+        async with http.post(f"{r.admin_url}/admin/instances/{victim}/drain", params={"wait": wait},
                              headers=AUTH) as resp:
             assert resp.status == 200, await resp.text()
             drained = await resp.json()
-        print(f"\ndrain of {before[victim]['sessions']} sessions under load: "
+        if not flavor.can_stop:
+            # A cordon: nothing moves while it runs (a second copy would fight the first).
+            assert drained["sessions"] == before[victim]["sessions"], drained
+            await load.wait_requests(200)
+            assert (await instances(http, r))[victim]["sessions"] == before[victim]["sessions"]
+            sim.stop()  # the operator's step: its sessions now fail over
+            await wait_for(lambda: _holds_none(http, r, victim), 60, "the stopped instance's sessions moved")
+            async with http.post(f"{r.admin_url}/admin/instances/{victim}/drain", headers=AUTH) as resp:
+                drained = await resp.json()
+            drained["state"] = "draining"  # it is down now; the flag is what matters
+        print(f"\n[{flavor}] drain of {before[victim]['sessions']} sessions under load: "
               f"{asyncio.get_running_loop().time() - t0:.2f}s")
         assert drained == {"instance": victim, "state": "draining", "sessions": 0, "drained": True}
         await load.wait_requests(200)
         # New sessions go elsewhere while it is drained.
-        await create_sessions(http, r, ["late1", "late2", "late3"])
+        await create_sessions(http, r, ["late1", "late2", "late3"], flavor)
         async with http.get(r.admin_url + "/admin/sessions", params={"instance": victim},
                             headers=AUTH) as resp:
             assert await resp.json() == []
+        if not flavor.can_stop:
+            sim = sim_factory(victim, "--start-delay", "0.2", port=sim.port, flavor=flavor)
+            await wait_for(lambda: _state(http, r, victim, "draining"), 15, f"{victim} back, drained")
         async with http.post(f"{r.admin_url}/admin/instances/{victim}/undrain", headers=AUTH) as resp:
             assert resp.status == 200
-            assert (await resp.json())["state"] == "healthy"
+            # A restarted instance may still sit out its passive ejection (connections it
+            # refused while stopped) before it is healthy.
+            assert (await resp.json())["state"] in (("healthy",) if flavor.can_stop else ("healthy", "ejected"))
+        await wait_for(lambda: _state(http, r, victim, "healthy"), 30, f"{victim} healthy")
         await load.wait_requests(100)
         await load.stop()
         print(f"drain test: {load.requests} requests, statuses {dict(load.statuses)}")
         assert load.failed() == [], load.failed()
-        sim = next(s for s in three_sims if s.name == victim)
-        async with http.get(sim.url + "/api/sessions?all=true") as resp:
-            assert all(s["status"] == "STOPPED" for s in await resp.json())  # stopped, not deleted
+        listed = await flavor.sessions(http, sim.url)
+        assert all(status == "STOPPED" for status in listed.values()), listed  # stopped, not deleted
+        calls = await _sim_calls(http, sim)
+        assert not any(c.get("delete") or c.get("logout") for c in calls.values()), calls
         async with http.post(f"{r.admin_url}/admin/instances/ghost/drain", headers=AUTH) as resp:
             assert resp.status == 404 and (await resp.json())["error"] == "not_found"
         async with http.post(f"{r.admin_url}/admin/instances/{victim}/drain", params={"wait": "x"},
                              headers=AUTH) as resp:
             assert resp.status == 400
+
+
+async def _holds_none(http: aiohttp.ClientSession, r: RouterProc, name: str) -> bool:
+    return (await instances(http, r))[name]["sessions"] == 0
+
+
+async def _sim_calls(http: aiohttp.ClientSession, sim: Proc) -> dict[str, dict[str, int]]:
+    async with http.get(sim.url + "/sim/stats", headers=sim.flavor.headers) as resp:
+        calls: dict[str, dict[str, int]] = (await resp.json())["calls"]
+    return calls
 
 
 @pytest.mark.timeout(300)

@@ -912,3 +912,83 @@ async def test_a_send_emits_message_any_then_acks(make_sim: SimFactory, receiver
     first = mine[0]["payload"]
     assert (first["id"], first["fromMe"], first["to"], first["body"]) == (sent["id"], True, "9@c.us", "hi")
     assert [(e["payload"]["id"], e["payload"]["ack"]) for e in mine[1:]] == [(sent["id"], 2), (sent["id"], 3)]
+
+
+# -- --flavor evolution (issue 19) ------------------------------------------------------------
+
+EVO_KEY = {"apikey": "evo-k"}
+
+
+async def test_evolution_flavor_auth_is_apikey_and_root_is_open(make_sim: SimFactory) -> None:
+    client = await make_sim("evo-1", api_key="evo-k", flavor="evolution")
+    root = await client.get("/")
+    assert root.status == 200 and "Evolution API" in (await root.json())["message"]
+    for headers in ({}, {"X-Api-Key": "evo-k"}, {"apikey": "wrong"}):
+        resp = await client.get("/instance/fetchInstances", headers=headers)
+        assert resp.status == 401 and (await resp.json())["error"] == "Unauthorized"
+    assert (await client.get("/instance/fetchInstances", headers=EVO_KEY)).status == 200
+    # WAHA's routes are not spoken here: echoed like any other path.
+    echoed = await client.get("/api/sessions", headers=EVO_KEY)
+    assert (await echoed.json())["path"] == "/api/sessions"
+
+
+async def test_evolution_flavor_instance_lifecycle(make_sim: SimFactory) -> None:
+    client = await make_sim("evo-1", api_key="evo-k", flavor="evolution", start_delay=0.05)
+
+    async def state(name: str) -> tuple[int, Any]:
+        resp = await client.get(f"/instance/connectionState/{name}", headers=EVO_KEY)
+        return resp.status, await resp.json()
+
+    assert (await state("nope"))[0] == 404
+    bad = await client.post("/instance/create", json={}, headers=EVO_KEY)
+    assert bad.status == 400
+    made = await client.post("/instance/create", json={"instanceName": "i1"}, headers=EVO_KEY)
+    assert made.status == 201 and (await made.json())["instance"]["status"] == "close"
+    again = await client.post("/instance/create", json={"instanceName": "i1"}, headers=EVO_KEY)
+    assert again.status == 403
+    assert await state("i1") == (200, {"instance": {"instanceName": "i1", "state": "close"}})
+    connected = await client.get("/instance/connect/i1", headers=EVO_KEY)
+    assert connected.status == 200 and (await connected.json())["count"] == 0
+    assert (await state("i1"))[1]["instance"]["state"] == "connecting"
+    await poll(lambda: _state_is(client, "i1", "open"))
+    # Any name can be connected: its auth is in shared storage.
+    assert (await client.get("/instance/connect/i2", headers=EVO_KEY)).status == 200
+    rows = await (await client.get("/instance/fetchInstances", headers=EVO_KEY)).json()
+    assert {r["name"] for r in rows} == {"i1", "i2"} and all(r["clientName"] == "evo-1" for r in rows)
+    one = await client.get("/instance/fetchInstances?instanceName=i1", headers=EVO_KEY)
+    assert [r["name"] for r in await one.json()] == ["i1"]
+    assert (await client.get("/instance/fetchInstances?instanceName=x", headers=EVO_KEY)).status == 404
+    sent = await client.post("/message/sendText/i1", json={"number": "4915100000000", "text": "hi"},
+                             headers=EVO_KEY)
+    body = await sent.json()
+    assert sent.status == 201 and body["key"]["fromMe"] and body["message"]["conversation"] == "hi"
+    log = await (await client.get("/sim/sent?session=i1", headers=EVO_KEY)).json()
+    assert [m["text"] for m in log] == ["hi"]
+    nobody = await client.post("/message/sendText/i1", json={"text": "x"}, headers=EVO_KEY)
+    assert nobody.status == 400
+    restarted = await client.post("/instance/restart/i1", headers=EVO_KEY)
+    assert restarted.status == 200
+    out = await client.delete("/instance/logout/i1", headers=EVO_KEY)
+    assert out.status == 200 and (await out.json())["status"] == "SUCCESS"
+    assert (await state("i1"))[1]["instance"]["state"] == "close"
+    closed = await client.delete("/instance/logout/i1", headers=EVO_KEY)
+    assert closed.status == 400
+    not_connected = await client.post("/instance/restart/i1", headers=EVO_KEY)
+    assert (await not_connected.json())["error"] is True
+    closed_send = await client.post("/message/sendText/i1", json={"number": "1", "text": "x"},
+                                    headers=EVO_KEY)
+    assert closed_send.status == 400
+    assert (await client.delete("/instance/delete/i2", headers=EVO_KEY)).status == 200
+    assert (await state("i2"))[0] == 404
+    for path in ("/instance/restart/zz", "/instance/logout/zz", "/instance/delete/zz",
+                 "/message/sendText/zz"):
+        method = client.post if "restart" in path or "message" in path else client.delete
+        resp = await method(path, json={"number": "1"}, headers=EVO_KEY)
+        assert resp.status == 404, path
+    calls = (await (await client.get("/sim/stats", headers=EVO_KEY)).json())["calls"]
+    assert calls["i1"]["start"] == 1 and calls["i1"]["logout"] == 2 and calls["i2"]["delete"] == 1
+
+
+async def _state_is(client: Client, name: str, wanted: str) -> bool:
+    resp = await client.get(f"/instance/connectionState/{name}", headers=EVO_KEY)
+    return bool((await resp.json())["instance"]["state"] == wanted)
