@@ -12,7 +12,7 @@ import signal
 
 from aiohttp import web
 
-from router import accesslog, logs
+from router import accesslog, build, logs
 from router.accesslog import AccessLog
 from router.admin import create_admin_app
 from router.agent.fencing import AgentSource, Fencing, RedisAgents
@@ -226,9 +226,10 @@ class App:
             await site.start()
         stack.push_async_callback(self._signals.stop)
         log.info(
-            "wa-router listening on %s:%d (admin %s:%d), %d instances, store %s",
+            "wa-router listening on %s:%d (admin %s:%d), %d instances, store %s, data path %s",
             cfg.listen.host, self.proxy.port, cfg.admin.host, self.admin_port if admin else 0,
             len(self.fleet), "memory" if cfg.store.url is None else "redis",
+            "compiled (mypyc)" if build.mode() == "compiled" else "pure Python",
         )
 
     async def _shutdown_proxy(self) -> None:

@@ -13,8 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pytest
+
 from router.errors import UpstreamConnectError, UpstreamError
 from router.transport import Response
+
+
+def pure_only(why: str) -> None:
+    """Skip under the compiled build (``router.build``): compiled classes check their
+    arguments' types, so a fake cannot stand in for them. ``scripts/test`` runs the unit and
+    component layers as pure Python too, where these tests run."""
+    from router import build
+
+    if build.mode() == "compiled":
+        pytest.skip(f"pure Python only ({why}); run by scripts/test's pure layer")
+
 
 WALL_OFFSET = 1_800_000_000.0  # the manual clock's wall time is its monotonic time plus this
 

@@ -24,6 +24,7 @@ from router.proxy.server import ProxyServer
 from router.sessions.extractor import SessionExtractor
 from router.stats import new_stats
 from router.transport.upstream import UpstreamConnection, UpstreamPool
+from tests.fakes import pure_only
 
 pytestmark = pytest.mark.unit
 
@@ -72,6 +73,7 @@ class FakeRouter:
     """What the proxy asks of ``router.routing.Router``, with one instance."""
 
     def __init__(self, **config: Any) -> None:
+        pure_only("a fake router in place of router.routing.Router")
         self.config = Config(instances=(InstanceConfig("waha-1", "http://10.0.0.5:3000"),),
                              profile="generic", **config)
         self.inst = Instance(self.config.instances[0], metrics=False)

@@ -12,6 +12,7 @@ from router.proxy.exchange import Exchange
 from router.proxy.phase import Phase
 from router.transport.address import Address
 from router.transport.upstream import UpstreamConnection, UpstreamPool
+from tests.fakes import pure_only
 
 pytestmark = pytest.mark.unit
 
@@ -19,6 +20,7 @@ SECRET = "s3cr3t-key"
 
 
 def exchange(url: bytes = b"/api/sendText?x-api-key=" + SECRET.encode() + b"&b=1") -> Exchange:
+    pure_only("a namespace in place of the client connection")
     conn: Any = SimpleNamespace(server=SimpleNamespace(router=None), loop_time=lambda: 0.0)
     headers = [(b"X-Api-Key", SECRET.encode()), (b"apikey", SECRET.encode()),
                (b"X-Session-Id", b"alice"), (b"X-Request-Id", b"req-7")]

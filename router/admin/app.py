@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from router import build
 from router.admin import openapi
 from router.admin.rates import Sampler
 from router.components import Components
@@ -210,6 +211,7 @@ async def overview(request: web.Request) -> web.Response:
     body: dict[str, object] = {
         "router": {
             "uptime": round(time.monotonic() - request.app[STARTED], 1),
+            "build": build.mode(),  # the data path: compiled (mypyc) or pure Python
             "leader": leadership.is_leader,
             "store_up": router.store.healthy, "sessions": len(router.store),
             "held_requests": router.held, "own_rps": round(own.rps, 2),

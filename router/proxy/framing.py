@@ -71,7 +71,11 @@ class RequestHead:
         if url[:1] != b"/" and url != b"*":
             try:
                 parsed = httptools.parse_url(url)
-                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+                # None when absent, though the stubs say bytes: read untyped, or the
+                # compiled build would check them as bytes.
+                path: bytes | None = getattr(parsed, "path")  # noqa: B009
+                query: bytes | None = getattr(parsed, "query")  # noqa: B009
+                url = (path or b"/") + (b"?" + query if query else b"")
             except httptools.HttpParserInvalidURLError:
                 url = b""
         self.target = url

@@ -23,7 +23,8 @@ class _NeedsBody(enum.Enum):
     def __repr__(self) -> str:
         return "NEEDS_BODY"
 
-    __str__ = __repr__
+    def __str__(self) -> str:
+        return "NEEDS_BODY"
 
 
 #: Returned by ``extract`` when a JSON rule applies but the body was not passed in.
