@@ -2,7 +2,7 @@
 
     /work/venv/bin/python bench/proxy_bench.py [--duration 10] [--connections 32]
         [--sessions 1000] [--repeats 2] [--scrapes 1]
-        [--targets direct,nginx,haproxy,router-nokeys,router,router-nometrics,router-accesslog,
+        [--targets direct,nginx,haproxy,router-nokeys,router,router-pure,router-nometrics,router-accesslog,
                    router-redis,router-workers2]
                    router-workers2]
 
@@ -97,6 +97,7 @@ from bench.proxy_results import (
     ACCESS_PAIR,
     ALL_TARGETS,
     PAIRED,
+    PURE,
     ROUTERS,
     WORKERS2,
     Target,
@@ -175,7 +176,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(ALL_TARGETS),
         help="comma-separated subset of: direct (wrk to backend b1), nginx, haproxy, "
         "router-nokeys (router with listen.idempotency_keys: false), "
-        "router (memory store), router-nometrics (the same, metrics: {enabled: false}), "
+        "router (memory store), router-pure (the same, WA_ROUTER_PURE=1: the data path as Python), router-nometrics (the same, metrics: {enabled: false}), "
         "router-redis (Redis store; starts its own redis-server), router-workers2 "
         "(listen.workers: 2, Redis store, its own redis-server); default: all",
     )
@@ -224,8 +225,8 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
     instances = [(name, instance_url(p)) for name, p in zip(BACKENDS, backend_ports, strict=True)]
 
     def router(name: str, port: int, admin: int, redis: int | None = None, metrics: bool = True,
-               workers: int = 1, keys: bool = True, access_log: Path | None = None
-               ) -> Proc:  # fmt: skip
+               workers: int = 1, keys: bool = True, access_log: Path | None = None,
+               pure: bool = False) -> Proc:  # fmt: skip
         conf = router_yaml(
             port, admin, instances, workers=workers, profile="generic", log_level="WARNING",
             store_url=redis_url(redis) if redis is not None else None,
@@ -233,7 +234,7 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
             idempotency_keys=keys,
             access_log=str(access_log) if access_log is not None else None,
         )  # fmt: skip
-        proc = bench.start_router(name, conf, port, workers=workers)
+        proc = bench.start_router(name, conf, port, workers=workers, pure=pure)
         bench.copy_logs.append(proc.log)
         return proc
 
@@ -281,6 +282,14 @@ def start_everything(bench: Bench) -> tuple[list[Target], Proc, int]:
         targets.append(
             Target("router", "wa-router (generic profile, memory store)", router_port, proc,
                    admin_port=admin_port, metrics=True)
+        )  # fmt: skip
+    if PURE in want:
+        pure_port, pure_admin_port = free_ports(2)
+        proc = router(PURE, pure_port, pure_admin_port, pure=True)
+        targets.append(
+            Target(PURE, "wa-router (generic profile, memory store), pure Python "
+                   "(`WA_ROUTER_PURE=1`)", pure_port, proc, admin_port=pure_admin_port,
+                   metrics=True)
         )  # fmt: skip
     if "router-nometrics" in want:
         proc = router("router-nometrics", nometrics_port, nometrics_admin_port, metrics=False)

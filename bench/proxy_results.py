@@ -22,12 +22,13 @@ from bench.lib.report import command_line, fmt_pct, fmt_us
 from bench.lib.wrk import LUA_SCRIPT, LUA_SEED, REQUEST_PATH, WrkResult, wrk_base
 
 ALL_TARGETS = (
-    "direct", "nginx", "haproxy", "router-nokeys", "router", "router-nometrics",
+    "direct", "nginx", "haproxy", "router-nokeys", "router", "router-pure", "router-nometrics",
     "router-accesslog", "router-redis", "router-workers2",
 )  # fmt: skip
 # targets that are a wa-router process (router-workers2: a master and two workers)
-ROUTERS = ("router-nokeys", "router", "router-nometrics", "router-accesslog", "router-redis",
-           "router-workers2")
+ROUTERS = ("router-nokeys", "router", "router-pure", "router-nometrics", "router-accesslog",
+           "router-redis", "router-workers2")
+PURE = "router-pure"  # the router's config, its data path run as Python (WA_ROUTER_PURE=1)
 WORKERS2 = "router-workers2"  # listen.workers: 2, Redis store (its own redis-server)
 METRICS_PAIR = ("router", "router-nometrics")  # metrics on / off, same config otherwise
 METRICS_TARGET = 0.95  # issue 6: router / router-nometrics >= 0.95 (cost <= 5%)

@@ -55,7 +55,7 @@ if __name__ == "__main__" and not __package__:  # python bench/x.py: run as pyth
 from bench.lib import BENCH_DIR, OUT_DIR, REPO
 from bench.lib.noisy import NOISY
 from bench.lib.procs import tail
-from bench.lib.report import machine_info
+from bench.lib.report import ensure_compiled, machine_info
 from bench.suite_targets import SUMMARIES, Outcome, Step, max_others
 
 PY = sys.executable
@@ -67,9 +67,9 @@ STEPS = [
         "proxy",
         "Proxy throughput at saturation (issues 2, 3, 8)",
         "proxy_bench.py",
-        ["--targets", "direct,nginx,haproxy,router,router-redis,router-workers2",
+        ["--targets", "direct,nginx,haproxy,router,router-pure,router-redis,router-workers2",
          "--duration", "8", "--repeats", "5"],
-        ["--targets", "direct,nginx,haproxy,router,router-redis,router-workers2",
+        ["--targets", "direct,nginx,haproxy,router,router-pure,router-redis,router-workers2",
          "--duration", "3", "--warmup", "1", "--repeats", "1", *WAIT_QUICK],
         3600,
     ),
@@ -411,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in args.steps:
             print(f"{s.key:13s} {display_cmd(step_argv(s, args.quick, run_dir / s.key))}")
         return 0
+    # What the benchmarks measure is the compiled data path (router.build); a pure-Python
+    # router runs beside it in the proxy step (router-pure).
+    print(f"data path: {ensure_compiled()}", file=sys.stderr)
     info = machine_info()  # before the runs: the commit they measure
     outcomes: list[Outcome] = []
     interrupted = False

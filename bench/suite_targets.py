@@ -83,8 +83,12 @@ def _round_ratio(raw: dict[str, Any], name: str, base: str = "nginx") -> float |
 def rows_proxy(o: Outcome) -> list[Row]:
     raw = o.json_one()
     names = [
-        ("router / nginx, 1 worker, memory store (issue 8)", "router", ">= 0.5", 0.5),
-        ("router / nginx, 1 worker, Redis store (issue 8)", "router-redis", ">= 0.45", 0.45),
+        ("router / nginx, 1 worker, memory store, compiled data path (issues 8, 20)", "router",
+         ">= 0.7", 0.7),
+        ("router / nginx, 1 worker, Redis store, compiled (issues 8, 20)", "router-redis",
+         ">= 0.6", 0.6),
+        ("router / nginx, memory store, pure Python (`WA_ROUTER_PURE=1`; issue 20)",
+         "router-pure", "-", None),
         ("router `workers: 2` (Redis) / nginx", "router-workers2", "-", None),
         ("HAProxy (1 thread) / nginx", "haproxy", "-", None),
     ]
@@ -106,6 +110,10 @@ def rows_proxy(o: Outcome) -> list[Row]:
             Row(what, f"{ratio:.2f} ({detail}{rps:,.0f} / {nginx:,.0f} req/s)", target, verdict,
                 o.step.key)
         )
+    pure = _round_ratio(raw, "router", "router-pure")
+    if pure is not None:
+        rows.append(Row("compiled / pure Python, same config (issue 20)", f"{pure:.2f}", "-",
+                        "info", o.step.key))
     redis, memory = _rps(raw, "router-redis"), _rps(raw, "router")
     if redis and memory:
         rows.append(

@@ -292,3 +292,32 @@ async def test_the_header_deadline_runs_from_the_first_byte_of_a_head(rig: Rig) 
     assert rig.conn.deadline_kind == DL_IDLE
     rig.conn.data_received(GET)  # a whole head in one read: straight to the answer's deadline
     assert rig.conn.deadline_kind == DL_ACTIVE
+
+
+CHUNKED_2 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize(("version", "connection", "framing", "closes"), [
+    # HTTP/1.1, keep-alive implied: told nothing, the body re-chunked.
+    (b"1.1", b"", b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", False),
+    # HTTP/1.1 saying keep-alive anyway: still 1.1 (the parser is asked).
+    (b"1.1", b"Connection: keep-alive\r\n", b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+     False),
+    # HTTP/1.0 asking for keep-alive: no chunking for it, so the body ends with the close.
+    (b"1.0", b"Connection: keep-alive\r\n", b"Connection: close\r\n\r\n{}", True),
+    # HTTP/1.0 without: the same, and the connection closes anyway.
+    (b"1.0", b"", b"Connection: close\r\n\r\n{}", True),
+    (b"1.1", b"Connection: close\r\n", b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+     b"2\r\n{}\r\n0\r\n\r\n", True),
+])
+async def test_the_client_version_decides_the_framing(
+    rig: Rig, version: bytes, connection: bytes, framing: bytes, closes: bool
+) -> None:
+    """Whether the client speaks HTTP/1.1 is told from keep-alive where it can be (an
+    HTTP/1.0 client keeps a connection only when it asks), from the parser otherwise."""
+    up = rig.pooled()
+    rig.conn.data_received(b"GET /api/x HTTP/" + version + b"\r\nHost: r\r\nX-Session-Id: alice\r\n"
+                           b"X-Request-Id: rid-1\r\n" + connection + b"\r\n")
+    up.data_received(CHUNKED_2)
+    assert rig.client.take() == HEAD_OK + framing
+    assert rig.client.closed is closes

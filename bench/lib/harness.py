@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 import shlex
 import shutil
 import signal
@@ -72,16 +73,19 @@ class Bench:
             self.failures.append(f"cleanup: {problem}")
 
     def start_router(
-        self, name: str, conf: str, port: int, timeout: float = 60.0, workers: int = 1
+        self, name: str, conf: str, port: int, timeout: float = 60.0, workers: int = 1,
+        pure: bool = False,
     ) -> Proc:
         """``python -m router run -c <conf>`` in the repo root (this checkout's router/);
         waits for /healthz and /readyz on the proxy port (with ``workers``, for every
-        worker to listen)."""
+        worker to listen). ``pure``: ``WA_ROUTER_PURE=1``, the data path as Python even
+        where it is compiled (``router.build``)."""
         conf_path = self.tmp / f"{name}.yaml"
         conf_path.write_text(conf)
         log = self.tmp / f"{name}.log"
         self.logs.append(log)
-        proc = self.procs.start(name, router_argv(conf_path), log, cwd=REPO)
+        env = {**os.environ, "WA_ROUTER_PURE": "1"} if pure else None
+        proc = self.procs.start(name, router_argv(conf_path), log, cwd=REPO, env=env)
         wait_http(self.procs, port, "/healthz", name, timeout=timeout)
         if workers > 1:
             wait_listeners(self.procs, port, workers, name)

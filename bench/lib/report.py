@@ -100,6 +100,21 @@ def _libs() -> str:
     return ", ".join(f"{k} {v}" for k, v in libs.items())
 
 
+def build_mode() -> str:
+    """How the routers a benchmark starts run their data path (``router.build``): compiled
+    with mypyc, or pure Python (no compiler, or never built: ``python setup.py build_ext``)."""
+    mode = version_of([sys.executable, "-c", "from router import build; print(build.mode())"])
+    return "compiled (mypyc)" if mode == "compiled" else f"pure Python ({mode})"
+
+
+def ensure_compiled() -> str:
+    """Build the compiled data path in place (what the benchmarks measure); its mode."""
+    subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "--force"], cwd=REPO,
+                   env={**os.environ, "WA_ROUTER_COMPILE": "1"}, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return build_mode()
+
+
 def machine_info() -> dict[str, str]:
     """The machine, the tools and the code a report's figures come from (take it before
     starting anything: the commit the routers run)."""
@@ -122,7 +137,8 @@ def machine_info() -> dict[str, str]:
         "haproxy": version_of(["haproxy", "-v"]).split(" - ")[0],
         "wrk": version_of(["wrk", "-v"]).split(" Copyright")[0],
         "redis": version_of(["redis-server", "--version"]).split(" sha=")[0],
-        "wa-router": f"{router_version} (git {commit[:7]}{', router/ modified' if dirty else ''})",
+        "wa-router": f"{router_version} (git {commit[:7]}{', router/ modified' if dirty else ''}), "
+                     f"data path {build_mode()}",
         "git": commit + (" (router/ modified)" if dirty else ""),
         "libs": _libs(),
     }

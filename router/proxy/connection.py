@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 import httptools
 
@@ -41,12 +41,12 @@ from router.transport.upstream import UpstreamConnection
 if TYPE_CHECKING:
     from router.proxy.server import ProxyServer
 
-MAX_HEAD_BYTES = 64 * 1024
-MAX_HEADERS = 128
-_INF = float("inf")
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADERS: Final = 128
+_INF: Final = float("inf")
 # Waits that end by their own deadline (hold_timeout, the connect timeout, the backoff, the
 # key store's): limits.upstream_timeout counts from the send (``Exchange.attach``).
-_BOUNDED_WAITS = Phase.HOLDING | Phase.CONNECTING | Phase.BACKOFF | Phase.CLAIMING
+_BOUNDED_WAITS: Final = Phase.HOLDING | Phase.CONNECTING | Phase.BACKOFF | Phase.CLAIMING
 
 
 class ClientConnection(asyncio.Protocol):
@@ -280,7 +280,7 @@ class ClientConnection(asyncio.Protocol):
             p.get_method(),
             self.url,
             self.headers,
-            p.get_http_version() == "1.1",
+            None,  # HTTP/1.1 or not: the exchange asks the parser only if it must
             p.should_keep_alive(),
             p.should_upgrade(),
         )

@@ -3,9 +3,10 @@
 - ``RequestHead``: one pass over a client's request head (parsed by httptools) into what is
   forwarded, what is noted (length, chunking, ``Expect``, the request id, the client's key)
   and what the session extractor reads; ``serialize`` writes the request for an instance.
-- ``response_head``: an instance's response head made into the client's: hop-by-hop
-  headers removed, ``X-Router-Instance`` and ``X-Request-Id`` spliced in, and the body's
-  framing toward the client decided (length, re-chunked, or delimited by the close).
+- ``response_head``: an instance's response head (its bytes) made into the client's:
+  hop-by-hop headers removed, ``X-Router-Instance`` and ``X-Request-Id`` spliced in, and
+  the body's framing toward the client decided (length, re-chunked, or delimited by the
+  close).
 
 No I/O and no state beyond the request's own: the table tests feed bytes and compare bytes.
 The exchange extends ``RequestHead`` rather than holding one, so that the hot path
@@ -14,21 +15,24 @@ allocates no second object per request; the head is read when the exchange is ma
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 import httptools
 
 from router.proxy.headers import REQUEST_DROP, RESPONSE_DROP, valid_request_id
 from router.proxy.responses import reason
 
-CRLF = b"\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CRLF: Final = b"\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")}
 
 # How a response body travels to the client (bits of ``response_head``'s second result).
-OUT_CHUNKED = 1  # the router writes it chunked (the instance sent it chunked or until close)
-EOF_DELIMITED = 2  # the instance's body ends when its connection closes
-CLOSE = 4  # the client connection closes after this response
+OUT_CHUNKED: Final = 1  # the router writes it chunked (the instance sent it chunked or until close)
+EOF_DELIMITED: Final = 2  # the instance's body ends when its connection closes
+CLOSE: Final = 4  # the client connection closes after this response
 
 
 class RequestHead:
@@ -37,6 +41,7 @@ class RequestHead:
     __slots__ = (
         "chunked_in",
         "client_key_line",
+        "connection_header",
         "content_length",
         "expect_continue",
         "forward_lines",
@@ -67,6 +72,7 @@ class RequestHead:
         self.content_length: int | None = None
         self.chunked_in = False
         self.expect_continue = False
+        self.connection_header = False
         self.method_str = _METHODS.get(method) or method.decode("latin-1")
         if url[:1] != b"/" and url != b"*":
             try:
@@ -109,6 +115,8 @@ class RequestHead:
                     self.expect_continue = value.lower() == b"100-continue"
                 elif low == b"upgrade" and upgrade:
                     lines += [b"Connection: Upgrade\r\nUpgrade: ", value, CRLF]
+                elif low == b"connection":
+                    self.connection_header = True
                 continue
             hmap[low.decode("latin-1")] = value.decode("latin-1")
             if low == b"x-api-key" or low == b"apikey":
@@ -172,10 +180,14 @@ def chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, CRLF]
 
 
+# A header line the router never passes on (``RESPONSE_DROP``), found in the lowercased
+# raw head: the CRLF before it, its name, the colon (llhttp allows no space before it).
+_DROPPED: Final = re.compile(rb"\r\n(" + b"|".join(sorted(RESPONSE_DROP)) + rb"):").search
+
+
 def response_head(
+    head: bytes,
     status: int,
-    reason_phrase: bytes,
-    headers: list[tuple[bytes, bytes]],
     body: bool,
     http11: bool,
     close: bool,
@@ -185,32 +197,44 @@ def response_head(
     """The client's response head for an instance's, and how its body travels (bits
     ``OUT_CHUNKED``, ``EOF_DELIMITED``, ``CLOSE``).
 
-    ``body``: the response has a body (not HEAD, 204, 304, 101); ``http11``: the client
-    speaks HTTP/1.1; ``close``: the client connection must close after it (the client
-    asked, or request body bytes are still unread). A 101 keeps its ``Upgrade`` and
-    ``Connection`` headers and gets no framing."""
-    parts = [b"HTTP/1.1 %d " % status, reason_phrase or reason(status), CRLF]
+    ``head``: the instance's head as llhttp accepted it (status line to the empty line);
+    its lines are copied as they are, but for the hop-by-hop ones and the router's own,
+    found with one scan. ``body``: the response has a body (not HEAD, 204, 304, 101);
+    ``http11``: the client speaks HTTP/1.1; ``close``: the client connection must close
+    after it (the client asked, or request body bytes are still unread). A 101 keeps its
+    ``Upgrade`` and ``Connection`` headers and gets no framing."""
+    eol = head.find(CRLF)
+    if eol > 13 and head.startswith(b"HTTP/1.1 ") and head[eol - 1] != 32:
+        parts = []  # "HTTP/1.1 200 OK": the status line is kept as it is
+        start = 0
+    else:  # another version, or no reason phrase: the router's status line
+        phrase = head[13:eol].strip() if eol > 13 else b""
+        parts = [b"HTTP/1.1 %d %s" % (status, phrase or reason(status))]
+        start = eol
+    low = head.lower()
     length: bytes | None = None
     chunked = False
-    for name, value in headers:
-        low = name.lower()
-        if low in RESPONSE_DROP:
-            if low == b"content-length":
-                length = value
-            elif low == b"transfer-encoding":
+    m = _DROPPED(low, eol)
+    while m is not None:
+        name = m.group(1)
+        end = low.find(CRLF, m.end())
+        if status != 101 or (name != b"upgrade" and name != b"connection"):
+            if name == b"content-length":
+                length = head[m.end() : end].strip()
+            elif name == b"transfer-encoding":
                 chunked = True
-            elif status == 101 and low in (b"upgrade", b"connection"):
-                parts += [name, b": ", value, CRLF]
-            continue
-        parts += [name, b": ", value, CRLF]
-    parts += [b"X-Router-Instance: ", instance, b"\r\nX-Request-Id: ", request_id, CRLF]
+            parts.append(head[start : m.start()])
+            start = end
+        m = _DROPPED(low, end)
+    parts += (head[start:-2], b"X-Router-Instance: ", instance, b"\r\nX-Request-Id: ",
+              request_id, CRLF)
     flags = 0
     if status != 101:
         if not body:
             if length is not None:
-                parts += [b"Content-Length: ", length, CRLF]
+                parts += (b"Content-Length: ", length, CRLF)
         elif length is not None and not chunked:
-            parts += [b"Content-Length: ", length, CRLF]
+            parts += (b"Content-Length: ", length, CRLF)
         elif http11:
             parts.append(b"Transfer-Encoding: chunked\r\n")
             flags = OUT_CHUNKED if chunked else OUT_CHUNKED | EOF_DELIMITED

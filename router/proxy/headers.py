@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones the router rewrites itself. They are
 # never copied from the client to the instance.
-REQUEST_DROP = frozenset(
+REQUEST_DROP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -27,7 +28,7 @@ REQUEST_DROP = frozenset(
 )
 
 # Never copied from the instance to the client; framing is redone by the router.
-RESPONSE_DROP = frozenset(
+RESPONSE_DROP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -44,4 +45,4 @@ RESPONSE_DROP = frozenset(
 )
 
 # Printable ASCII without spaces, bounded: safe to echo into headers and logs.
-valid_request_id = re.compile(rb"[\x21-\x7e]{1,200}").fullmatch
+valid_request_id: Final = re.compile(rb"[\x21-\x7e]{1,200}").fullmatch

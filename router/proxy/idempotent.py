@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from typing import TYPE_CHECKING
 
 from router.errors import (
@@ -44,6 +45,8 @@ log = logging.getLogger("wa_router.proxy")
 METHODS = frozenset({b"POST", b"PATCH"})
 HEADER = "idempotency-key"
 REPLAYED = ((b"Idempotent-Replayed", b"true"),)
+# The Content-Type line of a raw response head (kept with the answer, for replays).
+_CONTENT_TYPE = re.compile(rb"\r\ncontent-type:([^\r]*)", re.IGNORECASE).search
 IN_FLIGHT_MARGIN = 5.0  # beyond upstream_timeout + hold_timeout: a claim this old is orphaned
 
 
@@ -64,12 +67,12 @@ class Pending:
         self.size = 0
         self.sent = False  # written to an instance at least once
 
-    def head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def head(self, status: int, head: bytes) -> None:
+        """The instance's response head (its bytes): its status and content type are kept."""
         self.status = status
-        for name, value in headers:
-            if name.lower() == b"content-type":
-                self.content_type = value.decode("latin-1")
-                break
+        m = _CONTENT_TYPE(head)
+        if m is not None:
+            self.content_type = m.group(1).strip().decode("latin-1")
 
     def body(self, data: bytes) -> None:
         self.size += len(data)

@@ -48,8 +48,7 @@ class _Answer:
         self.size = 0
         self.body: list[bytes] = []
 
-    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                      body: bool) -> None:
+    def upstream_head(self, status: int, head: bytes, body: bool) -> None:
         self.status = status
 
     def upstream_body(self, data: bytes) -> None:

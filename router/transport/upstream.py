@@ -5,13 +5,18 @@ response to it through a narrow interface (``UpstreamListener``). Completion is 
 after ``feed_data`` returns, never from inside a parser callback, so an exchange can hand
 the connection back to the pool (and another exchange reuse it) without re-entering the
 parser.
+
+The response head is reported as the bytes llhttp accepted, not as parsed headers: the
+parser gets no per-header callback (a Python call per header), and the exchange rewrites
+the few lines it must with one scan (``router.proxy.framing.response_head``). The bytes of
+a head are kept only until llhttp has seen it whole.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -19,6 +24,9 @@ from router.errors import UpstreamConnectError, UpstreamConnectTimeout, Upstream
 from router.transport.address import Address
 
 _ssl_context: ssl.SSLContext | None = None
+# A response head (with any 1xx before it) larger than this is refused: nginx's largest
+# default buffers for a proxied head are 4-8 KiB; Node.js allows 16 KiB of headers.
+MAX_HEAD: Final = 64 * 1024
 
 
 def _client_ssl() -> ssl.SSLContext:
@@ -31,9 +39,8 @@ def _client_ssl() -> ssl.SSLContext:
 class UpstreamListener(Protocol):
     """What a connection reports to the exchange it serves."""
 
-    def upstream_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bool
-    ) -> None: ...
+    def upstream_head(self, status: int, head: bytes, body: bool) -> None:
+        """The final response head (status line to the blank line, as received)."""
 
     def upstream_body(self, data: bytes) -> None: ...
 
@@ -56,10 +63,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "_done",
+        "_head_at",
         "_head_request",
-        "_headers",
         "_keep_alive",
-        "_reason",
+        "_received",
         "_skip",
         "closed",
         "listener",
@@ -80,8 +87,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.read_paused = False
         self.used = 0  # requests sent on this connection
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
+        # Bytes of the response since the request was sent while its head is incomplete, and
+        # where in them the next head starts (-1: the final head was reported).
+        self._received = b""
+        self._head_at = -1
         self._head_request = False
         self._skip = False  # ignore the rest of this message (HEAD, informational)
         self._done = False
@@ -105,6 +114,8 @@ class UpstreamConnection(asyncio.Protocol):
     def bind(self, listener: UpstreamListener, head_request: bool) -> None:
         self.listener = listener
         self._head_request = head_request
+        self._received = b""
+        self._head_at = 0
         self.used += 1
 
     def write(self, data: bytes) -> None:
@@ -166,6 +177,9 @@ class UpstreamConnection(asyncio.Protocol):
             # Bytes on an idle connection: the instance broke protocol; never reuse it.
             self.abort()
             return
+        if self._head_at >= 0:
+            received = self._received
+            self._received = received + data if received else data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as u:
@@ -175,6 +189,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self.abort()
             listener.upstream_failed(UpstreamError("invalid HTTP response from the instance"))
+            return
+        if self._head_at < 0:
+            self._received = b""
+        elif len(self._received) > MAX_HEAD:  # still no end of the head
+            self.abort()
+            listener.upstream_failed(UpstreamError("the instance's response head is too large"))
             return
         if self._done:
             keep_alive = self._keep_alive
@@ -211,26 +231,26 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
         self._skip = False
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
     def on_headers_complete(self) -> None:
+        # llhttp accepted a head that ends here: its bytes run from where it began to the
+        # first empty line after that (llhttp requires CRLF line ends).
+        received, start = self._received, self._head_at
+        end = received.find(b"\r\n\r\n", start) + 4
+        if end < 4 or start < 0:
+            raise ValueError("response head not found")  # feed_data: HttpParserCallbackError
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             self._skip = True  # 100 Continue, 103 Early Hints: wait for the final answer
+            self._head_at = end
             return
+        self._head_at = -1
         listener = self.listener
         if listener is None:
             return
         body = not (self._head_request or status in (204, 304) or status == 101)
-        listener.upstream_head(status, self._reason, self._headers, body)
+        listener.upstream_head(status, received[start:end], body)
         if self._head_request:
             self._skip = True
             self._done = True
@@ -251,7 +271,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self._done = False
         self._skip = False
-        self._headers = []
+        self._received = b""
+        self._head_at = -1
 
 
 class UpstreamPool:
