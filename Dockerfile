@@ -4,7 +4,10 @@
 # BASE may be any image with python3 (3.11+) and its venv module; scripts/image builds one
 # from Debian's packages where no registry can be reached. Dependencies are exactly
 # requirements/runtime.lock (hashes checked): from wheelhouse/ when it holds wheels (built on
-# the host by scripts/image, installed with --no-index), else from PyPI.
+# the host by scripts/image, installed with --no-index), else from PyPI. The wa-router wheel
+# scripts/image builds has its data path compiled with mypyc (router/build.py); installed
+# from source here (no wheelhouse) it is pure Python unless WA_ROUTER_COMPILE=auto finds
+# mypy and a C compiler in the build stage.
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
@@ -12,7 +15,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/wa-router
 COPY requirements/runtime.lock /src/requirements/runtime.lock
 COPY wheelhouse/ /src/wheelhouse/
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY router /src/router
 RUN set -eu; cd /src; \
     if ls wheelhouse/*.whl >/dev/null 2>&1; then \
@@ -20,7 +23,7 @@ RUN set -eu; cd /src; \
       /opt/wa-router/bin/pip install --no-index --find-links wheelhouse --no-deps wa-router; \
     else \
       /opt/wa-router/bin/pip install --require-hashes -r requirements/runtime.lock; \
-      /opt/wa-router/bin/pip install --no-deps .; \
+      WA_ROUTER_COMPILE=auto /opt/wa-router/bin/pip install --no-deps .; \
     fi; \
     /opt/wa-router/bin/wa-router --help >/dev/null
 

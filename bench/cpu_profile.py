@@ -58,17 +58,23 @@ MODULE_BUCKETS = {
 }
 KERNEL_WRITE = "kernel: write/writev (+ loopback delivery)"
 KERNEL_READ = "kernel: read"
+# Kernel time by the system call it serves, found anywhere in its kernel stack (on loopback
+# a write also delivers the bytes to the receiving socket in its softirq).
 _SYSCALLS = (
-    (re.compile(r"sys_(writev|write|sendto|sendmsg)\b"), KERNEL_WRITE),
-    (re.compile(r"sys_(read|readv|recvfrom|recvmsg)\b"), KERNEL_READ),
-    (re.compile(r"sys_epoll"), "kernel: epoll"),
+    (re.compile(r"(do_writev|vfs_writev?|ksys_write|sock_write_iter|tcp_sendmsg|__sys_sendto)$"),
+     KERNEL_WRITE),
+    (re.compile(r"(vfs_readv?|ksys_read|sock_read_iter|tcp_recvmsg|__sys_recvfrom)$"),
+     KERNEL_READ),
+    (re.compile(r"(ep_poll|do_epoll_wait)$"), "kernel: epoll"),
 )
+RUNTIME = "CPython runtime: objects, dicts, calls (caller not unwound)"
+LIBC = "libc: malloc, memcpy, clock"
 # mypyc's C name of a function of module M (its last dotted part): CPyDef_M___f, CPyPy_M___f
 _MYPYC = re.compile(r"^CPy(?:Def|Py)_([A-Za-z0-9]+)_")
 ORDER = (
     KERNEL_WRITE, KERNEL_READ, "kernel: epoll", "kernel: other", "uvloop",
     "httptools (llhttp + callbacks)", *dict.fromkeys(MODULE_BUCKETS.values()),
-    "Python bytecode (interpreted)", "other",
+    "Python bytecode (interpreted)", RUNTIME, LIBC, "other",
 )  # fmt: skip
 
 
@@ -95,6 +101,11 @@ def classify(stack: list[tuple[str, str]]) -> str:
                 return found  # else a helper of mypyc's runtime: its caller decides
         if sym.startswith("_PyEval_EvalFrameDefault"):
             return "Python bytecode (interpreted)"
+    leaf = os.path.basename(stack[0][1]) if stack else ""
+    if leaf.startswith(("libpython", "python")):
+        return RUNTIME  # no frame pointers in libpython: perf cannot say who called it
+    if leaf.startswith("libc") or leaf == "[vdso]":
+        return LIBC
     return "other"
 
 

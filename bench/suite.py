@@ -11,6 +11,9 @@ bench/README.md for what each measures):
   metrics    proxy_bench.py: what metrics cost (router / router-nometrics), what idempotency
              keys cost requests without the header (router / router-nokeys) and what the
              access log costs (router-accesslog / router), ABBA rounds
+  cpu        cpu_profile.py: perf on the live router at saturation, CPU per request by
+             bucket (kernel write/read, llhttp, uvloop, each data-path module, the
+             interpreter), compiled and pure Python
   latency    latency_bench.py: p50/p99 at a fixed 2,000 req/s, router vs nginx
   growth     growth_bench.py: req/s, p99 and RSS over 1k/10k/100k sessions x 3/50/200
              instances
@@ -83,6 +86,14 @@ STEPS = [
          "--repeats", "2",
          "--duration", "2", "--warmup", "1", *WAIT_QUICK],
         3600,
+    ),
+    Step(
+        "cpu",
+        "Where the router's CPU goes per request, compiled and pure Python (issue 20)",
+        "cpu_profile.py",
+        ["--duration", "8"],
+        ["--duration", "2", *WAIT_QUICK],
+        900,
     ),
     Step(
         "latency",

@@ -460,8 +460,19 @@ def rows_extract(o: Outcome) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_cpu(o: Outcome) -> list[Row]:
+    raw = o.json_one()
+    builds = {b["build"]: b for b in (raw or {}).get("builds", [])}
+    if not builds:
+        return [Row("router CPU per request (perf, saturation)", "-", "-", "n/a", o.step.key)]
+    text = "; ".join(f"{name} {b['us_per_request']:.1f} us" for name, b in builds.items())
+    return [Row("router CPU per request under perf at saturation (issue 20; buckets in its "
+                "section)", text, "-", "info", o.step.key)]
+
+
 SUMMARIES: dict[str, Callable[[Outcome], list[Row]]] = {
     "proxy": rows_proxy,
+    "cpu": rows_cpu,
     "metrics": rows_metrics,
     "latency": rows_latency,
     "growth": rows_growth,

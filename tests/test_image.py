@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from router import build
 from tests.procs import ROOT, Proc, free_port, wait_http
 
 TOOLS = ("podman", "buildah", "debootstrap")
@@ -32,7 +34,9 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def image() -> str:
     r = subprocess.run(
-        [str(ROOT / "scripts" / "image")], cwd=ROOT, env={**os.environ, "IMAGE": IMAGE},
+        # This venv's Python builds the wa-router wheel: compiled, as the tests run it.
+        [str(ROOT / "scripts" / "image")], cwd=ROOT,
+        env={**os.environ, "IMAGE": IMAGE, "PYTHON": sys.executable},
         capture_output=True, text=True, timeout=840,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -110,7 +114,12 @@ def test_image_serves_routes_and_stops_on_sigterm(
         assert run.wait(timeout=10) == 0, (tmp_path / "router.log").read_text()
         took = time.monotonic() - t0
         assert took < 3.0, f"stopped after {took:.2f}s, shutdown_timeout is 3s"
-        print(f"\nimage: routed through the container; SIGTERM -> exit 0 in {took:.2f}s")
+        # The image carries the build this checkout runs: compiled where it could be built.
+        mode = "compiled (mypyc)" if build.mode() == "compiled" else "pure Python"
+        started = (tmp_path / "router.log").read_text()
+        assert f"data path {mode}" in started, started[-2000:]
+        print(f"\nimage: routed through the container (data path {mode}); SIGTERM -> exit 0 "
+              f"in {took:.2f}s")
     finally:
         if run.poll() is None:
             run.kill()
