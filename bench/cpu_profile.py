@@ -168,8 +168,6 @@ def run(bench: Bench) -> tuple[str, dict[str, Any]]:
     results = [profile(bench, b, backend_ports, backend) for b in args.build_names]
     lines = header_lines("Where the router's CPU goes per request", bench.started, bench.info)
     lines += [
-        f"- command: `/work/venv/bin/python bench/cpu_profile.py --duration {args.duration:g} "
-        f"--frequency {args.frequency} --builds {','.join(args.build_names)}`",
         f"- load: `{' '.join(wrk_argv(args, 0, args.duration)).replace(':0/', ':PORT/')}` "
         "(saturation, as proxy_bench.py) after a 2 s warmup; the router: generic profile, "
         "memory store, metrics on, in front of one nginx serving b1..b3",
