@@ -4,8 +4,9 @@ A drained instance takes no new session and its sessions move elsewhere, at most
 ``failover.restore_concurrency`` at a time, each one held, stopped on the old instance and
 restored on the new one (``Failover.move(stop_old=True)``): no request fails, none reaches
 a half-moved session. Without a stop call (``failover.stop: none``, Evolution API) a drain
-is a cordon: the sessions move by failover once the operator stops the instance. Operator drains live in the store (``set_drained``), so every router
-process and replica places nothing there; each one re-reads the flags every second. An
+is a cordon: the sessions move by failover once the operator stops the instance. Operator
+drains live in the store (``set_drained``), so every router process and replica places
+nothing there; each one re-reads the flags every second. An
 instance a reload removed is drained the same way and dropped once it holds no session.
 
 Only the leader moves sessions for drains (one mover, like failover); every process drops a

@@ -4,9 +4,11 @@ the WAHA flavour, auth lives in shared storage: any instance can connect any nam
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +16,7 @@ from aiohttp import web
 from router.sim.model import Session, Status, now_ms
 from router.sim.outbound import ACK_NAMES, SentMessage
 from router.sim.replies import BadRequest, read_json
-from router.sim.state import sim
+from router.sim.state import SimState, sim
 
 AUTH_HEADER = "apikey"
 OPEN_PATHS = frozenset({"/"})
@@ -42,8 +44,27 @@ def _state(session: Session) -> dict[str, Any]:
     return {"instance": {"instanceName": session.name, "state": STATE[session.status]}}
 
 
-def _known(request: web.Request) -> Session | None:
-    return sim(request).sessions.registry.get(request.match_info["instance"])
+Action = Callable[[SimState, Session], Awaitable[web.Response]]
+
+
+def _known(call: str | None = None) -> Callable[[Action], Callable[[web.Request], Awaitable[web.Response]]]:
+    """A handler of an instance this server knows (Evolution's 404 otherwise), given the
+    sim's state and the session; ``call``: counted in ``/sim/stats`` under that name."""
+
+    def wrap(action: Action) -> Callable[[web.Request], Awaitable[web.Response]]:
+        @functools.wraps(action)
+        async def handler(request: web.Request) -> web.Response:
+            st = sim(request)
+            session = st.sessions.registry.get(request.match_info["instance"])
+            if session is None:
+                return _missing(request.match_info["instance"])
+            if call is not None:
+                st.stats.call(session.name, call)
+            return await action(st, session)
+
+        return handler
+
+    return wrap
 
 
 async def welcome(request: web.Request) -> web.Response:
@@ -83,11 +104,9 @@ async def connect(request: web.Request) -> web.Response:
     return web.json_response({"pairingCode": None, "code": None, "base64": None, "count": 0})
 
 
-async def connection_state(request: web.Request) -> web.Response:
+@_known()
+async def connection_state(st: SimState, session: Session) -> web.Response:
     """``GET /instance/connectionState/{instance}``."""
-    session = _known(request)
-    if session is None:
-        return _missing(request.match_info["instance"])
     return web.json_response(_state(session))
 
 
@@ -104,26 +123,18 @@ async def fetch_instances(request: web.Request) -> web.Response:
     return web.json_response(rows)
 
 
-async def restart(request: web.Request) -> web.Response:
+@_known("restart")
+async def restart(st: SimState, session: Session) -> web.Response:
     """``POST /instance/restart/{instance}``: reconnects at once (not a stop)."""
-    session = _known(request)
-    if session is None:
-        return _missing(request.match_info["instance"])
-    st = sim(request)
-    st.stats.call(session.name, "restart")
     if session.status not in (Status.WORKING, Status.STARTING):
         return web.json_response({"error": True, "message": f'The "{session.name}" instance is not connected'})
     st.sessions.restart(session.name)
     return web.json_response(_state(session))
 
 
-async def logout(request: web.Request) -> web.Response:
+@_known("logout")
+async def logout(st: SimState, session: Session) -> web.Response:
     """``DELETE /instance/logout/{instance}``: ends it and drops its auth (never the router)."""
-    session = _known(request)
-    if session is None:
-        return _missing(request.match_info["instance"])
-    st = sim(request)
-    st.stats.call(session.name, "logout")
     if STATE[session.status] == "close":
         return evo_error(400, "Bad Request", f'The "{session.name}" instance is not connected')
     st.sessions.logout(session.name)
@@ -131,13 +142,9 @@ async def logout(request: web.Request) -> web.Response:
                               "response": {"message": "Instance logged out"}})
 
 
-async def delete(request: web.Request) -> web.Response:
+@_known("delete")
+async def delete(st: SimState, session: Session) -> web.Response:
     """``DELETE /instance/delete/{instance}``: logs out and forgets it."""
-    session = _known(request)
-    if session is None:
-        return _missing(request.match_info["instance"])
-    st = sim(request)
-    st.stats.call(session.name, "delete")
     st.sessions.delete(session.name)
     return web.json_response({"status": "SUCCESS", "error": False,
                               "response": {"message": "Instance deleted"}})
